@@ -1,0 +1,59 @@
+"""commandlab_async: sandboxes ("computers") for AI agents and evals, from asyncio.
+
+```python
+async with provision(DockerSpec()) as computer:
+    result = await computer.run("python3 -V")
+```
+"""
+
+from .computer import CommandResult, Computer
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    BackendUnavailableError,
+    CleanupError,
+    CommandLabError,
+    CommandTimeoutError,
+    DaemonError,
+    DaemonUnreachableError,
+    FleetError,
+    MissingExtraError,
+    ProvisionError,
+    ReadyTimeoutError,
+    RemoteFileNotFoundError,
+    SandboxExitedError,
+    SpecError,
+    UnsupportedPlatformError,
+)
+from .lifecycle import provision
+from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "CleanupError",
+    "CommandLabError",
+    "CommandResult",
+    "CommandTimeoutError",
+    "Computer",
+    "DaemonError",
+    "DaemonUnreachableError",
+    "DockerPlatform",
+    "DockerSpec",
+    "FleetError",
+    "KubernetesPlatform",
+    "KubernetesSpec",
+    "MissingExtraError",
+    "ProvisionError",
+    "ReadyTimeoutError",
+    "RemoteFileNotFoundError",
+    "SandboxExitedError",
+    "SpecError",
+    "UnsupportedPlatformError",
+    "__version__",
+    "provision",
+]

@@ -1,0 +1,1 @@
+"""The daemon that runs inside each sandbox (stdlib only)."""

@@ -1,0 +1,60 @@
+"""The small async protocol every backend driver implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..identity import SandboxIdentity
+from ..specs import Spec
+
+__all__ = ["Driver", "SandboxRecord", "SandboxState"]
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What the backend says about one sandbox."""
+
+    detail: str
+    """Human-readable state, e.g. ``running`` or ``exited (code 2)``."""
+    terminal: bool = False
+    """True when the sandbox has stopped or is gone and will not become ready."""
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """A sandbox found on a backend by its labels."""
+
+    name: str
+    labels: Mapping[str, str]
+    state: str
+
+
+class Driver(Protocol):
+    """One instance serves every sandbox of a process on one backend.
+
+    The constructor does no I/O. Every method is a coroutine; none blocks the loop.
+    """
+
+    platform: str
+    probe_interval: float
+    """Longest pause between two readiness probes of the daemon (seconds)."""
+
+    async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
+        """Ask the backend to create and start the sandbox named ``identity.name``."""
+
+    async def endpoint(self, spec: Spec, identity: SandboxIdentity) -> str:
+        """Wait until the backend says the sandbox runs; return the daemon's base URL."""
+
+    async def state(self, name: str) -> SandboxState:
+        """The sandbox's current state (``terminal`` when gone or stopped)."""
+
+    async def destroy(self, name: str) -> None:
+        """Delete the sandbox. Idempotent: a sandbox that does not exist is success."""
+
+    async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
+        """Every sandbox carrying all of ``labels``."""
+
+    async def close(self) -> None:
+        """Release the SDK client and its connections."""

@@ -1,0 +1,215 @@
+"""Local Docker Engine driver (aiodocker).
+
+Each sandbox is one container: labelled, port published on 127.0.0.1 with an ephemeral
+host port, resource-limited, auto-removed when its daemon exits at the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiodocker
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ..errors import BackendError
+from ..identity import SESSION, SESSION_ID, SandboxIdentity
+from ..specs import DockerSpec, Spec
+from .base import SandboxRecord, SandboxState
+
+__all__ = ["DockerDriver"]
+
+T = TypeVar("T")
+_MIB = 1024 * 1024
+_PLATFORM = "docker"
+_TERMINAL = {"exited", "dead", "removing"}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, aiodocker.DockerError):
+        return exc.status >= 500
+    return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ServerTimeoutError)
+
+
+def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
+    """Environment that tells the daemon its token, port and time to live."""
+    env = dict(spec.env)
+    env["COMMANDLAB_TOKEN"] = identity.token
+    env["COMMANDLAB_PORT"] = str(spec.daemon_port)
+    if identity.expires_at is not None:
+        env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
+    return env
+
+
+class DockerDriver:
+    """Driver for :attr:`DockerPlatform.LOCAL`. The engine comes from ``DOCKER_HOST``."""
+
+    platform = _PLATFORM
+    # Loopback probes are cheap: poll often so readiness is seen within ~20 ms.
+    probe_interval = 0.02
+
+    def __init__(self) -> None:
+        self._docker = aiodocker.Docker()
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    async def _call(
+        self, what: str, name: str, fn: Callable[[], Awaitable[T]], *, attempts: int = 4
+    ) -> T:
+        """Call the engine, retrying transient failures; translate errors to BackendError."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_transient),
+                stop=stop_after_attempt(attempts),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    return await fn()
+        except (aiodocker.DockerError, aiohttp.ClientError) as exc:
+            message = exc.message if isinstance(exc, aiodocker.DockerError) else repr(exc)
+            raise BackendError(
+                f"{what} failed: {message}",
+                sandbox=name,
+                platform=_PLATFORM,
+                transient=_is_transient(exc),
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _config(self, spec: DockerSpec, identity: SandboxIdentity) -> dict[str, Any]:
+        port = f"{spec.daemon_port}/tcp"
+        return {
+            "Image": spec.image,
+            "Env": [f"{k}={v}" for k, v in daemon_env(spec, identity).items()],
+            "Labels": identity.labels,
+            "ExposedPorts": {port: {}},
+            "HostConfig": {
+                # Loopback only, ephemeral host port: sandboxes never collide or leak outside.
+                "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                # The daemon exits at the TTL; the engine then removes the container.
+                "AutoRemove": True,
+                # An init process reaps the orphans of killed commands.
+                "Init": True,
+                "NanoCpus": int(spec.cpu * 1e9),
+                "Memory": spec.memory * _MIB,
+                "MemorySwap": spec.memory * _MIB,
+                "PidsLimit": spec.pids_limit,
+                "SecurityOpt": ["no-new-privileges"],
+                "CapDrop": ["ALL"],
+                "CapAdd": ["NET_BIND_SERVICE"] if spec.daemon_port < 1024 else [],
+            },
+        }
+
+    async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
+        assert isinstance(spec, DockerSpec)
+        name = identity.name
+        config = self._config(spec, identity)
+
+        async def create_once() -> None:
+            try:
+                await self._docker.containers.create(config, name=name)
+            except aiodocker.DockerError as exc:
+                # A retried create whose first attempt reached the engine: it is ours.
+                if exc.status == 409 and await self._owned(name):
+                    return
+                raise
+
+        try:
+            await self._call("create", name, create_once)
+        except BackendError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiodocker.DockerError) and cause.status == 404:
+                raise BackendError(
+                    f"image {spec.image!r} is not on the engine; build it "
+                    "(scripts/build-images.sh) or pull it first",
+                    sandbox=name,
+                    platform=_PLATFORM,
+                ) from cause
+            raise
+        await self._call("start", name, self._docker.containers.container(name).start)
+
+    async def _owned(self, name: str) -> bool:
+        try:
+            info = await self._docker.containers.container(name).show()
+        except aiodocker.DockerError:
+            return False
+        labels: dict[str, str] = info["Config"]["Labels"] or {}
+        return labels.get(SESSION) == SESSION_ID
+
+    async def endpoint(self, spec: Spec, identity: SandboxIdentity) -> str:
+        info = await self._call("inspect", identity.name, self._inspect(identity.name))
+        bindings = (info["NetworkSettings"]["Ports"] or {}).get(f"{spec.daemon_port}/tcp")
+        if not bindings:
+            state = info["State"]["Status"]
+            raise BackendError(
+                f"no published port for the daemon (container {state})",
+                sandbox=identity.name,
+                platform=_PLATFORM,
+            )
+        return f"http://127.0.0.1:{bindings[0]['HostPort']}"
+
+    def _inspect(self, name: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return self._docker.containers.container(name).show
+
+    async def state(self, name: str) -> SandboxState:
+        try:
+            info = await self._inspect(name)()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return SandboxState("gone (exited and removed)", terminal=True)
+            raise
+        state = info["State"]
+        status = state["Status"]
+        if status in _TERMINAL:
+            return SandboxState(f"{status} (exit code {state.get('ExitCode')})", terminal=True)
+        return SandboxState(status)
+
+    async def destroy(self, name: str) -> None:
+        container = self._docker.containers.container(name)
+
+        async def delete() -> None:
+            try:
+                await container.delete(force=True, v=True)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                # 409: the engine is already removing it (auto-remove after exit).
+                if exc.status != 409:
+                    raise
+                await self._wait_gone(name)
+
+        await self._call("delete", name, delete)
+
+    async def _wait_gone(self, name: str) -> None:
+        delay = 0.01
+        while True:
+            try:
+                await self._inspect(name)()
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        containers = await self._call(
+            "list", "*", lambda: self._docker.containers.list(all=True, filters=filters)
+        )
+        records = []
+        for container in containers:
+            data = container._container
+            name = (data.get("Names") or [data["Id"]])[0].lstrip("/")
+            records.append(SandboxRecord(name, data.get("Labels") or {}, data.get("State", "")))
+        return records

@@ -1,0 +1,183 @@
+"""One error tree for everything commandlab_async raises.
+
+```
+CommandLabError
+├── SpecError                     invalid spec, raised before anything is created (ValueError)
+├── BackendUnavailableError       the platform cannot be used from this process
+│   ├── UnsupportedPlatformError  no driver is written for the platform yet
+│   └── MissingExtraError         the platform's optional extra is not installed (ImportError)
+├── ProvisionError                a sandbox could not be brought up (names the sandbox)
+│   ├── BackendError              the backend API refused or failed
+│   ├── SandboxExitedError        the sandbox stopped before its daemon became ready
+│   └── ReadyTimeoutError         readiness deadline passed; names the last state (TimeoutError)
+├── FleetError                    several sandboxes failed (an ExceptionGroup of the above)
+├── CleanupError                  a sandbox could not be deleted (names it: it may still exist)
+└── DaemonError                   the daemon inside a sandbox refused or failed a request
+    ├── DaemonUnreachableError    no connection to the daemon
+    ├── AuthenticationError       the daemon refused the token
+    ├── CommandTimeoutError       a command ran past its timeout; its processes were killed
+    └── RemoteFileNotFoundError   no such path in the sandbox (FileNotFoundError)
+```
+
+Errors that wrap another carry it as ``__cause__``. No message ever contains a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .computer import CommandResult
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "CleanupError",
+    "CommandLabError",
+    "CommandTimeoutError",
+    "DaemonError",
+    "DaemonUnreachableError",
+    "FleetError",
+    "MissingExtraError",
+    "ProvisionError",
+    "ReadyTimeoutError",
+    "RemoteFileNotFoundError",
+    "SandboxExitedError",
+    "SpecError",
+    "UnsupportedPlatformError",
+]
+
+
+class CommandLabError(Exception):
+    """Base class of every error this library raises."""
+
+
+class SpecError(CommandLabError, ValueError):
+    """A spec is invalid. Raised at construction, before any backend call.
+
+    ``field`` names the offending field.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class BackendUnavailableError(CommandLabError):
+    """The chosen platform cannot be used from this process."""
+
+
+class UnsupportedPlatformError(BackendUnavailableError):
+    """No driver exists yet for the platform the spec names."""
+
+    def __init__(self, platform: str) -> None:
+        super().__init__(f"platform {platform!r} has no driver in this version of commandlab-async")
+        self.platform = platform
+
+
+class MissingExtraError(BackendUnavailableError, ImportError):
+    """The platform needs an optional extra that is not installed."""
+
+    def __init__(self, platform: str, extra: str) -> None:
+        super().__init__(
+            f"platform {platform!r} needs the {extra!r} extra: "
+            f"pip install 'commandlab-async[{extra}]'"
+        )
+        self.platform = platform
+        self.extra = extra
+
+
+class ProvisionError(CommandLabError):
+    """A sandbox could not be brought up. It has been (or is being) deleted."""
+
+    def __init__(self, message: str, *, sandbox: str, platform: str) -> None:
+        super().__init__(f"{platform} sandbox {sandbox}: {message}")
+        self.sandbox = sandbox
+        self.platform = platform
+
+
+class BackendError(ProvisionError):
+    """The backend API failed. ``transient`` tells whether a retry could succeed."""
+
+    def __init__(
+        self, message: str, *, sandbox: str, platform: str, transient: bool = False
+    ) -> None:
+        super().__init__(message, sandbox=sandbox, platform=platform)
+        self.transient = transient
+
+
+class SandboxExitedError(ProvisionError):
+    """The sandbox stopped before its daemon answered a health request."""
+
+    def __init__(self, message: str, *, sandbox: str, platform: str, state: str) -> None:
+        super().__init__(message, sandbox=sandbox, platform=platform)
+        self.state = state
+
+
+class ReadyTimeoutError(ProvisionError, TimeoutError):
+    """The sandbox did not become ready before its deadline.
+
+    ``state`` is the last state observed (backend state and daemon probe result).
+    """
+
+    def __init__(self, *, sandbox: str, platform: str, timeout: float, state: str) -> None:
+        super().__init__(
+            f"not ready after {timeout:g}s (last state: {state})",
+            sandbox=sandbox,
+            platform=platform,
+        )
+        self.timeout = timeout
+        self.state = state
+
+
+class FleetError(CommandLabError, ExceptionGroup[Exception]):
+    """Some members of a fleet failed to come up; every member was deleted.
+
+    The group holds one error per failed member, each naming its sandbox.
+    """
+
+    def __new__(cls, message: str, errors: Sequence[Exception]) -> FleetError:
+        return super().__new__(cls, message, errors)
+
+
+class CleanupError(CommandLabError):
+    """A sandbox could not be deleted; it may still exist (the reaper will find it)."""
+
+    def __init__(self, message: str, *, sandbox: str, platform: str) -> None:
+        super().__init__(f"{platform} sandbox {sandbox}: {message}")
+        self.sandbox = sandbox
+        self.platform = platform
+
+
+class DaemonError(CommandLabError):
+    """The daemon inside a sandbox refused or failed a request."""
+
+    def __init__(self, message: str, *, sandbox: str, status: int | None = None) -> None:
+        super().__init__(f"sandbox {sandbox}: {message}")
+        self.sandbox = sandbox
+        self.status = status
+
+
+class DaemonUnreachableError(DaemonError):
+    """No connection could be made to the daemon (or it dropped the connection)."""
+
+
+class AuthenticationError(DaemonError):
+    """The daemon refused the token (HTTP 401)."""
+
+
+class CommandTimeoutError(DaemonError, TimeoutError):
+    """A command ran past its timeout. Its whole process group was killed in the sandbox.
+
+    ``result`` holds what the command printed before it was killed.
+    """
+
+    def __init__(self, message: str, *, sandbox: str, result: CommandResult) -> None:
+        super().__init__(message, sandbox=sandbox)
+        self.result = result
+
+
+class RemoteFileNotFoundError(DaemonError, FileNotFoundError):
+    """The path does not exist inside the sandbox."""

@@ -1,0 +1,51 @@
+"""Clients shared by every sandbox of a process (per event loop), closed when the last user leaves.
+
+One Docker client or cloud SDK client serves a whole fleet, and one HTTP connection pool
+serves every Computer, instead of one per sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Callable, Hashable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+from .shielding import shielded
+
+__all__ = ["Closable", "lease"]
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+_CLOSE_TIMEOUT = 10.0
+# loop -> key -> [client, number of users]
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@asynccontextmanager
+async def lease(key: Hashable, factory: Callable[[], C]) -> AsyncIterator[C]:
+    """Use the client stored under ``key`` on this loop, making it with ``factory`` if needed.
+
+    ``factory`` must not do I/O (it runs synchronously); the client is closed, shielded
+    from cancellation, when its last lease ends.
+    """
+    pool = _pools.setdefault(asyncio.get_running_loop(), {})
+    entry = pool.get(key)
+    if entry is None:
+        entry = pool[key] = [factory(), 0]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del pool[key]
+            await shielded(entry[0].close(), timeout=_CLOSE_TIMEOUT)

@@ -1,0 +1,68 @@
+"""Waiting until a sandbox's daemon answers an authenticated health request."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from .computer import Computer
+from .drivers.base import Driver
+from .errors import AuthenticationError, DaemonError, ProvisionError, SandboxExitedError
+
+__all__ = ["Progress", "wait_ready"]
+
+_FIRST_DELAY = 0.002
+# How often the backend is asked whether the sandbox died while the daemon is silent.
+_STATE_CHECK_INTERVAL = 0.5
+_PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class Progress:
+    """The last thing known about a sandbox on its way up (named in timeout errors)."""
+
+    state: str = "not created"
+
+
+async def wait_ready(computer: Computer, driver: Driver, progress: Progress) -> None:
+    """Probe the daemon with exponential backoff until it answers; fail fast if it died.
+
+    Probes start a few milliseconds apart and back off to ``driver.probe_interval``.
+    The caller bounds the wait with its deadline.
+    """
+    loop = asyncio.get_running_loop()
+    delay = _FIRST_DELAY
+    next_state_check = loop.time() + _STATE_CHECK_INTERVAL
+    backend_state = progress.state
+    while True:
+        try:
+            await computer.health(timeout=_PROBE_TIMEOUT)
+            progress.state = "ready"
+            return
+        except AuthenticationError as exc:
+            raise ProvisionError(
+                "the daemon refused the sandbox's token",
+                sandbox=computer.name,
+                platform=driver.platform,
+            ) from exc
+        except DaemonError as exc:
+            progress.state = f"{backend_state}; daemon not answering ({_reason(exc)})"
+        if loop.time() >= next_state_check:
+            state = await driver.state(computer.name)
+            backend_state = state.detail
+            progress.state = f"{backend_state}; daemon not answering"
+            if state.terminal:
+                raise SandboxExitedError(
+                    f"stopped before its daemon answered: {state.detail}",
+                    sandbox=computer.name,
+                    platform=driver.platform,
+                    state=state.detail,
+                )
+            next_state_check = loop.time() + _STATE_CHECK_INTERVAL
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, driver.probe_interval)
+
+
+def _reason(exc: DaemonError) -> str:
+    cause = exc.__cause__
+    return type(cause).__name__ if cause is not None else str(exc)

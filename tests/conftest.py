@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from commandlab_async.identity import SESSION, SESSION_ID
+from tests.docker_proxy import FaultyDockerProxy
+
+BASE_IMAGE = "commandlab/python-base:bookworm"
+NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
+EXITS_IMAGE = "commandlab-test/exits:latest"
+_TEST_IMAGES = {
+    NEVER_HEALTHY_IMAGE: 'CMD ["sleep", "infinity"]',
+    EXITS_IMAGE: 'CMD ["sh", "-c", "echo boom >&2; exit 3"]',
+}
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+
+
+def our_containers() -> list[str]:
+    """Names of every container this test process created that still exists."""
+    out = _docker("ps", "-a", "--filter", f"label={SESSION}={SESSION_ID}", "--format", "{{.Names}}")
+    return out.split()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_images() -> None:
+    """Images that misbehave on purpose, built from the local base (no registry)."""
+    for image, cmd in _TEST_IMAGES.items():
+        subprocess.run(
+            ["docker", "build", "-q", "-t", image, "-"],
+            input=f"FROM {BASE_IMAGE}\n{cmd}\n",
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Every test ends with zero containers of this process on the engine."""
+    assert our_containers() == [], "a previous test leaked containers"
+    yield
+    leaked = our_containers()
+    if leaked:
+        subprocess.run(["docker", "rm", "-f", *leaked], capture_output=True, check=False)
+    assert leaked == [], f"containers leaked: {leaked}"
+
+
+@pytest.fixture
+async def docker_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FaultyDockerProxy]:
+    """The engine behind a fault-injecting proxy; the library talks to it via DOCKER_HOST."""
+    proxy = FaultyDockerProxy(tmp_path / "docker.sock")
+    await proxy.start()
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

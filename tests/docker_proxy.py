@@ -1,0 +1,126 @@
+"""A fault-injecting proxy in front of the Docker Engine's unix socket.
+
+Point ``DOCKER_HOST`` at :attr:`FaultyDockerProxy.url`; every request is recorded and
+forwarded to the real engine, unless a rule says to delay it (before or after the engine
+handled it), answer with an error instead, or drop the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+ENGINE_SOCKET = "/var/run/docker.sock"
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+@dataclass
+class Rule:
+    """What to do with requests whose ``METHOD path`` matches ``pattern``.
+
+    The path is matched without the API version prefix, e.g. ``POST /containers/create``.
+    """
+
+    pattern: str
+    delay_before: float = 0.0
+    """Seconds to hold the request before the engine sees it."""
+    delay_after: float = 0.0
+    """Seconds to hold the engine's answer (the engine has already acted)."""
+    status: int | None = None
+    """Answer with this status instead of forwarding."""
+    drop: bool = False
+    """Close the connection without an answer (after forwarding if ``forward``)."""
+    forward: bool = False
+    """With ``drop``/``status``: still let the engine act before failing."""
+    times: int | None = None
+    """Apply to this many matching requests, then stop (None: always)."""
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a request first matches."""
+
+    def take(self, what: str) -> bool:
+        if not re.fullmatch(self.pattern, what) or self.times == 0:
+            return False
+        if self.times is not None:
+            self.times -= 1
+        self.seen.set()
+        return True
+
+
+class FaultyDockerProxy:
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.rules: list[Rule] = []
+        self.requests: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def add(self, rule: Rule) -> Rule:
+        self.rules.append(rule)
+        return rule
+
+    def calls(self, pattern: str) -> list[str]:
+        return [r for r in self.requests if re.fullmatch(pattern, r)]
+
+    async def start(self) -> None:
+        self._client = aiohttp.ClientSession(connector=aiohttp.UnixConnector(ENGINE_SOCKET))
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, str(self.socket_path)).start()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = re.sub(r"^/v[0-9.]+", "", request.path)
+        what = f"{request.method} {path}"
+        self.requests.append(what)
+        rule = next((r for r in self.rules if r.take(what)), None)
+        body = await request.read()
+        if rule is not None and rule.delay_before:
+            await asyncio.sleep(rule.delay_before)
+        if rule is not None and (rule.status or rule.drop) and not rule.forward:
+            return self._fail(request, rule)
+        assert self._client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with self._client.request(
+            request.method,
+            "http://docker" + request.path_qs,
+            headers=headers,
+            data=body or None,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as upstream:
+            if rule is not None and rule.delay_after:
+                await asyncio.sleep(rule.delay_after)
+            if rule is not None and (rule.status or rule.drop):
+                return self._fail(request, rule)
+            response = web.StreamResponse(status=upstream.status)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _HOP_HEADERS:
+                    response.headers[key] = value
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    @staticmethod
+    def _fail(request: web.Request, rule: Rule) -> web.StreamResponse:
+        if rule.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError  # aiohttp's way to abandon a dropped request
+        return web.json_response({"message": f"injected fault {rule.status}"}, status=rule.status)

@@ -1,0 +1,123 @@
+"""Invalid specs fail at construction with SpecError, before any backend call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from commandlab_async import (
+    DockerPlatform,
+    DockerSpec,
+    KubernetesPlatform,
+    KubernetesSpec,
+    SpecError,
+    UnsupportedPlatformError,
+    provision,
+)
+from tests.docker_proxy import FaultyDockerProxy
+
+INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
+    ({"image": ""}, "image"),
+    ({"image": "   "}, "image"),
+    ({"image": None}, "image"),
+    ({"daemon_port": 0}, "daemon_port"),
+    ({"daemon_port": 65536}, "daemon_port"),
+    ({"daemon_port": "8000"}, "daemon_port"),
+    ({"daemon_port": True}, "daemon_port"),
+    ({"memory": -1}, "memory"),
+    ({"memory": 0}, "memory"),
+    ({"memory": 1.5}, "memory"),
+    ({"cpu": 0}, "cpu"),
+    ({"cpu": float("nan")}, "cpu"),
+    ({"cpu": -2}, "cpu"),
+    ({"ttl": 0}, "ttl"),
+    ({"ttl": float("inf")}, "ttl"),
+    ({"ready_timeout": -1}, "ready_timeout"),
+    ({"destroy_timeout": 0}, "destroy_timeout"),
+    ({"name_prefix": "Bad_Prefix"}, "name_prefix"),
+    ({"name_prefix": "9lives"}, "name_prefix"),
+    ({"name_prefix": "x" * 31}, "name_prefix"),
+    ({"env": {"COMMANDLAB_TOKEN": "mine"}}, "env"),
+    ({"env": {"1BAD": "x"}}, "env"),
+    ({"env": {"OK": 1}}, "env"),
+    ({"env": ["A=B"]}, "env"),
+    ({"labels": {"commandlab.session": "spoof"}}, "labels"),
+    ({"labels": {"ok": "v" * 64}}, "labels"),
+    ({"labels": {"bad key": "v"}}, "labels"),
+    ({"pids_limit": 0}, "pids_limit"),
+    ({"platform": "docker"}, "platform"),
+    ({"platform": KubernetesPlatform.LOCAL}, "platform"),
+    ({"region": "eu-west-1"}, "region"),
+    (
+        {"platform": DockerPlatform.AZURE_CONTAINER_INSTANCES, "region": "westeurope"},
+        "resource_group",
+    ),
+    ({"platform": DockerPlatform.GCP_CLOUD_RUN, "region": "europe-west1"}, "project_id"),
+    ({"platform": DockerPlatform.GCP_CLOUD_RUN, "project_id": "p"}, "region"),
+]
+
+INVALID_KUBERNETES: list[tuple[dict[str, Any], str]] = [
+    ({"platform": KubernetesPlatform.GCP_GKE, "cluster_name": "c", "region": "r"}, "project_id"),
+    ({"platform": KubernetesPlatform.AWS_EKS, "cluster_name": "c"}, "region"),
+    ({"platform": KubernetesPlatform.AWS_EKS, "region": "eu-west-1"}, "cluster_name"),
+    ({"platform": KubernetesPlatform.AZURE_AKS, "cluster_name": "c"}, "resource_group"),
+    ({"namespace": "Not_A_Label"}, "namespace"),
+    (
+        {
+            "platform": KubernetesPlatform.AWS_EKS,
+            "cluster_name": "c",
+            "region": "r",
+            "context": "kind",
+        },
+        "context",
+    ),
+    ({"platform": DockerPlatform.LOCAL}, "platform"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), INVALID_DOCKER)
+def test_invalid_docker_spec(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        DockerSpec(**kwargs)
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), INVALID_KUBERNETES)
+def test_invalid_kubernetes_spec(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        KubernetesSpec(**kwargs)
+    assert info.value.field == field
+
+
+def test_specs_are_frozen_and_copy_their_mappings() -> None:
+    env = {"A": "1"}
+    spec = DockerSpec(env=env)
+    env["A"] = "2"
+    assert spec.env["A"] == "1"
+    with pytest.raises(AttributeError):
+        spec.image = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.env["B"] = "x"  # type: ignore[index]
+
+
+def test_valid_cloud_specs_construct() -> None:
+    KubernetesSpec(
+        platform=KubernetesPlatform.GCP_GKE, cluster_name="c", region="r", project_id="p"
+    )
+    DockerSpec(platform=DockerPlatform.AWS_ECS, region="eu-west-1")
+
+
+async def test_invalid_input_never_reaches_the_engine(docker_proxy: FaultyDockerProxy) -> None:
+    for kwargs, _ in INVALID_DOCKER:
+        with pytest.raises(SpecError):
+            async with provision(DockerSpec(**kwargs)):
+                pass
+    with pytest.raises(SpecError):
+        async with provision({"image": "x"}):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(UnsupportedPlatformError, match="aws-ecs"):
+        async with provision(DockerSpec(platform=DockerPlatform.AWS_ECS)):
+            pass
+    assert docker_proxy.requests == []
