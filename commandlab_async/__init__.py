@@ -25,7 +25,9 @@ from .errors import (
     SpecError,
     UnsupportedPlatformError,
 )
-from .lifecycle import provision
+from .events import EventKind, LifecycleEvent
+from .lifecycle import Fleet, provision, provision_many
+from .limits import Limits, set_limits
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 
 __version__ = "0.1.0"
@@ -44,9 +46,13 @@ __all__ = [
     "DaemonUnreachableError",
     "DockerPlatform",
     "DockerSpec",
+    "EventKind",
+    "Fleet",
     "FleetError",
     "KubernetesPlatform",
     "KubernetesSpec",
+    "LifecycleEvent",
+    "Limits",
     "MissingExtraError",
     "ProvisionError",
     "ReadyTimeoutError",
@@ -56,4 +62,6 @@ __all__ = [
     "UnsupportedPlatformError",
     "__version__",
     "provision",
+    "provision_many",
+    "set_limits",
 ]

@@ -1,25 +1,30 @@
-"""provision: identity → create → ready → yield → shielded destroy, on every exit path."""
+"""provision and provision_many: identity → create → ready → yield → shielded destroy."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import overload
 
 import aiohttp
 
 from .computer import Computer
 from .drivers import driver_class
 from .drivers.base import Driver
-from .errors import CleanupError, ReadyTimeoutError, SpecError
+from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError, SpecError
+from .events import EventCallback, EventKind, emit
 from .identity import SandboxIdentity, new_identity
+from .limits import Limiter, limits_for
 from .pools import lease
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
 from .specs import DockerSpec, KubernetesSpec, Spec
 
-__all__ = ["provision"]
+__all__ = ["Fleet", "provision", "provision_many"]
 
 log = logging.getLogger("commandlab_async")
 
@@ -31,14 +36,61 @@ def _http_session() -> aiohttp.ClientSession:
 
 def _check_spec(spec: object) -> Spec:
     if not isinstance(spec, DockerSpec | KubernetesSpec):
-        raise SpecError(
-            "spec", f"must be a DockerSpec or KubernetesSpec, got {type(spec).__name__}"
-        )
+        kind = type(spec).__name__
+        raise SpecError("spec", f"must be a DockerSpec or KubernetesSpec, got {kind}")
     return spec
 
 
+@dataclass
+class _Backend:
+    """What one platform needs on this loop: its driver and its limits."""
+
+    driver: Driver
+    limiter: Limiter
+
+
+@dataclass
+class _Member:
+    """One sandbox of a provision or a fleet, from identity to deletion."""
+
+    spec: Spec
+    backend: _Backend
+    identity: SandboxIdentity
+    on_event: EventCallback | None
+    computer: Computer | None = None
+    needs_destroy: bool = False
+    """True from the moment its create may have reached the backend until it is deleted."""
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    def emit(self, kind: EventKind, detail: str = "") -> None:
+        emit(self.on_event, self.name, self.backend.driver.platform, kind, detail)
+
+
+def _new_limiter(platform: str) -> Limiter:
+    return Limiter(limits_for(platform))
+
+
+async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> dict[str, _Backend]:
+    """Lease the driver and limiter of every platform the specs use (no I/O)."""
+    classes = {spec.platform: driver_class(spec.platform) for spec in specs}
+    backends: dict[str, _Backend] = {}
+    for platform, cls in classes.items():
+        driver = await stack.enter_async_context(lease(("driver", platform), cls))
+        limiter = await stack.enter_async_context(
+            lease(("limits", platform), partial(_new_limiter, platform))
+        )
+        backends[platform] = _Backend(driver, limiter)
+    return backends
+
+
 @asynccontextmanager
-async def provision(spec: Spec) -> AsyncIterator[Computer]:
+async def provision(
+    spec: Spec, *, on_event: EventCallback | None = None
+) -> AsyncIterator[Computer]:
     """Bring up one sandbox and yield its :class:`Computer`; delete it when the block exits.
 
     Returns only once the daemon inside answered an authenticated health request.
@@ -47,35 +99,153 @@ async def provision(spec: Spec) -> AsyncIterator[Computer]:
     ``spec.destroy_timeout``.
 
     Raises :class:`SpecError` or :class:`BackendUnavailableError` before anything is
-    created, and :class:`ProvisionError` (with the sandbox's name) when it cannot come up.
+    created, and :class:`ProvisionError` (naming the sandbox) when it cannot come up.
+    ``on_event`` receives a :class:`LifecycleEvent` at each step.
     """
     spec = _check_spec(spec)
-    cls = driver_class(spec.platform)
-    async with (
-        lease(("driver", spec.platform), cls) as driver,
-        lease("http", _http_session) as http,
-    ):
-        identity = new_identity(spec)
+    async with AsyncExitStack() as stack:
+        backend = (await _open_backends(stack, [spec]))[spec.platform]
+        http = await stack.enter_async_context(lease("http", _http_session))
+        member = _Member(spec, backend, new_identity(spec), on_event)
         try:
-            computer = await bring_up(driver, http, spec, identity)
-            yield computer
+            await _bring_up(member, http)
+            assert member.computer is not None
+            yield member.computer
         except BaseException as exc:
-            await tear_down(driver, spec, identity, pending=exc)
+            await _tear_down(member, pending=exc)
             raise
         else:
-            await tear_down(driver, spec, identity, pending=None)
+            await _tear_down(member, pending=None)
 
 
-async def bring_up(
-    driver: Driver, http: aiohttp.ClientSession, spec: Spec, identity: SandboxIdentity
-) -> Computer:
-    """Create the sandbox and wait until its daemon answers, within ``spec.ready_timeout``."""
-    progress = Progress("creating")
+class Fleet(Sequence[Computer]):
+    """The computers of :func:`provision_many`, in spec order.
+
+    With ``keep_going=True``, ``failed`` lists the members that did not come up (each
+    already deleted) and the fleet holds only the others.
+    """
+
+    def __init__(self, computers: list[Computer], failed: list[Exception]) -> None:
+        self._computers = computers
+        self.failed = failed
+
+    @overload
+    def __getitem__(self, index: int) -> Computer: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Computer]: ...
+    def __getitem__(self, index: int | slice) -> Computer | Sequence[Computer]:
+        return self._computers[index]
+
+    def __len__(self) -> int:
+        return len(self._computers)
+
+    def __iter__(self) -> Iterator[Computer]:
+        return iter(self._computers)
+
+    def __repr__(self) -> str:
+        return f"Fleet({len(self._computers)} computers, {len(self.failed)} failed)"
+
+
+@asynccontextmanager
+async def provision_many(
+    specs: Spec | Sequence[Spec],
+    count: int | None = None,
+    *,
+    keep_going: bool = False,
+    on_event: EventCallback | None = None,
+) -> AsyncIterator[Fleet]:
+    """Bring up many sandboxes concurrently and yield them as a :class:`Fleet`.
+
+    ``provision_many(spec, count=50)`` makes 50 of one spec; ``provision_many([a, b])``
+    one per spec (platforms may be mixed). Creates, readiness waits and deletes run
+    concurrently within the per-backend :class:`Limits` shared by the whole process.
+
+    By default it is all or nothing: if any member fails, the others are stopped and
+    every member is deleted, then :class:`FleetError` (an ExceptionGroup of one error
+    per failed member, each naming its sandbox) is raised. With ``keep_going=True`` the
+    fleet holds the members that came up and ``fleet.failed`` the errors of the others.
+    Every member is deleted when the block exits, whatever happens.
+    """
+    if isinstance(specs, DockerSpec | KubernetesSpec):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SpecError("count", f"must be a positive int with one spec, got {count!r}")
+        spec_list = [specs] * count
+    else:
+        if count is not None:
+            raise SpecError("count", "is only used with a single spec")
+        spec_list = [_check_spec(spec) for spec in specs]
+        if not spec_list:
+            raise SpecError("specs", "must not be empty")
+    spec_list = [_check_spec(spec) for spec in spec_list]
+    async with AsyncExitStack() as stack:
+        backends = await _open_backends(stack, spec_list)
+        http = await stack.enter_async_context(lease("http", _http_session))
+        members = [
+            _Member(spec, backends[spec.platform], new_identity(spec), on_event)
+            for spec in spec_list
+        ]
+        try:
+            failed = await _bring_up_all(members, http, keep_going=keep_going)
+            if failed and not keep_going:
+                raise FleetError(
+                    f"{len(failed)} of {len(members)} sandboxes failed to come up", failed
+                )
+            if failed:
+                gone = [m for m in members if m.computer is None]
+                await _tear_down_all(gone, pending=None)
+            yield Fleet([m.computer for m in members if m.computer is not None], failed)
+        except BaseException as exc:
+            await _tear_down_all(members, pending=exc)
+            raise
+        else:
+            await _tear_down_all(members, pending=None)
+
+
+async def _bring_up_all(
+    members: list[_Member], http: aiohttp.ClientSession, *, keep_going: bool
+) -> list[Exception]:
+    """Bring every member up concurrently; return the errors of those that failed."""
+    tasks = [asyncio.create_task(_bring_up(m, http)) for m in members]
+    try:
+        if keep_going:
+            await asyncio.wait(tasks)
+        else:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                task.cancel()  # all or nothing: one failed, the rest need not finish
+            await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        # Each member lets its in-flight create settle; wait for that before cleanup.
+        grace = max(m.spec.destroy_timeout for m in members) + 1.0
+        await shielded(asyncio.wait(tasks), timeout=grace)
+        raise
+    failed: list[Exception] = []
+    for task in tasks:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            if not isinstance(error, Exception):
+                raise error
+            failed.append(error)
+    return failed
+
+
+async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
+    """Create the sandbox and wait until its daemon answers, within ``ready_timeout``."""
+    spec, identity, progress = member.spec, member.identity, member.progress
+    driver, limiter = member.backend.driver, member.backend.limiter
     try:
         async with asyncio.timeout(spec.ready_timeout) as deadline:
-            await settle(driver.create(spec, identity), grace=spec.destroy_timeout)
+            progress.state = "waiting for a create slot"
+            async with limiter.create():
+                progress.state = "creating"
+                member.emit(EventKind.CREATING)
+                member.needs_destroy = True
+                await settle(driver.create(spec, identity), grace=spec.destroy_timeout)
+            member.emit(EventKind.CREATED)
             progress.state = "created; waiting for the backend to run it"
             url = await driver.endpoint(spec, identity)
+            member.emit(EventKind.RUNNING, url)
             progress.state = "running"
             computer = Computer(
                 name=identity.name,
@@ -84,36 +254,69 @@ async def bring_up(
                 session=http,
                 platform=driver.platform,
             )
-            await wait_ready(computer, driver, progress)
-            return computer
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise ReadyTimeoutError(
-            sandbox=identity.name,
-            platform=driver.platform,
-            timeout=spec.ready_timeout,
-            state=progress.state,
-        ) from None
+            await wait_ready(computer, driver, progress, limiter.probes.hold)
+    except TimeoutError as exc:
+        if deadline.expired():
+            error: BaseException = ReadyTimeoutError(
+                sandbox=identity.name,
+                platform=driver.platform,
+                timeout=spec.ready_timeout,
+                state=progress.state,
+            )
+            member.emit(EventKind.FAILED, str(error))
+            raise error from None
+        member.emit(EventKind.FAILED, repr(exc))
+        raise
+    except ProvisionError as exc:
+        member.emit(EventKind.FAILED, str(exc))
+        raise
+    member.computer = computer
+    member.emit(EventKind.READY)
 
 
-async def tear_down(
-    driver: Driver, spec: Spec, identity: SandboxIdentity, *, pending: BaseException | None
-) -> None:
+async def _tear_down_all(members: Sequence[_Member], *, pending: BaseException | None) -> None:
+    """Delete members concurrently (each within its own limits), reporting every failure."""
+    results = await asyncio.gather(
+        *(_tear_down(m, pending=pending) for m in members), return_exceptions=True
+    )
+    errors: list[Exception] = []
+    for result in results:
+        if isinstance(result, Exception):
+            errors.append(result)
+        elif isinstance(result, BaseException):
+            raise result  # cancellation, once every delete has finished
+    if errors:
+        raise FleetError(f"{len(errors)} sandboxes could not be deleted", errors)
+
+
+async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     """Delete the sandbox, shielded from cancellation and bounded in time.
 
     If cleanup fails while another error is on its way out, that error stays the one
     raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
     """
+    if not member.needs_destroy:
+        return
+    driver, limiter = member.backend.driver, member.backend.limiter
+
+    async def destroy() -> None:
+        async with limiter.destroys.hold():
+            member.emit(EventKind.DESTROYING)
+            await driver.destroy(member.name)
+
     try:
-        await shielded(driver.destroy(identity.name), timeout=spec.destroy_timeout)
+        await shielded(destroy(), timeout=member.spec.destroy_timeout)
     except Exception as exc:
         error = CleanupError(
             f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",
-            sandbox=identity.name,
+            sandbox=member.name,
             platform=driver.platform,
         )
+        member.emit(EventKind.FAILED, str(error))
         if pending is None:
             raise error from exc
         log.error("%s", error)
         pending.add_note(str(error))
+    else:
+        member.needs_destroy = False
+        member.emit(EventKind.DESTROYED)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from .computer import Computer
@@ -24,11 +26,17 @@ class Progress:
     state: str = "not created"
 
 
-async def wait_ready(computer: Computer, driver: Driver, progress: Progress) -> None:
+async def wait_ready(
+    computer: Computer,
+    driver: Driver,
+    progress: Progress,
+    probe_slot: Callable[[], AbstractAsyncContextManager[None]],
+) -> None:
     """Probe the daemon with exponential backoff until it answers; fail fast if it died.
 
     Probes start a few milliseconds apart and back off to ``driver.probe_interval``.
-    The caller bounds the wait with its deadline.
+    Each probe holds a ``probe_slot`` (the backend's probe limit). The caller bounds the
+    wait with its deadline.
     """
     loop = asyncio.get_running_loop()
     delay = _FIRST_DELAY
@@ -36,7 +44,8 @@ async def wait_ready(computer: Computer, driver: Driver, progress: Progress) -> 
     backend_state = progress.state
     while True:
         try:
-            await computer.health(timeout=_PROBE_TIMEOUT)
+            async with probe_slot():
+                await computer.health(timeout=_PROBE_TIMEOUT)
             progress.state = "ready"
             return
         except AuthenticationError as exc:

@@ -56,6 +56,8 @@ class FaultyDockerProxy:
         self.socket_path = socket_path
         self.rules: list[Rule] = []
         self.requests: list[str] = []
+        self.spans: list[tuple[str, float, float]] = []
+        """(request, started, finished) on the loop clock, for every finished request."""
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -69,6 +71,23 @@ class FaultyDockerProxy:
 
     def calls(self, pattern: str) -> list[str]:
         return [r for r in self.requests if re.fullmatch(pattern, r)]
+
+    def peak(self, pattern: str) -> int:
+        """Most requests matching ``pattern`` that the engine had in flight at once."""
+        edges = sorted(
+            (t, step)
+            for what, start, end in self.spans
+            if re.fullmatch(pattern, what)
+            for t, step in ((start, 1), (end, -1))
+        )
+        peak = current = 0
+        for _, step in edges:
+            current += step
+            peak = max(peak, current)
+        return peak
+
+    def starts(self, pattern: str) -> list[float]:
+        return sorted(start for what, start, _ in self.spans if re.fullmatch(pattern, what))
 
     async def start(self) -> None:
         self._client = aiohttp.ClientSession(connector=aiohttp.UnixConnector(ENGINE_SOCKET))
@@ -88,6 +107,13 @@ class FaultyDockerProxy:
         path = re.sub(r"^/v[0-9.]+", "", request.path)
         what = f"{request.method} {path}"
         self.requests.append(what)
+        started = asyncio.get_running_loop().time()
+        try:
+            return await self._forward(request, what)
+        finally:
+            self.spans.append((what, started, asyncio.get_running_loop().time()))
+
+    async def _forward(self, request: web.Request, what: str) -> web.StreamResponse:
         rule = next((r for r in self.rules if r.take(what)), None)
         body = await request.read()
         if rule is not None and rule.delay_before:

@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import BackendError
+from ..errors import BackendError, SandboxExitedError
 from ..identity import SESSION, SESSION_ID, SandboxIdentity
 from ..specs import DockerSpec, Spec
 from .base import SandboxRecord, SandboxState
@@ -38,6 +38,12 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, aiodocker.DockerError):
         return exc.status >= 500
     return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ServerTimeoutError)
+
+
+def _engine_status(error: BackendError) -> int | None:
+    """The engine's HTTP status behind a translated error, if it answered."""
+    cause = error.__cause__
+    return cause.status if isinstance(cause, aiodocker.DockerError) else None
 
 
 def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
@@ -127,14 +133,13 @@ class DockerDriver:
         try:
             await self._call("create", name, create_once)
         except BackendError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiodocker.DockerError) and cause.status == 404:
+            if _engine_status(exc) == 404:
                 raise BackendError(
                     f"image {spec.image!r} is not on the engine; build it "
                     "(scripts/build-images.sh) or pull it first",
                     sandbox=name,
                     platform=_PLATFORM,
-                ) from cause
+                ) from exc.__cause__
             raise
         await self._call("start", name, self._docker.containers.container(name).start)
 
@@ -147,14 +152,23 @@ class DockerDriver:
         return labels.get(SESSION) == SESSION_ID
 
     async def endpoint(self, spec: Spec, identity: SandboxIdentity) -> str:
-        info = await self._call("inspect", identity.name, self._inspect(identity.name))
-        bindings = (info["NetworkSettings"]["Ports"] or {}).get(f"{spec.daemon_port}/tcp")
+        # The container was started by create(); only its published port is missing.
+        try:
+            info = await self._call("inspect", identity.name, self._inspect(identity.name))
+        except BackendError as exc:
+            if not (
+                isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404
+            ):
+                raise
+            info = None
+        bindings = info and (info["NetworkSettings"]["Ports"] or {}).get(f"{spec.daemon_port}/tcp")
         if not bindings:
-            state = info["State"]["Status"]
-            raise BackendError(
-                f"no published port for the daemon (container {state})",
+            state = await self.state(identity.name)
+            raise SandboxExitedError(
+                f"stopped before its daemon answered: {state.detail}",
                 sandbox=identity.name,
                 platform=_PLATFORM,
+                state=state.detail,
             )
         return f"http://127.0.0.1:{bindings[0]['HostPort']}"
 

@@ -1,0 +1,124 @@
+"""Concurrency limits per backend, shared by every fleet of a process.
+
+Creates are bounded in flight and in rate (a token bucket with jitter), readiness probes
+in flight, and deletes have their own bound so teardown never waits behind creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+
+__all__ = ["Limiter", "Limits", "limits_for", "set_limits"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Bounds on what one process asks of one backend at once."""
+
+    creates_in_flight: int = 16
+    """Create calls running at once."""
+    creates_per_second: float = 20.0
+    """Sustained create rate; ``math.inf`` for none."""
+    create_burst: int = 10
+    """Creates allowed back to back before the rate applies."""
+    probes_in_flight: int = 64
+    """Readiness probes of daemons running at once."""
+    destroys_in_flight: int = 32
+    """Delete calls running at once (separate from creates)."""
+
+    def __post_init__(self) -> None:
+        for name in ("creates_in_flight", "create_burst", "probes_in_flight", "destroys_in_flight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(name, f"must be a positive int, got {value!r}")
+        rate = self.creates_per_second
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise SpecError("creates_per_second", f"must be positive, got {rate!r}")
+
+
+# The local engine is the bottleneck, not an API quota: no rate limit, generous bounds.
+_DEFAULTS: dict[str, Limits] = {
+    "docker": Limits(creates_in_flight=32, creates_per_second=math.inf, probes_in_flight=128),
+}
+_overrides: dict[str, Limits] = {}
+
+
+def set_limits(platform: str, limits: Limits) -> None:
+    """Set the limits for ``platform`` in this process (applies to fleets started later)."""
+    _overrides[str(platform)] = limits
+
+
+def limits_for(platform: str) -> Limits:
+    platform = str(platform)
+    return _overrides.get(platform) or _DEFAULTS.get(platform) or Limits()
+
+
+@dataclass
+class _Gauge:
+    """A semaphore that also remembers the most holders it ever had (for tests/benchmarks)."""
+
+    size: int
+    peak: int = 0
+    _held: int = 0
+    _sem: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(self.size)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        async with self._sem:
+            self._held += 1
+            self.peak = max(self.peak, self._held)
+            try:
+                yield
+            finally:
+                self._held -= 1
+
+
+class Limiter:
+    """The live limits of one backend on one event loop."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.creates = _Gauge(limits.creates_in_flight)
+        self.probes = _Gauge(limits.probes_in_flight)
+        self.destroys = _Gauge(limits.destroys_in_flight)
+        self._tokens = float(limits.create_burst)
+        self._refilled = asyncio.get_running_loop().time()
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        """Nothing to release; present so a Limiter can be leased like a client."""
+
+    async def _take_token(self) -> None:
+        rate = self.limits.creates_per_second
+        if math.isinf(rate):
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # first come, first served
+            now = loop.time()
+            burst = self.limits.create_burst
+            self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+            self._refilled = now
+            if self._tokens < 1:
+                # Jitter spreads fleets of several processes that hit the same API.
+                wait = (1 - self._tokens) / rate
+                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait))
+                self._tokens = 1.0
+                self._refilled = loop.time()
+            self._tokens -= 1
+
+    @asynccontextmanager
+    async def create(self) -> AsyncIterator[None]:
+        """Hold a create slot, after waiting for the rate limit."""
+        await self._take_token()
+        async with self.creates.hold():
+            yield
