@@ -28,6 +28,7 @@ from .errors import (
 from .events import EventKind, LifecycleEvent
 from .lifecycle import Fleet, provision, provision_many
 from .limits import Limits, set_limits
+from .reaper import Reaped, gc
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 
 __version__ = "0.1.0"
@@ -56,11 +57,13 @@ __all__ = [
     "MissingExtraError",
     "ProvisionError",
     "ReadyTimeoutError",
+    "Reaped",
     "RemoteFileNotFoundError",
     "SandboxExitedError",
     "SpecError",
     "UnsupportedPlatformError",
     "__version__",
+    "gc",
     "provision",
     "provision_many",
     "set_limits",

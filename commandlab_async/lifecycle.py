@@ -22,6 +22,7 @@ from .limits import Limiter, limits_for
 from .pools import lease
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
+from .signals import terminate_after_cleanup
 from .specs import DockerSpec, KubernetesSpec, Spec
 
 __all__ = ["Fleet", "provision", "provision_many"]
@@ -104,6 +105,7 @@ async def provision(
     """
     spec = _check_spec(spec)
     async with AsyncExitStack() as stack:
+        stack.enter_context(terminate_after_cleanup())
         backend = (await _open_backends(stack, [spec]))[spec.platform]
         http = await stack.enter_async_context(lease("http", _http_session))
         member = _Member(spec, backend, new_identity(spec), on_event)
@@ -178,6 +180,7 @@ async def provision_many(
             raise SpecError("specs", "must not be empty")
     spec_list = [_check_spec(spec) for spec in spec_list]
     async with AsyncExitStack() as stack:
+        stack.enter_context(terminate_after_cleanup())
         backends = await _open_backends(stack, spec_list)
         http = await stack.enter_async_context(lease("http", _http_session))
         members = [

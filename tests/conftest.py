@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,15 +19,26 @@ _TEST_IMAGES = {
 }
 
 
-def _docker(*args: str) -> str:
+# The engine as the test process found it: tests point DOCKER_HOST at a proxy served by
+# their own event loop, which a blocking `docker` call from that loop would deadlock on.
+ENGINE_ENV = dict(os.environ)
+
+
+def docker(*args: str) -> str:
+    """Run the docker CLI against the real engine (never through a test's proxy)."""
     return subprocess.run(
-        ["docker", *args], check=True, capture_output=True, text=True, timeout=120
+        ["docker", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENGINE_ENV,
     ).stdout
 
 
 def our_containers() -> list[str]:
     """Names of every container this test process created that still exists."""
-    out = _docker("ps", "-a", "--filter", f"label={SESSION}={SESSION_ID}", "--format", "{{.Names}}")
+    out = docker("ps", "-a", "--filter", f"label={SESSION}={SESSION_ID}", "--format", "{{.Names}}")
     return out.split()
 
 
@@ -51,7 +63,7 @@ def no_leaks() -> Iterator[None]:
     yield
     leaked = our_containers()
     if leaked:
-        subprocess.run(["docker", "rm", "-f", *leaked], capture_output=True, check=False)
+        subprocess.run(["docker", "rm", "-f", *leaked], capture_output=True, env=ENGINE_ENV)
     assert leaked == [], f"containers leaked: {leaked}"
 
 

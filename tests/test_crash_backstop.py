@@ -1,0 +1,185 @@
+"""Signals, SIGKILL, TTL and the reaper: sandboxes go away even when the process does not
+clean up itself, and the reaper never touches a live sibling's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from commandlab_async import DockerSpec, gc, provision
+from commandlab_async.drivers.base import SandboxRecord
+from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
+from commandlab_async.reaper import why_reap
+from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
+from tests.docker_proxy import FaultyDockerProxy, Rule
+
+
+def containers_of(pid: int) -> list[str]:
+    return docker("ps", "-a", "--filter", f"label={PID}={pid}", "--format", "{{.Names}}").split()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+class Holder:
+    """A subprocess holding a fleet (tests/holder.py)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert line == b"ready\n", line
+
+    async def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), 60)
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Callable[..., Coroutine[Any, Any, Holder]]]:
+    holders: list[Holder] = []
+
+    async def start(count: int = 2, image: str | None = None) -> Holder:
+        args = [sys.executable, "-m", "tests.holder", str(count)] + ([image] if image else [])
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+        holders.append(Holder(proc))
+        return holders[-1]
+
+    yield start
+    for holder in holders:
+        if holder.proc.returncode is None:
+            holder.proc.kill()
+            await holder.proc.wait()
+        leftovers = containers_of(holder.pid)
+        if leftovers:
+            docker("rm", "-f", *leftovers)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", ["creating", "waiting", "body"])
+async def test_signal_cleans_up_then_exits_by_the_signal(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]],
+    docker_proxy: FaultyDockerProxy,
+    phase: str,
+    sig: signal.Signals,
+) -> None:
+    if phase == "creating":
+        rule = docker_proxy.add(Rule(r"POST /containers/create", delay_after=1.0))
+        holder = await spawn(2)
+        await rule.seen.wait()
+        await asyncio.sleep(0.2)
+    elif phase == "waiting":
+        holder = await spawn(2, NEVER_HEALTHY_IMAGE)
+        await eventually(lambda: len(containers_of(holder.pid)) == 2)
+        await asyncio.sleep(0.3)
+    else:
+        holder = await spawn(2)
+        await holder.wait_ready()
+    status = await holder.stop(sig)
+    assert status == -sig, f"exit status {status}, expected death by {sig.name}"
+    assert containers_of(holder.pid) == []
+
+
+async def test_sigkill_leaves_sandboxes_that_gc_removes_without_touching_siblings(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]],
+) -> None:
+    victim, sibling_a, sibling_b = [await spawn(1) for _ in range(3)]
+    for holder in (victim, sibling_a, sibling_b):
+        await holder.wait_ready()
+    async with provision(DockerSpec()):  # this process is a live owner too
+        assert await victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert len(containers_of(victim.pid)) == 1, "nothing can clean up after SIGKILL"
+
+        dry = await _commandlab("gc", "--dry-run")
+        assert f"owner process {victim.pid} is gone" in dry
+        assert len(containers_of(victim.pid)) == 1
+
+        out = await _commandlab("gc")
+        assert "deleted 1 sandbox(es)" in out
+        assert containers_of(victim.pid) == []
+        assert len(containers_of(sibling_a.pid)) == 1
+        assert len(containers_of(sibling_b.pid)) == 1
+        assert len(our_containers()) == 1
+    for holder in (sibling_a, sibling_b):
+        assert await holder.stop(signal.SIGTERM) == -signal.SIGTERM
+        assert containers_of(holder.pid) == []
+
+
+async def test_ttl_removes_the_sandbox_by_itself() -> None:
+    async with provision(DockerSpec(ttl=2)) as computer:
+        assert (await computer.health())["expires_in"] <= 2
+        await eventually(lambda: our_containers() == [], timeout=30)
+    # leaving the block after the sandbox expired is not an error
+
+
+async def test_gc_deletes_expired_sandboxes_of_live_owners() -> None:
+    async with provision(DockerSpec()) as computer:
+        name = computer.name
+        assert await gc() == []
+        # Label-based expiry as a foreign tool sees it (this sandbox's label says 1 h).
+        later = time.time() + 2 * 3600
+        info = docker("inspect", "-f", "{{json .Config.Labels}}", name)
+        record = SandboxRecord(name, json.loads(info), "running")
+        assert why_reap(record, now=later) == "expired"
+        assert why_reap(record) is None
+
+
+def test_why_reap_rules() -> None:
+    now = time.time()
+    host = socket.gethostname()
+
+    def record(**labels: str) -> SandboxRecord:
+        base = {
+            SESSION: "other",
+            HOST: host,
+            PID: str(os.getpid()),
+            CREATED_AT: str(int(now)),
+            EXPIRES_AT: str(int(now + 60)),
+        }
+        base.update(labels)
+        return SandboxRecord("x", base, "running")
+
+    assert why_reap(record()) is None  # a live owner (this very process)
+    assert why_reap(record(**{EXPIRES_AT: str(int(now - 1))})) == "expired"
+    assert why_reap(record(**{EXPIRES_AT: "never"})) is None
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert why_reap(record(**{PID: dead})) == f"owner process {dead} is gone"
+    assert why_reap(record(**{PID: dead, HOST: "another-host"})) is None
+    # pid 1 exists but started long before this sandbox was created: not a reuse
+    assert why_reap(record(**{PID: "1"})) is None
+    # our pid, but the sandbox claims to be older than this process: the pid was reused
+    assert why_reap(record(**{CREATED_AT: "1000"})) == f"owner process {os.getpid()} is gone"
+
+
+async def _commandlab(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commandlab_async.cli", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode()
