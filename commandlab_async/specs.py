@@ -154,11 +154,17 @@ class DockerSpec(_SandboxSpec):
     platform: DockerPlatform = DockerPlatform.LOCAL
     pids_limit: int = 1024
     """Maximum number of processes in the sandbox (local Docker)."""
+    run_as_root: bool = False
+    """Run the daemon and commands as root with Docker's default capabilities (for
+    workloads that install packages); by default the image's unprivileged user runs
+    them with every capability dropped."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, DockerPlatform):
             raise SpecError("platform", f"must be a DockerPlatform, got {self.platform!r}")
         super().__post_init__()
+        if not isinstance(self.run_as_root, bool):
+            raise SpecError("run_as_root", "must be a bool")
         if isinstance(self.pids_limit, bool) or not isinstance(self.pids_limit, int):
             raise SpecError("pids_limit", "must be an int")
         if not 16 <= self.pids_limit <= 1_000_000:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,21 @@ from tests.docker_proxy import FaultyDockerProxy
 BASE_IMAGE = "commandlab/python-base:bookworm"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
 EXITS_IMAGE = "commandlab-test/exits:latest"
+HANGS_IMAGE = "commandlab-test/hangs:latest"
+WRONG_ANSWERS_IMAGE = "commandlab-test/wrong-answers:latest"
+# Daemon stand-ins: one accepts connections and never answers, one answers 500 to all.
+_HANG = (
+    "import socket,time; s=socket.create_server(('', 8000)); c=[s.accept() for _ in iter(int, 1)]"
+)
+_WRONG = (
+    "import http.server as h\n"
+    "class H(h.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self): self.send_error(500)\n"
+    "h.HTTPServer(('', 8000), H).serve_forever()"
+)
 _TEST_IMAGES = {
+    HANGS_IMAGE: f"CMD {json.dumps(['python3', '-c', _HANG])}",
+    WRONG_ANSWERS_IMAGE: f"CMD {json.dumps(['python3', '-c', _WRONG])}",
     NEVER_HEALTHY_IMAGE: 'CMD ["sleep", "infinity"]',
     EXITS_IMAGE: 'CMD ["sh", "-c", "echo boom >&2; exit 3"]',
 }

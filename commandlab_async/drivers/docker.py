@@ -111,9 +111,19 @@ class DockerDriver:
                 "MemorySwap": spec.memory * _MIB,
                 "PidsLimit": spec.pids_limit,
                 "SecurityOpt": ["no-new-privileges"],
-                "CapDrop": ["ALL"],
-                "CapAdd": ["NET_BIND_SERVICE"] if spec.daemon_port < 1024 else [],
+                **self._capabilities(spec),
             },
+            **({"User": "0:0"} if spec.run_as_root else {}),
+        }
+
+    @staticmethod
+    def _capabilities(spec: DockerSpec) -> dict[str, list[str]]:
+        if spec.run_as_root:
+            return {}  # Docker's default set: what package managers and chown need
+        # An unprivileged daemon needs no capability, except to bind a low port.
+        return {
+            "CapDrop": ["ALL"],
+            "CapAdd": ["NET_BIND_SERVICE"] if spec.daemon_port < 1024 else [],
         }
 
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
