@@ -71,10 +71,10 @@ class Cell:
     samples: list[Lifecycle] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(s, attr) for s in self.samples)
+        return statistics.median(self.values(attr))
 
     def values(self, attr: str) -> list[float]:
-        return [getattr(s, attr) for s in self.samples]
+        return [float(getattr(s, attr)) for s in self.samples]
 
 
 # --------------------------------------------------------------------------- (a) and (c)

@@ -6,19 +6,24 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from . import __version__
 from .errors import CommandLabError
-from .lifecycle import provision
+from .events import EventCallback, EventKind, LifecycleEvent
+from .lifecycle import Fleet, provision, provision_many
 from .reaper import gc
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform
 
 __all__ = ["main"]
 
 
-async def _demo(image: str) -> None:
+async def _demo(image: str, count: int) -> None:
     started = time.perf_counter()
+    if count > 1:
+        await _demo_fleet(DockerSpec(image=image), count, started)
+        return
     async with provision(DockerSpec(image=image)) as computer:
         print(f"up: {computer.name} in {time.perf_counter() - started:.2f}s")
         result = await computer.run(
@@ -29,6 +34,42 @@ async def _demo(image: str) -> None:
         print((await computer.read_file("/tmp/greeting.txt")).decode(), end="")
         name = computer.name
     print(f"down: {name} deleted")
+
+
+async def _demo_fleet(spec: DockerSpec, count: int, started: float) -> None:
+    """A fleet with a live progress bar (rich, when installed) of sandboxes ready/deleted."""
+    try:
+        from rich.progress import Progress
+    except ImportError:  # the `progress` extra is optional
+        Progress = None  # type: ignore[assignment,misc]
+
+    def run_fleet(on_event: EventCallback | None) -> AbstractAsyncContextManager[Fleet]:
+        return provision_many(spec, count=count, on_event=on_event)
+
+    if Progress is None:
+        async with run_fleet(None) as fleet:
+            await _use_fleet(fleet, started)
+        print(f"down: {count} sandboxes deleted after {time.perf_counter() - started:.2f}s")
+        return
+    with Progress() as bar:
+        up = bar.add_task("ready", total=count)
+        down = bar.add_task("deleted", total=count, visible=False)
+
+        def on_event(event: LifecycleEvent) -> None:
+            if event.kind is EventKind.READY:
+                bar.advance(up)
+            elif event.kind is EventKind.DESTROYED:
+                bar.update(down, visible=True, advance=1)
+
+        async with run_fleet(on_event) as fleet:
+            await _use_fleet(fleet, started, bar.console.print)
+    print(f"down: {count} sandboxes deleted after {time.perf_counter() - started:.2f}s")
+
+
+async def _use_fleet(fleet: Fleet, started: float, say: Callable[[str], None] = print) -> None:
+    say(f"up: {len(fleet)} sandboxes in {time.perf_counter() - started:.2f}s")
+    results = await asyncio.gather(*(c.run("hostname") for c in fleet))
+    say(f"ran hostname in each: {', '.join(r.stdout.strip() for r in results[:5])}, …")
 
 
 async def _gc(platforms: list[str], *, dry_run: bool) -> None:
@@ -52,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="bring up a sandbox on local Docker, use it, delete it")
     demo.add_argument("--image", default=DEFAULT_IMAGE)
+    demo.add_argument("--count", type=int, default=1, help="sandboxes to bring up at once")
     gc_parser = commands.add_parser(
         "gc", help="delete sandboxes whose TTL passed or whose owner process died"
     )
@@ -65,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            asyncio.run(_demo(args.image))
+            asyncio.run(_demo(args.image, args.count))
         elif args.command == "gc":
             asyncio.run(_gc(args.platform or ["docker"], dry_run=args.dry_run))
     except CommandLabError as exc:

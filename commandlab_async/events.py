@@ -14,6 +14,8 @@ log = logging.getLogger("commandlab_async")
 
 
 class EventKind(enum.StrEnum):
+    """The steps of a sandbox's life, in order (``FAILED`` replaces the rest on failure)."""
+
     CREATING = "creating"
     CREATED = "created"
     RUNNING = "running"

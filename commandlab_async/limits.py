@@ -56,6 +56,7 @@ def set_limits(platform: str, limits: Limits) -> None:
 
 
 def limits_for(platform: str) -> Limits:
+    """The limits in force for ``platform``: set_limits' or the backend's defaults."""
     platform = str(platform)
     return _overrides.get(platform) or _DEFAULTS.get(platform) or Limits()
 
