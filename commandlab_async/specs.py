@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .errors import SpecError
 
@@ -19,6 +20,8 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DockerPlatform",
     "DockerSpec",
+    "EcsTask",
+    "EndpointResolver",
     "KubernetesPlatform",
     "KubernetesSpec",
     "Spec",
@@ -33,6 +36,32 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
 _RESERVED_LABEL_PREFIX = "commandlab."
 _RESERVED_ENV_PREFIX = "COMMANDLAB_"
+# Fargate's valid memory sizes (MiB) per CPU units (1024 units = 1 vCPU).
+_FARGATE_MEMORY: dict[int, list[int]] = {
+    256: [512, 1024, 2048],
+    512: list(range(1024, 4097, 1024)),
+    1024: list(range(2048, 8193, 1024)),
+    2048: list(range(4096, 16385, 1024)),
+    4096: list(range(8192, 30721, 1024)),
+    8192: list(range(16384, 61441, 4096)),
+    16384: list(range(32768, 122881, 8192)),
+}
+
+
+@dataclass(frozen=True)
+class EcsTask:
+    """What an endpoint resolver is told about a running ECS task."""
+
+    name: str
+    task_arn: str
+    private_ip: str | None
+    public_ip: str | None
+    port: int
+    description: Mapping[str, Any]
+    """The task as ``describe_tasks`` returned it."""
+
+
+EndpointResolver = Callable[[EcsTask], Awaitable[str]]
 
 
 class DockerPlatform(enum.StrEnum):
@@ -93,7 +122,7 @@ class _SandboxSpec:
     """Environment of the sandbox (names starting with ``COMMANDLAB_`` are reserved)."""
     cpu: float = 1.0
     """CPU cores the sandbox may use."""
-    memory: int = 1024
+    memory: int = 2048
     """Memory limit in MiB."""
     ttl: float | None = 3600.0
     """Seconds until the sandbox deletes itself even if this process dies; ``None``: never."""
@@ -158,6 +187,23 @@ class DockerSpec(_SandboxSpec):
     """Run the daemon and commands as root with Docker's default capabilities (for
     workloads that install packages); by default the image's unprivileged user runs
     them with every capability dropped."""
+    # AWS ECS/Fargate
+    cluster: str | None = None
+    """ECS cluster (default: ``default``)."""
+    subnets: tuple[str, ...] = ()
+    """Subnets of the task's network interface (required on ECS)."""
+    security_groups: tuple[str, ...] = ()
+    """Security groups of the task's network interface (required on ECS)."""
+    assign_public_ip: bool = False
+    """Give the task a public IP (and connect to it rather than to the private one)."""
+    execution_role_arn: str | None = None
+    task_role_arn: str | None = None
+    log_configuration: Mapping[str, Any] | None = None
+    """ECS ``logConfiguration`` of the container, passed as is."""
+    endpoint_resolver: EndpointResolver | None = None
+    """Async hook mapping a running task to the daemon's base URL (default: its public IP
+    with ``assign_public_ip``, else its private IP). Replace it to reach tasks through a
+    tunnel or load balancer."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, DockerPlatform):
@@ -169,6 +215,7 @@ class DockerSpec(_SandboxSpec):
             raise SpecError("pids_limit", "must be an int")
         if not 16 <= self.pids_limit <= 1_000_000:
             raise SpecError("pids_limit", f"must be between 16 and 1000000, got {self.pids_limit}")
+        self._check_ecs_fields()
         if self.platform is DockerPlatform.AZURE_CONTAINER_INSTANCES:
             self._require(self.platform, "resource_group", "region")
         elif self.platform is DockerPlatform.GCP_CLOUD_RUN:
@@ -177,6 +224,50 @@ class DockerSpec(_SandboxSpec):
             for name in ("region", "resource_group", "project_id"):
                 if getattr(self, name) is not None:
                     raise SpecError(name, "has no meaning on local Docker")
+
+    def _check_ecs_fields(self) -> None:
+        ecs_only = (
+            "cluster",
+            "subnets",
+            "security_groups",
+            "assign_public_ip",
+            "execution_role_arn",
+            "task_role_arn",
+            "log_configuration",
+            "endpoint_resolver",
+        )
+        if self.platform is not DockerPlatform.AWS_ECS:
+            for name in ecs_only:
+                if getattr(self, name) not in (None, (), False):
+                    raise SpecError(name, "is only used on platform 'aws-ecs'")
+            return
+        for name in ("cluster", "execution_role_arn", "task_role_arn"):
+            _check_text(name, getattr(self, name))
+        for name in ("subnets", "security_groups"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
+                raise SpecError(name, "must be a non-empty tuple of ids on aws-ecs")
+            for item in value:
+                _check_text(name, item, required=True)
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.assign_public_ip, bool):
+            raise SpecError("assign_public_ip", "must be a bool")
+        if self.log_configuration is not None and not isinstance(self.log_configuration, Mapping):
+            raise SpecError("log_configuration", "must be a mapping (ECS logConfiguration)")
+        if self.endpoint_resolver is not None and not callable(self.endpoint_resolver):
+            raise SpecError("endpoint_resolver", "must be an async callable")
+        units = round(self.cpu * 1024)
+        allowed = _FARGATE_MEMORY.get(units)
+        if allowed is None or abs(self.cpu * 1024 - units) > 1e-6:
+            raise SpecError(
+                "cpu", f"Fargate takes 0.25, 0.5, 1, 2, 4, 8 or 16 vCPU, got {self.cpu}"
+            )
+        if self.memory not in allowed:
+            raise SpecError(
+                "memory",
+                f"Fargate with {self.cpu:g} vCPU takes {allowed[0]}..{allowed[-1]} MiB "
+                f"in steps of {allowed[1] - allowed[0]}, got {self.memory}",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

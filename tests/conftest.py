@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from commandlab_async.identity import SESSION, SESSION_ID
-from tests.docker_proxy import FaultyDockerProxy
+from tests.fault_proxy import FaultyDockerProxy
+
+pytest_plugins = ["tests.aws_support"]
 
 BASE_IMAGE = "commandlab/python-base:bookworm"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"

@@ -21,7 +21,7 @@ from commandlab_async.drivers.base import SandboxRecord
 from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
 from commandlab_async.reaper import why_reap
 from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
-from tests.docker_proxy import FaultyDockerProxy, Rule
+from tests.fault_proxy import FaultyDockerProxy, Rule
 
 
 def containers_of(pid: int) -> list[str]:

@@ -15,7 +15,7 @@ from commandlab_async import (
     provision,
 )
 from tests.conftest import HANGS_IMAGE, WRONG_ANSWERS_IMAGE, docker, our_containers
-from tests.docker_proxy import FaultyDockerProxy, Rule
+from tests.fault_proxy import FaultyDockerProxy, Rule
 
 CREATE = r"POST /containers/create"
 START = r"POST /containers/[^/]+/start"
@@ -74,14 +74,14 @@ async def test_engine_down_for_good_gives_up_with_a_transient_error(
 
 async def test_daemon_that_hangs_times_out() -> None:
     with pytest.raises(ReadyTimeoutError) as info:
-        async with provision(DockerSpec(image=HANGS_IMAGE, ready_timeout=2)):
+        async with provision(DockerSpec(image=HANGS_IMAGE, ready_timeout=6)):
             pytest.fail("the body must not run")
     assert "daemon not answering" in info.value.state
 
 
 async def test_daemon_that_answers_wrongly_is_never_ready() -> None:
     with pytest.raises(ProvisionError):
-        async with provision(DockerSpec(image=WRONG_ANSWERS_IMAGE, ready_timeout=2)):
+        async with provision(DockerSpec(image=WRONG_ANSWERS_IMAGE, ready_timeout=6)):
             pytest.fail("the body must not run")
 
 

@@ -19,7 +19,7 @@ from commandlab_async import (
     provision,
 )
 from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE, our_containers
-from tests.docker_proxy import FaultyDockerProxy, Rule
+from tests.fault_proxy import FaultyDockerProxy, Rule
 
 
 async def test_happy_path_runs_commands_and_moves_files() -> None:

@@ -21,7 +21,7 @@ from commandlab_async import (
 )
 from commandlab_async import limits as limits_module
 from tests.conftest import NEVER_HEALTHY_IMAGE, our_containers
-from tests.docker_proxy import FaultyDockerProxy, Rule
+from tests.fault_proxy import FaultyDockerProxy, Rule
 
 NEVER = DockerSpec(image=NEVER_HEALTHY_IMAGE, ready_timeout=3)
 

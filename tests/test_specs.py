@@ -15,7 +15,7 @@ from commandlab_async import (
     UnsupportedPlatformError,
     provision,
 )
-from tests.docker_proxy import FaultyDockerProxy
+from tests.fault_proxy import FaultyDockerProxy
 
 INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ({"image": ""}, "image"),
@@ -55,6 +55,21 @@ INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ),
     ({"platform": DockerPlatform.GCP_CLOUD_RUN, "region": "europe-west1"}, "project_id"),
     ({"platform": DockerPlatform.GCP_CLOUD_RUN, "project_id": "p"}, "region"),
+]
+
+ECS = {"platform": DockerPlatform.AWS_ECS, "subnets": ("subnet-1",), "security_groups": ("sg-1",)}
+INVALID_DOCKER += [
+    ({**ECS, "subnets": ()}, "subnets"),
+    ({**ECS, "subnets": "subnet-1"}, "subnets"),
+    ({**ECS, "security_groups": ("",)}, "security_groups"),
+    ({**ECS, "cpu": 0.3}, "cpu"),
+    ({**ECS, "cpu": 1, "memory": 1024}, "memory"),
+    ({**ECS, "cpu": 4, "memory": 8000}, "memory"),
+    ({**ECS, "assign_public_ip": "yes"}, "assign_public_ip"),
+    ({**ECS, "endpoint_resolver": "http://x"}, "endpoint_resolver"),
+    ({**ECS, "log_configuration": ["awslogs"]}, "log_configuration"),
+    ({"subnets": ("subnet-1",)}, "subnets"),
+    ({"assign_public_ip": True}, "assign_public_ip"),
 ]
 
 INVALID_KUBERNETES: list[tuple[dict[str, Any], str]] = [
@@ -106,7 +121,14 @@ def test_valid_cloud_specs_construct() -> None:
     KubernetesSpec(
         platform=KubernetesPlatform.GCP_GKE, cluster_name="c", region="r", project_id="p"
     )
-    DockerSpec(platform=DockerPlatform.AWS_ECS, region="eu-west-1")
+    DockerSpec(platform=DockerPlatform.AWS_ECS, subnets=("subnet-1",), security_groups=["sg-1"])
+    DockerSpec(
+        platform=DockerPlatform.AWS_ECS,
+        subnets=("s",),
+        security_groups=("g",),
+        cpu=0.25,
+        memory=512,
+    )
 
 
 async def test_invalid_input_never_reaches_the_engine(docker_proxy: FaultyDockerProxy) -> None:
@@ -117,7 +139,10 @@ async def test_invalid_input_never_reaches_the_engine(docker_proxy: FaultyDocker
     with pytest.raises(SpecError):
         async with provision({"image": "x"}):  # type: ignore[arg-type]
             pass
-    with pytest.raises(UnsupportedPlatformError, match="aws-ecs"):
-        async with provision(DockerSpec(platform=DockerPlatform.AWS_ECS)):
+    aci = DockerSpec(
+        platform=DockerPlatform.AZURE_CONTAINER_INSTANCES, resource_group="g", region="westeurope"
+    )
+    with pytest.raises(UnsupportedPlatformError, match="azure-aci"):
+        async with provision(aci):
             pass
     assert docker_proxy.requests == []

@@ -38,7 +38,20 @@ COMMON = [
     "resource_group",
     "project_id",
 ]
-DOCKER_FIELDS = [*COMMON, "platform", "pids_limit", "run_as_root"]
+DOCKER_FIELDS = [
+    *COMMON,
+    "platform",
+    "pids_limit",
+    "run_as_root",
+    "cluster",
+    "subnets",
+    "security_groups",
+    "assign_public_ip",
+    "execution_role_arn",
+    "task_role_arn",
+    "log_configuration",
+    "endpoint_resolver",
+]
 KUBERNETES_FIELDS = [*COMMON, "platform", "namespace", "cluster_name", "context"]
 
 

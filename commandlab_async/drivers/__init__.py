@@ -20,6 +20,7 @@ Platform = DockerPlatform | KubernetesPlatform
 # platform -> (module, class, extra that module needs or None)
 _REGISTRY: dict[Platform, tuple[str, str, str | None]] = {
     DockerPlatform.LOCAL: ("commandlab_async.drivers.docker", "DockerDriver", None),
+    DockerPlatform.AWS_ECS: ("commandlab_async.drivers.aws_ecs", "AwsEcsDriver", "aws"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,7 +10,7 @@ from typing import Protocol
 from ..identity import SandboxIdentity
 from ..specs import Spec
 
-__all__ = ["Driver", "SandboxRecord", "SandboxState"]
+__all__ = ["Driver", "SandboxRecord", "SandboxState", "daemon_env"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,13 @@ class Driver(Protocol):
 
     async def close(self) -> None:
         """Release the SDK client and its connections."""
+
+
+def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
+    """Environment that tells the daemon its token, port and time to live."""
+    env = dict(spec.env)
+    env["COMMANDLAB_TOKEN"] = identity.token
+    env["COMMANDLAB_PORT"] = str(spec.daemon_port)
+    if identity.expires_at is not None:
+        env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
+    return env

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ from tenacity import (
 from ..errors import BackendError, SandboxExitedError
 from ..identity import SESSION, SESSION_ID, SandboxIdentity
 from ..specs import DockerSpec, Spec
-from .base import SandboxRecord, SandboxState
+from .base import SandboxRecord, SandboxState, daemon_env
 
 __all__ = ["DockerDriver"]
 
@@ -44,16 +43,6 @@ def _engine_status(error: BackendError) -> int | None:
     """The engine's HTTP status behind a translated error, if it answered."""
     cause = error.__cause__
     return cause.status if isinstance(cause, aiodocker.DockerError) else None
-
-
-def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
-    """Environment that tells the daemon its token, port and time to live."""
-    env = dict(spec.env)
-    env["COMMANDLAB_TOKEN"] = identity.token
-    env["COMMANDLAB_PORT"] = str(spec.daemon_port)
-    if identity.expires_at is not None:
-        env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
-    return env
 
 
 class DockerDriver:

@@ -1,14 +1,16 @@
-"""A fault-injecting proxy in front of the Docker Engine's unix socket.
+"""A fault-injecting HTTP proxy in front of a real server (the Docker Engine, moto).
 
-Point ``DOCKER_HOST`` at :attr:`FaultyDockerProxy.url`; every request is recorded and
-forwarded to the real engine, unless a rule says to delay it (before or after the engine
-handled it), answer with an error instead, or drop the connection.
+Every request is recorded and forwarded, unless a rule says to delay it (before or after
+the server handled it), answer with an error instead, or drop the connection.
+``FaultyDockerProxy`` serves a unix socket for ``DOCKER_HOST``; ``FaultyHttpProxy`` a
+loopback TCP port for ``AWS_ENDPOINT_URL``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,8 @@ class Rule:
     """With ``drop``/``status``: still let the engine act before failing."""
     times: int | None = None
     """Apply to this many matching requests, then stop (None: always)."""
+    body: dict[str, str] | None = None
+    """JSON body of the injected error (default: a Docker-style message)."""
     seen: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a request first matches."""
 
@@ -51,19 +55,20 @@ class Rule:
         return True
 
 
-class FaultyDockerProxy:
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
+class FaultyProxy:
+    """Forwards to ``upstream`` (a base URL) through connectors made by ``connector``."""
+
+    def __init__(
+        self, upstream: str, connector: Callable[[], aiohttp.BaseConnector] | None = None
+    ) -> None:
+        self.upstream = upstream
+        self._connector = connector
         self.rules: list[Rule] = []
         self.requests: list[str] = []
         self.spans: list[tuple[str, float, float]] = []
         """(request, started, finished) on the loop clock, for every finished request."""
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
 
     def add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
@@ -89,13 +94,18 @@ class FaultyDockerProxy:
     def starts(self, pattern: str) -> list[float]:
         return sorted(start for what, start, _ in self.spans if re.fullmatch(pattern, what))
 
-    async def start(self) -> None:
-        self._client = aiohttp.ClientSession(connector=aiohttp.UnixConnector(ENGINE_SOCKET))
+    def describe(self, request: web.Request) -> str:
+        """What rules match against: ``METHOD /path``."""
+        return f"{request.method} {request.path}"
+
+    async def _setup(self) -> web.AppRunner:
+        connector = self._connector() if self._connector else None
+        self._client = aiohttp.ClientSession(connector=connector)
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.UnixSite(self._runner, str(self.socket_path)).start()
+        return self._runner
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -104,8 +114,7 @@ class FaultyDockerProxy:
             await self._client.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = re.sub(r"^/v[0-9.]+", "", request.path)
-        what = f"{request.method} {path}"
+        what = self.describe(request)
         self.requests.append(what)
         started = asyncio.get_running_loop().time()
         try:
@@ -124,7 +133,7 @@ class FaultyDockerProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         async with self._client.request(
             request.method,
-            "http://docker" + request.path_qs,
+            self.upstream + request.path_qs,
             headers=headers,
             data=body or None,
             timeout=aiohttp.ClientTimeout(total=None),
@@ -149,4 +158,46 @@ class FaultyDockerProxy:
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError  # aiohttp's way to abandon a dropped request
-        return web.json_response({"message": f"injected fault {rule.status}"}, status=rule.status)
+        body = rule.body or {"message": f"injected fault {rule.status}"}
+        return web.json_response(body, status=rule.status)
+
+
+class FaultyDockerProxy(FaultyProxy):
+    """The Docker Engine behind a unix socket; point ``DOCKER_HOST`` at :attr:`url`."""
+
+    def __init__(self, socket_path: Path) -> None:
+        super().__init__("http://docker", lambda: aiohttp.UnixConnector(ENGINE_SOCKET))
+        self.socket_path = socket_path
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def describe(self, request: web.Request) -> str:
+        # Without the API version prefix, e.g. ``POST /containers/create``.
+        return f"{request.method} {re.sub(r'^/v[0-9.]+', '', request.path)}"
+
+    async def start(self) -> None:
+        await web.UnixSite(await self._setup(), str(self.socket_path)).start()
+
+
+class FaultyHttpProxy(FaultyProxy):
+    """A server behind a loopback TCP port; :attr:`url` is the proxy's base URL."""
+
+    port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def describe(self, request: web.Request) -> str:
+        # AWS JSON APIs name the action in a header, e.g. ``RunTask``.
+        target = request.headers.get("X-Amz-Target", "")
+        return target.rsplit(".", 1)[-1] if target else super().describe(request)
+
+    async def start(self) -> None:
+        site = web.TCPSite(await self._setup(), "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -1,0 +1,166 @@
+"""moto in server mode behind a fault proxy, and real local daemons standing in for tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import aiohttp
+import pytest
+
+from commandlab_async import DockerPlatform, DockerSpec
+from commandlab_async.specs import EcsTask
+from tests.fault_proxy import FaultyHttpProxy
+
+DAEMON = Path(__file__).parent.parent / "commandlab_async" / "daemon" / "server.py"
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A real moto HTTP server on loopback for the whole session."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class LocalDaemons:
+    """Endpoint resolver: each running task gets a real daemon on 127.0.0.1 with the
+    token, port and TTL the task was given, so the whole path runs for real. Never
+    connects to the 10.x addresses moto invents."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+
+    async def __call__(self, task: EcsTask) -> str:
+        assert task.private_ip is not None  # moto's ENI address: checked, never used
+        (override,) = task.description["overrides"]["containerOverrides"]
+        env = {e["name"]: e["value"] for e in override["environment"]}
+        await asyncio.sleep(self.latency)  # the simulated provisioning time
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(DAEMON),
+            env={
+                **env,
+                "COMMANDLAB_HOST": "127.0.0.1",
+                "COMMANDLAB_PORT": "0",
+                "PATH": os.environ["PATH"],
+            },
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.procs[task.task_arn] = proc
+        assert proc.stderr is not None
+        line = (await proc.stderr.readline()).decode()
+        port = re.search(r":(\d+)\s*$", line)
+        assert port, line
+        return f"http://127.0.0.1:{port.group(1)}"
+
+    async def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+@dataclass
+class Aws:
+    proxy: FaultyHttpProxy
+    subnet: str
+    security_group: str
+    daemons: LocalDaemons
+    moto_url: str
+    session: aioboto3.Session = field(default_factory=aioboto3.Session)
+
+    def spec(self, **kwargs: Any) -> DockerSpec:
+        fields: dict[str, Any] = {
+            "platform": DockerPlatform.AWS_ECS,
+            "region": REGION,
+            "subnets": (self.subnet,),
+            "security_groups": (self.security_group,),
+            "endpoint_resolver": self.daemons,
+        }
+        return DockerSpec(**{**fields, **kwargs})
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """Every task on the default cluster, straight from moto (not through the proxy)."""
+        async with self.session.client(
+            "ecs", region_name=REGION, endpoint_url=self.moto_url
+        ) as ecs:
+            arns = (await ecs.list_tasks(cluster="default"))["taskArns"]
+            if not arns:
+                return []
+            described = await ecs.describe_tasks(cluster="default", tasks=arns, include=["TAGS"])
+            return list(described["tasks"])
+
+
+@pytest.fixture
+async def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Aws]:
+    async with aiohttp.ClientSession() as http:
+        (await http.post(f"{moto_url}/moto-api/reset")).close()
+        # Pin tasks at RUNNING: by default every describe_tasks moves them towards STOPPED.
+        (
+            await http.post(
+                f"{moto_url}/moto-api/state-manager/set-transition",
+                json={
+                    "model_name": "ecs::task",
+                    "transition": {"progression": "manual", "times": 1_000_000_000},
+                },
+            )
+        ).close()
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_ECS", "AWS_ENDPOINT_URL_EC2"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    session = aioboto3.Session()
+    async with (
+        session.client("ec2", region_name=REGION, endpoint_url=moto_url) as ec2,
+        session.client("ecs", region_name=REGION, endpoint_url=moto_url) as ecs,
+    ):
+        subnet = (await ec2.describe_subnets())["Subnets"][0]
+        group = await ec2.create_security_group(
+            GroupName="sandboxes", Description="test", VpcId=subnet["VpcId"]
+        )
+        await ecs.create_cluster(clusterName="default")
+    proxy = FaultyHttpProxy(moto_url)
+    await proxy.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    daemons = LocalDaemons()
+    env = Aws(proxy, subnet["SubnetId"], group["GroupId"], daemons, moto_url, session)
+    try:
+        yield env
+        # Nothing leaks: every task this test started is stopped.
+        assert [t["taskArn"] for t in await env.tasks() if t["lastStatus"] != "STOPPED"] == []
+    finally:
+        await daemons.close()
+        await proxy.close()

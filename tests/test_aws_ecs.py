@@ -1,0 +1,149 @@
+"""The ECS/Fargate driver against moto in server mode, with real daemons behind tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from commandlab_async import (
+    BackendError,
+    DockerPlatform,
+    DockerSpec,
+    SandboxExitedError,
+    SpecError,
+    provision,
+    provision_many,
+)
+from commandlab_async.drivers.aws_ecs import NAME_TAG, STARTED_BY
+from commandlab_async.specs import EcsTask
+from tests.aws_support import Aws
+from tests.fault_proxy import Rule
+
+THROTTLED = {"__type": "ThrottlingException", "message": "Rate exceeded"}
+
+
+async def test_happy_path_end_to_end(aws: Aws) -> None:
+    async with provision(aws.spec(labels={"team": "evals"})) as computer:
+        r = await computer.run("echo hello from $COMMANDLAB_PORT")
+        assert r.stdout == "hello from 0\n"  # the local stand-in daemon listens on port 0
+        (task,) = await aws.tasks()
+        assert task["lastStatus"] == "RUNNING"
+        assert task["startedBy"] == STARTED_BY
+        tags = {t["key"]: t["value"] for t in task["tags"]}
+        assert tags[NAME_TAG] == computer.name
+        assert tags["team"] == "evals"
+    (task,) = await aws.tasks()
+    assert task["lastStatus"] == "STOPPED"
+    assert aws.proxy.calls("RegisterTaskDefinition") == ["RegisterTaskDefinition"]
+    assert aws.proxy.calls("DeregisterTaskDefinition") == ["DeregisterTaskDefinition"]
+
+
+async def test_task_that_stops_before_ready_carries_the_stopped_reason(aws: Aws) -> None:
+    async def nowhere(task: EcsTask) -> str:
+        # The "container" dies: ECS stops the task with a reason while we wait.
+        async with aws.session.client(
+            "ecs", region_name="us-east-1", endpoint_url=aws.moto_url
+        ) as ecs:
+            await ecs.stop_task(
+                cluster="default", task=task.task_arn, reason="Essential container in task exited"
+            )
+        return "http://127.0.0.1:9"  # discard port: nothing answers
+
+    with pytest.raises(SandboxExitedError) as info:
+        async with provision(aws.spec(endpoint_resolver=nowhere, ready_timeout=30)):
+            pytest.fail("the body must not run")
+    assert "Essential container in task exited" in str(info.value)
+
+
+@pytest.mark.parametrize("lost_answer", [False, True], ids=["slow-answer", "lost-answer"])
+async def test_cancel_while_run_task_is_in_flight(aws: Aws, lost_answer: bool) -> None:
+    if lost_answer:
+        # moto starts the task, the answer never arrives; the retry starts another.
+        rule = aws.proxy.add(Rule("RunTask", drop=True, forward=True, times=1))
+        slow = aws.proxy.add(Rule("RunTask", delay_after=0.5))
+    else:
+        rule = slow = aws.proxy.add(Rule("RunTask", delay_after=0.5))
+
+    async def user() -> None:
+        async with provision(aws.spec()):
+            pytest.fail("the body must not run")
+
+    task = asyncio.create_task(user())
+    await slow.seen.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rule.seen.is_set()
+    started = await aws.tasks()
+    assert len(started) == (2 if lost_answer else 1)
+    assert all(t["lastStatus"] == "STOPPED" for t in started)
+    if lost_answer:
+        assert aws.proxy.calls("ListTasks"), "the lost task was found by startedBy"
+
+
+async def test_throttling_is_retried(aws: Aws) -> None:
+    rule = aws.proxy.add(Rule("RunTask", status=400, body=THROTTLED, times=2))
+    async with provision(aws.spec()) as computer:
+        assert (await computer.run("true")).exit_code == 0
+    assert rule.times == 0
+    assert len(aws.proxy.calls("RunTask")) == 3
+
+
+async def test_invalid_parameters_fail_at_once(aws: Aws) -> None:
+    aws.proxy.add(
+        Rule(
+            "RunTask",
+            status=400,
+            body={"__type": "InvalidParameterException", "message": "subnet does not exist"},
+        )
+    )
+    with pytest.raises(BackendError, match="subnet does not exist") as info:
+        async with provision(aws.spec()):
+            pytest.fail("the body must not run")
+    assert info.value.transient is False
+    assert len(aws.proxy.calls("RunTask")) == 1
+
+
+async def test_fleet_of_twenty(aws: Aws) -> None:
+    async with provision_many(aws.spec(), count=20) as fleet:
+        results = await asyncio.gather(*(c.run("echo $$") for c in fleet))
+        assert len({r.stdout for r in results}) == 20  # twenty distinct daemons
+        assert len(await aws.tasks()) == 20
+    assert len(aws.proxy.calls("RegisterTaskDefinition")) == 1  # reused across the fleet
+    assert len(aws.proxy.calls("RunTask")) == 20
+
+
+async def test_invalid_spec_makes_no_aws_call(aws: Aws) -> None:
+    for bad in ({"cpu": 0.3}, {"subnets": ()}, {"memory": 1000}):
+        with pytest.raises(SpecError):
+            async with provision(aws.spec(**bad)):
+                pass
+    assert aws.proxy.requests == []
+
+
+def test_without_the_aws_extra_the_error_names_it() -> None:
+    code = (
+        "import sys, asyncio; sys.modules['aioboto3'] = None\n"
+        "from commandlab_async import *\n"
+        "spec = DockerSpec(platform=DockerPlatform.AWS_ECS, subnets=('s',), "
+        "security_groups=('g',))\n"
+        "async def main():\n"
+        "    async with provision(spec): pass\n"
+        "try: asyncio.run(main())\n"
+        "except MissingExtraError as e: print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install 'commandlab-async[aws]'" in out
+    assert DockerPlatform.AWS_ECS.value in out
+
+
+def test_spec_needs_network_fields() -> None:
+    with pytest.raises(SpecError) as info:
+        DockerSpec(platform=DockerPlatform.AWS_ECS)
+    assert info.value.field == "subnets"
