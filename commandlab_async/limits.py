@@ -43,9 +43,13 @@ class Limits:
             raise SpecError("creates_per_second", f"must be positive, got {rate!r}")
 
 
-# The local engine is the bottleneck, not an API quota: no rate limit, generous bounds.
 _DEFAULTS: dict[str, Limits] = {
+    # The local engine is the bottleneck, not an API quota: no rate limit, generous bounds.
     "docker": Limits(creates_in_flight=32, creates_per_second=math.inf, probes_in_flight=128),
+    # Under ECS's RunTask token bucket (a burst of 100, refilled at 40 per second).
+    "aws-ecs": Limits(
+        creates_in_flight=50, creates_per_second=40, create_burst=100, probes_in_flight=128
+    ),
 }
 _overrides: dict[str, Limits] = {}
 
