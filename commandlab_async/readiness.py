@@ -15,7 +15,7 @@ __all__ = ["Progress", "wait_ready"]
 
 _FIRST_DELAY = 0.002
 # How often the backend is asked whether the sandbox died while the daemon is silent.
-_STATE_CHECK_INTERVAL = 0.5
+_STATE_CHECK_INTERVAL = 1.0
 _PROBE_TIMEOUT = 2.0
 
 

@@ -19,12 +19,9 @@ Configuration (environment variables)
                       still running is SIGKILLed and the process exits with
                       status 0, which stops the container.
 
-To keep the token away from commands running as the same user, the daemon
-re-executes itself once at startup (same pid) with the token moved from the
-environment into an inherited pipe (internal variable ``COMMANDLAB_TOKEN_FD``),
-so ``/proc/<daemon pid>/environ`` no longer holds it, and marks itself
-non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``, best effort) so its memory cannot
-be read through ``/proc`` either.
+Commands do not inherit the token.  The daemon marks itself non-dumpable
+(``prctl(PR_SET_DUMPABLE, 0)``, best effort) so its memory cannot be read
+through ``/proc`` by commands running as the same user.
 
 On startup one line ``commandlab daemon listening on <host>:<port>`` is written
 to stderr.  SIGTERM and SIGINT kill running command process groups and exit
@@ -134,9 +131,6 @@ TOKEN_ENV = "COMMANDLAB_TOKEN"
 PORT_ENV = "COMMANDLAB_PORT"
 HOST_ENV = "COMMANDLAB_HOST"
 TTL_ENV = "COMMANDLAB_TTL"
-# Internal: set by the daemon when it re-executes itself to drop the token from
-# its environment (see hide_token_from_environ); names an fd holding the token.
-TOKEN_FD_ENV = "COMMANDLAB_TOKEN_FD"
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "0.0.0.0"
@@ -999,50 +993,6 @@ def _fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def read_token_fd(text: str) -> str:
-    """Read (and close) the token pipe left by hide_token_from_environ()."""
-    fd = int(text)
-    try:
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return os.fsdecode(b"".join(chunks))
-
-
-def hide_token_from_environ(config: Config) -> None:
-    """Re-execute this script (same pid) with the token in a pipe, not the environment.
-
-    Removing the token from os.environ is not enough: the kernel keeps the
-    initial environment in /proc/<pid>/environ, which commands running as the
-    same user could read.  Returns only if re-executing was not possible.
-    """
-    script = os.path.abspath(__file__)
-    if not sys.executable or not os.path.isfile(script):
-        return
-    env = {key: value for key, value in os.environ.items() if key != TOKEN_ENV}
-    read_fd, write_fd = os.pipe()
-    try:
-        data = config.token
-        while data:
-            data = data[os.write(write_fd, data) :]
-    finally:
-        os.close(write_fd)
-    os.set_inheritable(read_fd, True)
-    env[TOKEN_FD_ENV] = str(read_fd)
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.flush()
-    try:
-        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
-    except OSError as exc:
-        os.close(read_fd)
-        _log(f"warning: cannot re-execute to hide the token from /proc ({exc})")
-
-
 def make_undumpable() -> None:
     """Best effort: make /proc/<pid>/{environ,mem,...} unreadable to our commands.
 
@@ -1061,26 +1011,16 @@ def make_undumpable() -> None:
 
 def main() -> None:
     """Start the daemon from environment configuration and serve forever."""
-    environ = dict(os.environ)
-    token_fd = environ.pop(TOKEN_FD_ENV, None)
-    if token_fd is not None and TOKEN_ENV not in environ:
-        try:
-            environ[TOKEN_ENV] = read_token_fd(token_fd)
-        except (ValueError, OSError) as exc:
-            _fail(f"cannot read the token from {TOKEN_FD_ENV}: {exc}", 2)
     try:
-        config = load_config(environ)
+        config = load_config(os.environ)
     except ConfigError as exc:
         _fail(str(exc), 2)
-
-    if TOKEN_ENV in os.environ:
-        hide_token_from_environ(config)  # does not return unless it failed
     make_undumpable()
-
-    hidden = (TOKEN_ENV, TOKEN_FD_ENV)
-    base_env = {key: value for key, value in os.environ.items() if key not in hidden}
-    for key in hidden:
-        os.environ.pop(key, None)
+    # Commands do not inherit the token. (The sandbox's init process still holds it in
+    # its environment: the token guards the daemon against other hosts and processes,
+    # not against the code it runs, which can do whatever the daemon can.)
+    os.environ.pop(TOKEN_ENV, None)
+    base_env = dict(os.environ)
     umask = os.umask(0)
     os.umask(umask)
 
