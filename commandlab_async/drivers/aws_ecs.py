@@ -25,12 +25,11 @@ from botocore.exceptions import (
     HTTPClientError,
     NoRegionError,
 )
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ..errors import BackendError, SandboxExitedError
 from ..identity import SESSION_ID, SandboxIdentity
 from ..specs import DockerSpec, EcsTask, Spec
-from .base import SandboxRecord, SandboxState, daemon_env
+from .base import SandboxRecord, SandboxState, daemon_env, retry_transient
 
 __all__ = ["AwsEcsDriver"]
 
@@ -158,14 +157,9 @@ class AwsEcsDriver:
     async def _call(self, what: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Call AWS, retrying throttling, 5xx and capacity failures with jittered backoff."""
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_transient),
-                stop=stop_after_attempt(5),
-                wait=wait_random_exponential(multiplier=0.1, max=5.0),
-                reraise=True,
-            ):
-                with attempt:
-                    return await fn()
+            return await retry_transient(
+                fn, transient=_is_transient, attempts=5, first_wait=0.1, max_wait=5.0
+            )
         except (ClientError, BotoCoreError, _CapacityFailure) as exc:
             raise BackendError(
                 f"{what} failed: {exc}",
@@ -173,7 +167,6 @@ class AwsEcsDriver:
                 platform=_PLATFORM,
                 transient=_is_transient(exc),
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _definition_arn(self, spec: DockerSpec, name: str) -> str:
         definition = _task_definition(spec)

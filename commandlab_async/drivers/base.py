@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ..identity import SandboxIdentity
 from ..specs import Spec
 
-__all__ = ["Driver", "SandboxRecord", "SandboxState", "daemon_env"]
+__all__ = ["Driver", "SandboxRecord", "SandboxState", "daemon_env", "retry_transient"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,29 @@ def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
     if identity.expires_at is not None:
         env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
     return env
+
+
+T = TypeVar("T")
+
+
+async def retry_transient(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    transient: Callable[[BaseException], bool],
+    attempts: int,
+    first_wait: float,
+    max_wait: float,
+) -> T:
+    """Await ``fn()``, retrying errors ``transient`` accepts with full-jitter backoff.
+
+    The last error is re-raised as it is, for the driver to translate.
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=first_wait, max=max_wait),
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -13,17 +13,11 @@ from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from ..errors import BackendError, SandboxExitedError
 from ..identity import SESSION, SESSION_ID, SandboxIdentity
 from ..specs import DockerSpec, Spec
-from .base import SandboxRecord, SandboxState, daemon_env
+from .base import SandboxRecord, SandboxState, daemon_env, retry_transient
 
 __all__ = ["DockerDriver"]
 
@@ -63,14 +57,9 @@ class DockerDriver:
     ) -> T:
         """Call the engine, retrying transient failures; translate errors to BackendError."""
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_transient),
-                stop=stop_after_attempt(attempts),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                reraise=True,
-            ):
-                with attempt:
-                    return await fn()
+            return await retry_transient(
+                fn, transient=_is_transient, attempts=attempts, first_wait=0.05, max_wait=2.0
+            )
         except (aiodocker.DockerError, aiohttp.ClientError) as exc:
             message = exc.message if isinstance(exc, aiodocker.DockerError) else repr(exc)
             raise BackendError(
@@ -79,7 +68,6 @@ class DockerDriver:
                 platform=_PLATFORM,
                 transient=_is_transient(exc),
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _config(self, spec: DockerSpec, identity: SandboxIdentity) -> dict[str, Any]:
         port = f"{spec.daemon_port}/tcp"
