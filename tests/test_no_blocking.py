@@ -1,0 +1,36 @@
+"""The library never blocks the event loop: blockbuster raises on any blocking call made
+from a coroutine (file I/O, time.sleep, sync sockets, subprocess waits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+from commandlab_async import DockerSpec, provision, provision_many
+
+# A driver's module is imported on first use (a one-time, blocking import like any
+# other); import it up front so that only steady-state behaviour is checked.
+pytest.importorskip("commandlab_async.drivers.docker")
+
+
+@pytest.fixture
+def blockbuster() -> Iterator[BlockBuster]:
+    with blockbuster_ctx("commandlab_async") as bb:
+        # aiodocker's constructor looks for the Docker socket and context once per
+        # driver lease (one stat of a local file per fleet): allowed, and only there.
+        for name in ("os.stat", "io.TextIOWrapper.read", "io.BufferedReader.read"):
+            if name in bb.functions:
+                bb.functions[name].can_block_in("aiodocker/docker.py", "__init__")
+        yield bb
+
+
+async def test_a_whole_lifecycle_never_blocks(blockbuster: BlockBuster) -> None:
+    async with provision_many(DockerSpec(), count=2) as fleet:
+        for computer in fleet:
+            assert (await computer.run("echo ok")).stdout == "ok\n"
+            await computer.write_file("/tmp/f", b"x" * 100_000)
+            assert len(await computer.read_file("/tmp/f")) == 100_000
+    async with provision(DockerSpec()) as computer:
+        await computer.health()
