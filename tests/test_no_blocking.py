@@ -9,10 +9,12 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from commandlab_async import DockerSpec, provision, provision_many
+from tests.aws_support import Aws
 
 # A driver's module is imported on first use (a one-time, blocking import like any
 # other); import it up front so that only steady-state behaviour is checked.
 pytest.importorskip("commandlab_async.drivers.docker")
+pytest.importorskip("commandlab_async.drivers.aws_ecs")
 
 
 @pytest.fixture
@@ -34,3 +36,11 @@ async def test_a_whole_lifecycle_never_blocks(blockbuster: BlockBuster) -> None:
             assert len(await computer.read_file("/tmp/f")) == 100_000
     async with provision(DockerSpec()) as computer:
         await computer.health()
+
+
+async def test_ecs_lifecycle_never_blocks(aws: Aws, blockbuster: BlockBuster) -> None:
+    # botocore reads config files and service models synchronously when a client is
+    # made: the driver loads them in a thread first.
+    async with provision_many(aws.spec(), count=2) as fleet:
+        for computer in fleet:
+            assert (await computer.run("true")).exit_code == 0

@@ -105,6 +105,21 @@ def _task_definition(spec: DockerSpec) -> dict[str, Any]:
     return definition
 
 
+def _warm(session: aioboto3.Session, service: str) -> None:
+    """Load what creating a client reads from disk, so it is cached before the loop needs it."""
+    core = session._session  # the botocore session behind aioboto3's
+    core.get_scoped_config()
+    for name in ("endpoint_resolver", "default_config_resolver", "monitor"):
+        core._get_internal_component(name)
+    loader = core.get_component("data_loader")
+    # The same call shapes as botocore's client factory: its cache keys on them.
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+        with suppress(Exception):  # not every service ships every kind
+            loader.load_service_model(service, kind, api_version=None)
+    for data in ("_retry", "partitions", "sdk-default-configuration"):
+        loader.load_data(data)
+
+
 async def default_endpoint(task: EcsTask) -> str:
     """The daemon's URL at the task's public IP if it has one, else its private IP."""
     ip = task.public_ip or task.private_ip
@@ -120,7 +135,7 @@ class AwsEcsDriver:
     probe_interval = 0.25
 
     def __init__(self) -> None:
-        self._session = aioboto3.Session()
+        self._session: aioboto3.Session | None = None
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str | None], Any] = {}
         self._client_lock = asyncio.Lock()
@@ -142,9 +157,15 @@ class AwsEcsDriver:
         async with self._client_lock:
             key = (service, region)
             if key not in self._clients:
+                if self._session is None:
+                    self._session = await asyncio.to_thread(aioboto3.Session)
+                session: Any = self._session
+                # botocore reads config files and service models from disk synchronously:
+                # load them into its caches in a thread, not on the event loop.
+                await asyncio.to_thread(_warm, session, service)
                 try:
                     self._clients[key] = await self._stack.enter_async_context(
-                        self._session.client(service, region_name=region, config=_CONFIG)
+                        session.client(service, region_name=region, config=_CONFIG)
                     )
                 except NoRegionError as exc:
                     raise BackendError(
