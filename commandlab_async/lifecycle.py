@@ -178,7 +178,6 @@ async def provision_many(
         spec_list = [_check_spec(spec) for spec in specs]
         if not spec_list:
             raise SpecError("specs", "must not be empty")
-    spec_list = [_check_spec(spec) for spec in spec_list]
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
         backends = await _open_backends(stack, spec_list)

@@ -210,7 +210,7 @@ class DockerDriver:
         )
         records = []
         for container in containers:
-            data = container._container
-            name = (data.get("Names") or [data["Id"]])[0].lstrip("/")
-            records.append(SandboxRecord(name, data.get("Labels") or {}, data.get("State", "")))
+            # The list endpoint's fields, e.g. Names: ["/commandlab-…"].
+            name = container["Names"][0].lstrip("/")
+            records.append(SandboxRecord(name, container["Labels"] or {}, container["State"]))
         return records
