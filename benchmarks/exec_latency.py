@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from _report import table  # benchmarks/ is on sys.path when a script runs
+
 from commandlab_async import Computer, DockerSpec, provision
 
 
@@ -58,14 +60,6 @@ async def docker_exec_true(name: str) -> None:
     _, stderr = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"docker exec failed ({process.returncode}): {stderr.decode()}")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    out = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

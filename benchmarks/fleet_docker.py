@@ -34,6 +34,7 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+from _report import table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import DockerSpec, provision, provision_many
 from commandlab_async.identity import SESSION, SESSION_ID
@@ -283,14 +284,6 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)), line]
-    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
 
 
 def report(

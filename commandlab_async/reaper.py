@@ -17,11 +17,14 @@ from pathlib import Path
 
 from .drivers import driver_class
 from .drivers.base import SandboxRecord
+from .errors import CleanupError
 from .identity import CREATED_AT, EXPIRES_AT, HOST, MANAGED, NEVER, PID, SESSION, SESSION_ID
 from .pools import lease
 from .specs import DockerPlatform, KubernetesPlatform
 
 __all__ = ["Reaped", "gc"]
+
+_DELETE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,11 @@ async def gc(
     *,
     dry_run: bool = False,
 ) -> list[Reaped]:
-    """Delete expired and orphaned sandboxes on ``platforms``; return what was deleted."""
+    """Delete expired and orphaned sandboxes on ``platforms``; return what was deleted.
+
+    Each delete is bounded in time; if some fail, the others are still deleted and
+    :class:`CleanupError` names the ones that remain.
+    """
     reaped: list[Reaped] = []
     async with AsyncExitStack() as stack:
         for platform in platforms:
@@ -54,7 +61,24 @@ async def gc(
                 if reason is not None
             ]
             if not dry_run:
-                await asyncio.gather(*(driver.destroy(r.name) for r in doomed))
+                results = await asyncio.gather(
+                    *(asyncio.wait_for(driver.destroy(r.name), _DELETE_TIMEOUT) for r in doomed),
+                    return_exceptions=True,
+                )
+                failures = [
+                    (r.name, e)
+                    for r, e in zip(doomed, results, strict=True)
+                    if isinstance(e, BaseException)
+                ]
+                for _, error in failures:
+                    if not isinstance(error, Exception):
+                        raise error  # cancellation
+                if failures:  # the rest are deleted: say which are not, and why
+                    raise CleanupError(
+                        "; ".join(f"{name}: {error!r}" for name, error in failures),
+                        sandbox=", ".join(name for name, _ in failures),
+                        platform=str(platform),
+                    )
             reaped.extend(doomed)
     return reaped
 

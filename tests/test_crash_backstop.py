@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from commandlab_async import DockerSpec, gc, provision
+from commandlab_async import CleanupError, DockerSpec, gc, provision
 from commandlab_async.drivers.base import SandboxRecord
 from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
 from commandlab_async.reaper import why_reap
@@ -183,3 +183,20 @@ async def _commandlab(*args: str) -> str:
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     return out.decode()
+
+
+async def test_gc_reports_what_it_could_not_delete_and_deletes_the_rest(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]], docker_proxy: FaultyDockerProxy
+) -> None:
+    victim = await spawn(2)
+    await victim.wait_ready()
+    assert await victim.stop(signal.SIGKILL) == -signal.SIGKILL
+    stuck, _freed = containers_of(victim.pid)
+    docker_proxy.add(Rule(rf"DELETE /containers/{stuck}", status=400))
+    with pytest.raises(CleanupError) as info:
+        await gc()
+    assert info.value.sandbox == stuck
+    assert containers_of(victim.pid) == [stuck]
+    docker_proxy.rules.clear()
+    assert [r.name for r in await gc()] == [stuck]
+    assert containers_of(victim.pid) == []
