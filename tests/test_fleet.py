@@ -41,26 +41,12 @@ async def test_fleet_of_ten_runs_commands_in_spec_order() -> None:
         assert sorted(our_containers()) == sorted(c.name for c in fleet)
         results = await asyncio.gather(*(c.run("echo $INDEX") for c in fleet))
         assert [r.stdout for r in results] == [f"{i}\n" for i in range(10)]
+    happy_life = [kind for kind in EventKind if kind is not EventKind.FAILED]  # in order
     kinds = Counter(e.kind for e in events)
-    for kind in (
-        EventKind.CREATING,
-        EventKind.CREATED,
-        EventKind.RUNNING,
-        EventKind.READY,
-        EventKind.DESTROYING,
-        EventKind.DESTROYED,
-    ):
+    for kind in happy_life:
         assert kinds[kind] == 10, kind
     for computer in fleet:
-        mine = [e.kind for e in events if e.sandbox == computer.name]
-        assert mine == [
-            EventKind.CREATING,
-            EventKind.CREATED,
-            EventKind.RUNNING,
-            EventKind.READY,
-            EventKind.DESTROYING,
-            EventKind.DESTROYED,
-        ]
+        assert [e.kind for e in events if e.sandbox == computer.name] == happy_life
 
 
 async def test_count_of_one_spec() -> None:

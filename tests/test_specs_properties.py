@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from hypothesis import given, settings
@@ -23,36 +24,8 @@ anything = st.one_of(
     ),
     st.sampled_from([*DockerPlatform, *KubernetesPlatform]),
 )
-COMMON = [
-    "image",
-    "daemon_port",
-    "env",
-    "cpu",
-    "memory",
-    "ttl",
-    "ready_timeout",
-    "destroy_timeout",
-    "name_prefix",
-    "labels",
-    "region",
-    "resource_group",
-    "project_id",
-]
-DOCKER_FIELDS = [
-    *COMMON,
-    "platform",
-    "pids_limit",
-    "run_as_root",
-    "cluster",
-    "subnets",
-    "security_groups",
-    "assign_public_ip",
-    "execution_role_arn",
-    "task_role_arn",
-    "log_configuration",
-    "endpoint_resolver",
-]
-KUBERNETES_FIELDS = [*COMMON, "platform", "namespace", "cluster_name", "context"]
+DOCKER_FIELDS = [f.name for f in fields(DockerSpec)]
+KUBERNETES_FIELDS = [f.name for f in fields(KubernetesSpec)]
 
 
 def _check(cls: type[Any], kwargs: dict[str, Any]) -> None:
