@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import secrets
 import statistics
@@ -124,7 +125,7 @@ def baseline_config(token: str) -> dict[str, Any]:
     return {
         "Image": IMAGE,
         "Env": [
-            f"COMMANDLAB_TOKEN={token}",
+            f"COMMANDLAB_TOKEN_SHA256={hashlib.sha256(token.encode()).hexdigest()}",
             f"COMMANDLAB_PORT={DAEMON_PORT}",
             f"COMMANDLAB_TTL={BASELINE_TTL}",
         ],

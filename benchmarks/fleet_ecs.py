@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import socket
 import subprocess
@@ -27,11 +28,12 @@ from aiohttp import web
 from commandlab_async import (
     DockerPlatform,
     DockerSpec,
+    EcsOptions,
     EventKind,
     LifecycleEvent,
+    RunningSandbox,
     provision_many,
 )
-from commandlab_async.specs import EcsTask
 
 REGION = "us-east-1"
 
@@ -59,15 +61,15 @@ class StandInDaemons:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def resolve(self, task: EcsTask) -> str:
-        (override,) = task.description["overrides"]["containerOverrides"]
-        token = next(e["value"] for e in override["environment"] if e["name"] == "COMMANDLAB_TOKEN")
-        self.ready_at.setdefault(token, time.monotonic() + self.latency)
+    async def resolve(self, task: RunningSandbox) -> str:
+        (override,) = task.raw["overrides"]["containerOverrides"]
+        env = {e["name"]: e["value"] for e in override["environment"]}
+        self.ready_at.setdefault(env["COMMANDLAB_TOKEN_SHA256"], time.monotonic() + self.latency)
         return self.url
 
     async def _health(self, request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        ready_at = self.ready_at.get(token)
+        token = request.headers.get("X-CommandLab-Token", "")
+        ready_at = self.ready_at.get(hashlib.sha256(token.encode()).hexdigest())
         if ready_at is None:
             return web.json_response({"error": "unauthorized"}, status=401)
         if time.monotonic() < ready_at:
@@ -135,8 +137,7 @@ async def run(count: int, latency: float) -> None:
         spec = DockerSpec(
             platform=DockerPlatform.AWS_ECS,
             region=REGION,
-            subnets=(subnet,),
-            security_groups=(group,),
+            options=EcsOptions(subnets=(subnet,), security_groups=(group,)),
             endpoint_resolver=daemons.resolve,
             ready_timeout=300,
         )

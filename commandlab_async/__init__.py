@@ -28,6 +28,12 @@ from .errors import (
 from .events import EventKind, LifecycleEvent
 from .lifecycle import Fleet, provision, provision_many
 from .limits import Limits, set_limits
+from .platforms.aws_ecs.options import EcsOptions
+from .platforms.azure_aci.options import AciOptions
+from .platforms.base import PlatformOptions, RunningSandbox, Target
+from .platforms.docker.options import DockerOptions
+from .platforms.gcp_cloud_run.options import CloudRunOptions
+from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
 from .reaper import Reaped, gc
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 
@@ -35,32 +41,43 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "AciOptions",
+    "AksOptions",
     "AuthenticationError",
     "BackendError",
     "BackendUnavailableError",
     "CleanupError",
+    "CloudRunOptions",
     "CommandLabError",
     "CommandResult",
     "CommandTimeoutError",
     "Computer",
     "DaemonError",
     "DaemonUnreachableError",
+    "DockerOptions",
     "DockerPlatform",
     "DockerSpec",
+    "EcsOptions",
+    "EksOptions",
     "EventKind",
     "Fleet",
     "FleetError",
+    "GkeOptions",
+    "KubeconfigOptions",
     "KubernetesPlatform",
     "KubernetesSpec",
     "LifecycleEvent",
     "Limits",
     "MissingExtraError",
+    "PlatformOptions",
     "ProvisionError",
     "ReadyTimeoutError",
     "Reaped",
     "RemoteFileNotFoundError",
+    "RunningSandbox",
     "SandboxExitedError",
     "SpecError",
+    "Target",
     "UnsupportedPlatformError",
     "__version__",
     "gc",

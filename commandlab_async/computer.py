@@ -79,11 +79,13 @@ class Computer:
         url: str,
         token: str,
         session: aiohttp.ClientSession,
-        platform: str = "docker",
+        platform: str,
     ) -> None:
         self._name = name
         self._url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"}
+        # Not ``Authorization``: the Kubernetes API server's proxy strips it, and Cloud
+        # Run's IAM reads it. The daemon accepts both.
+        self._headers = {"X-CommandLab-Token": token}
         self._session = session
         self._platform = platform
 

@@ -78,34 +78,53 @@ class UnsupportedPlatformError(BackendUnavailableError):
 
 
 class MissingExtraError(BackendUnavailableError, ImportError):
-    """The platform needs an optional extra that is not installed."""
+    """The platform needs optional extras that are not installed.
 
-    def __init__(self, platform: str, extra: str) -> None:
+    ``extras`` names them all (EKS, for instance, needs ``kubernetes`` and ``aws``).
+    """
+
+    def __init__(self, platform: str, extras: tuple[str, ...]) -> None:
+        names = ",".join(extras)
         super().__init__(
-            f"platform {platform!r} needs the {extra!r} extra: "
-            f"pip install 'commandlab-async[{extra}]'"
+            f"platform {platform!r} needs the {names!r} extra{'s' if len(extras) > 1 else ''}: "
+            f"pip install 'commandlab-async[{names}]'"
         )
         self.platform = platform
-        self.extra = extra
+        self.extras = extras
 
 
 class ProvisionError(CommandLabError):
-    """A sandbox could not be brought up. It has been (or is being) deleted."""
+    """A sandbox could not be brought up. It has been (or is being) deleted.
 
-    def __init__(self, message: str, *, sandbox: str, platform: str) -> None:
-        super().__init__(f"{platform} sandbox {sandbox}: {message}")
+    ``sandbox`` is None when the error concerns no single sandbox (listing a target).
+    """
+
+    def __init__(self, message: str, *, sandbox: str | None, platform: str) -> None:
+        where = f"{platform} sandbox {sandbox}" if sandbox is not None else str(platform)
+        super().__init__(f"{where}: {message}")
         self.sandbox = sandbox
         self.platform = platform
 
 
 class BackendError(ProvisionError):
-    """The backend API failed. ``transient`` tells whether a retry could succeed."""
+    """The backend API failed.
+
+    ``transient`` tells whether a retry could succeed; ``code`` is the backend's own
+    status or error code (an HTTP status, ``ThrottlingException``...) when it answered.
+    """
 
     def __init__(
-        self, message: str, *, sandbox: str, platform: str, transient: bool = False
+        self,
+        message: str,
+        *,
+        sandbox: str | None,
+        platform: str,
+        transient: bool = False,
+        code: int | str | None = None,
     ) -> None:
         super().__init__(message, sandbox=sandbox, platform=platform)
         self.transient = transient
+        self.code = code
 
 
 class SandboxExitedError(ProvisionError):

@@ -7,23 +7,20 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import overload
 
 import aiohttp
 
 from .computer import Computer
-from .drivers import driver_class
-from .drivers.base import Driver
 from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError, SpecError
 from .events import EventCallback, EventKind, emit
 from .identity import SandboxIdentity, new_identity
-from .limits import Limiter, limits_for
-from .pools import lease
+from .platforms.base import Target
+from .pools import Backend, lease, open_backend
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
 from .signals import terminate_after_cleanup
-from .specs import DockerSpec, KubernetesSpec, Spec
+from .specs import DockerSpec, KubernetesSpec, RunningSandbox, Spec
 
 __all__ = ["Fleet", "provision", "provision_many"]
 
@@ -43,19 +40,11 @@ def _check_spec(spec: object) -> Spec:
 
 
 @dataclass
-class _Backend:
-    """What one platform needs on this loop: its driver and its limits."""
-
-    driver: Driver
-    limiter: Limiter
-
-
-@dataclass
 class _Member:
     """One sandbox of a provision or a fleet, from identity to deletion."""
 
     spec: Spec
-    backend: _Backend
+    backend: Backend
     identity: SandboxIdentity
     on_event: EventCallback | None
     computer: Computer | None = None
@@ -68,23 +57,20 @@ class _Member:
         return self.identity.name
 
     def emit(self, kind: EventKind, detail: str = "") -> None:
-        emit(self.on_event, self.name, self.backend.driver.platform, kind, detail)
+        emit(self.on_event, self.name, str(self.backend.driver.platform), kind, detail)
 
 
-def _new_limiter(platform: str) -> Limiter:
-    return Limiter(limits_for(platform))
+def target_of(spec: Spec) -> Target:
+    """The target a sandbox of ``spec`` goes to."""
+    assert spec.options is not None  # filled in when the spec was made
+    return spec.options.target(spec)
 
 
-async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> dict[str, _Backend]:
-    """Lease the driver and limiter of every platform the specs use (no I/O)."""
-    classes = {spec.platform: driver_class(spec.platform) for spec in specs}
-    backends: dict[str, _Backend] = {}
-    for platform, cls in classes.items():
-        driver = await stack.enter_async_context(lease(("driver", platform), cls))
-        limiter = await stack.enter_async_context(
-            lease(("limits", platform), partial(_new_limiter, platform))
-        )
-        backends[platform] = _Backend(driver, limiter)
+async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> dict[Target, Backend]:
+    """Lease the driver and limiter of every target the specs use (no I/O)."""
+    backends: dict[Target, Backend] = {}
+    for target in dict.fromkeys(target_of(spec) for spec in specs):
+        backends[target] = await open_backend(stack, target)
     return backends
 
 
@@ -106,7 +92,7 @@ async def provision(
     spec = _check_spec(spec)
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
-        backend = (await _open_backends(stack, [spec]))[spec.platform]
+        (backend,) = (await _open_backends(stack, [spec])).values()
         http = await stack.enter_async_context(lease("http", _http_session))
         member = _Member(spec, backend, new_identity(spec), on_event)
         try:
@@ -183,7 +169,7 @@ async def provision_many(
         backends = await _open_backends(stack, spec_list)
         http = await stack.enter_async_context(lease("http", _http_session))
         members = [
-            _Member(spec, backends[spec.platform], new_identity(spec), on_event)
+            _Member(spec, backends[target_of(spec)], new_identity(spec), on_event)
             for spec in spec_list
         ]
         try:
@@ -246,7 +232,8 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
                 await settle(driver.create(spec, identity), grace=spec.destroy_timeout)
             member.emit(EventKind.CREATED)
             progress.state = "created; waiting for the backend to run it"
-            url = await driver.endpoint(spec, identity)
+            running = await driver.running(spec, identity)
+            url = await _resolve(spec, running)
             member.emit(EventKind.RUNNING, url)
             progress.state = "running"
             computer = Computer(
@@ -254,14 +241,14 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
                 url=url,
                 token=identity.token,
                 session=http,
-                platform=driver.platform,
+                platform=str(driver.platform),
             )
-            await wait_ready(computer, driver, progress, limiter.probes.hold)
+            await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
     except TimeoutError as exc:
         if deadline.expired():
             error: BaseException = ReadyTimeoutError(
                 sandbox=identity.name,
-                platform=driver.platform,
+                platform=str(driver.platform),
                 timeout=spec.ready_timeout,
                 state=progress.state,
             )
@@ -274,6 +261,19 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
         raise
     member.computer = computer
     member.emit(EventKind.READY)
+
+
+async def _resolve(spec: Spec, running: RunningSandbox) -> str:
+    """The daemon's base URL: the spec's resolver decides, else the driver's choice."""
+    if spec.endpoint_resolver is not None:
+        return await spec.endpoint_resolver(running)
+    if running.url is None:
+        raise ProvisionError(
+            "the backend gave it no address to reach; set spec.endpoint_resolver",
+            sandbox=running.name,
+            platform=str(running.platform),
+        )
+    return running.url
 
 
 async def _tear_down_all(members: Sequence[_Member], *, pending: BaseException | None) -> None:
@@ -304,7 +304,7 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     async def destroy() -> None:
         async with limiter.destroys.hold():
             member.emit(EventKind.DESTROYING)
-            await driver.destroy(member.name)
+            await driver.destroy(member.identity)
 
     try:
         await shielded(destroy(), timeout=member.spec.destroy_timeout)
@@ -312,7 +312,7 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
         error = CleanupError(
             f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",
             sandbox=member.name,
-            platform=driver.platform,
+            platform=str(driver.platform),
         )
         member.emit(EventKind.FAILED, str(error))
         if pending is None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from .errors import SpecError
+from .platforms.base import Target
 
 __all__ = ["Limiter", "Limits", "limits_for", "set_limits"]
 
@@ -43,26 +44,28 @@ class Limits:
             raise SpecError("creates_per_second", f"must be positive, got {rate!r}")
 
 
-_DEFAULTS: dict[str, Limits] = {
-    # The local engine is the bottleneck, not an API quota: no rate limit, generous bounds.
-    "docker": Limits(creates_in_flight=32, creates_per_second=math.inf, probes_in_flight=128),
-    # Under ECS's RunTask token bucket (a burst of 100, refilled at 40 per second).
-    "aws-ecs": Limits(
-        creates_in_flight=50, creates_per_second=40, create_burst=100, probes_in_flight=128
-    ),
-}
+# Set by the user: per platform (every target of it) or per target (one region, cluster...).
 _overrides: dict[str, Limits] = {}
 
 
-def set_limits(platform: str, limits: Limits) -> None:
-    """Set the limits for ``platform`` in this process (applies to fleets started later)."""
-    _overrides[str(platform)] = limits
+def set_limits(where: str | Target, limits: Limits) -> None:
+    """Set the limits of a platform (``"aws-ecs"``) or of one target in this process.
+
+    They apply to fleets started later; a target's own limits win over its platform's.
+    Without either, each driver's defaults apply (fitted to the backend's quotas).
+    """
+    if not isinstance(limits, Limits):
+        raise SpecError("limits", f"must be a Limits, got {type(limits).__name__}")
+    _overrides[_key(where)] = limits
 
 
-def limits_for(platform: str) -> Limits:
-    """The limits in force for ``platform``: set_limits' or the backend's defaults."""
-    platform = str(platform)
-    return _overrides.get(platform) or _DEFAULTS.get(platform) or Limits()
+def limits_for(target: Target, default: Limits) -> Limits:
+    """The limits in force for ``target``: its own, its platform's, else ``default``."""
+    return _overrides.get(_key(target)) or _overrides.get(str(target.platform)) or default
+
+
+def _key(where: str | Target) -> str:
+    return f"target:{where!r}" if isinstance(where, Target) else str(where)
 
 
 @dataclass

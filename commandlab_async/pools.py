@@ -9,12 +9,20 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
-from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .limits import Limiter, Limits, limits_for
+from .platforms import driver_class
+from .platforms.base import Target
 from .shielding import shielded
 
-__all__ = ["Closable", "lease"]
+if TYPE_CHECKING:
+    from .platforms.driver import Driver
+
+__all__ = ["Backend", "Closable", "lease", "open_backend"]
 
 
 class Closable(Protocol):
@@ -49,3 +57,29 @@ async def lease(key: Hashable, factory: Callable[[], C]) -> AsyncIterator[C]:
         if entry[1] == 0:
             del pool[key]
             await shielded(entry[0].close(), timeout=_CLOSE_TIMEOUT)
+
+
+@dataclass
+class Backend:
+    """What one target needs on this loop: its driver and its limits."""
+
+    target: Target
+    driver: Driver[Any]
+    limiter: Limiter
+
+
+def _limiter(target: Target, default: Limits) -> Limiter:
+    return Limiter(limits_for(target, default))
+
+
+async def open_backend(stack: AsyncExitStack, target: Target) -> Backend:
+    """Lease the driver and limiter of ``target`` until ``stack`` closes (no I/O).
+
+    Every fleet, provision and gc of the process on the same target shares them.
+    """
+    cls = driver_class(target.platform)
+    driver = await stack.enter_async_context(lease(("driver", target), partial(cls, target)))
+    limiter = await stack.enter_async_context(
+        lease(("limits", target), partial(_limiter, target, cls.default_limits))
+    )
+    return Backend(target, driver, limiter)

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from .computer import Computer
-from .drivers.base import Driver
 from .errors import AuthenticationError, DaemonError, ProvisionError, SandboxExitedError
+from .platforms.driver import Driver, SandboxRef
 
 __all__ = ["Progress", "wait_ready"]
 
@@ -28,7 +29,8 @@ class Progress:
 
 async def wait_ready(
     computer: Computer,
-    driver: Driver,
+    driver: Driver[Any],
+    sandbox: SandboxRef,
     progress: Progress,
     probe_slot: Callable[[], AbstractAsyncContextManager[None]],
 ) -> None:
@@ -52,19 +54,19 @@ async def wait_ready(
             raise ProvisionError(
                 "the daemon refused the sandbox's token",
                 sandbox=computer.name,
-                platform=driver.platform,
+                platform=str(driver.platform),
             ) from exc
         except DaemonError as exc:
             progress.state = f"{backend_state}; daemon not answering ({_reason(exc)})"
         if loop.time() >= next_state_check:
-            state = await driver.state(computer.name)
+            state = await driver.state(sandbox)
             backend_state = state.detail
             progress.state = f"{backend_state}; daemon not answering"
             if state.terminal:
                 raise SandboxExitedError(
                     f"stopped before its daemon answered: {state.detail}",
                     sandbox=computer.name,
-                    platform=driver.platform,
+                    platform=str(driver.platform),
                     state=state.detail,
                 )
             next_state_check = loop.time() + _STATE_CHECK_INTERVAL

@@ -15,12 +15,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from .drivers import driver_class
-from .drivers.base import SandboxRecord
-from .errors import CleanupError
+from .errors import CleanupError, SpecError
 from .identity import CREATED_AT, EXPIRES_AT, HOST, MANAGED, NEVER, PID, SESSION, SESSION_ID
-from .pools import lease
-from .specs import DockerPlatform, KubernetesPlatform
+from .platforms.base import Target
+from .platforms.driver import SandboxRecord
+from .pools import Backend, open_backend
+from .shielding import shielded
+from .specs import DockerSpec, KubernetesSpec, Spec
 
 __all__ = ["Reaped", "gc"]
 
@@ -34,53 +35,81 @@ class Reaped:
     name: str
     platform: str
     reason: str
+    target: str = ""
+    """The target it was found on, e.g. ``aws-ecs[region=us-east-1, cluster=default]``."""
 
 
 async def gc(
-    platforms: Iterable[DockerPlatform | KubernetesPlatform] = (DockerPlatform.LOCAL,),
+    where: Iterable[Spec | Target] | Spec | Target | None = None,
     *,
     dry_run: bool = False,
 ) -> list[Reaped]:
-    """Delete expired and orphaned sandboxes on ``platforms``; return what was deleted.
+    """Delete expired and orphaned sandboxes where the user names; return what was deleted.
 
-    Each delete is bounded in time; if some fail, the others are still deleted and
+    ``where`` holds specs (their target: platform, region, cluster, namespace...) or
+    :class:`Target` objects; the default sweeps the local Docker Engine. Deletes go
+    through the same per-target limits as fleets, each shielded from cancellation and
+    bounded in time; if some fail, the others are still deleted and
     :class:`CleanupError` names the ones that remain.
     """
+    targets = _targets(DockerSpec() if where is None else where)
     reaped: list[Reaped] = []
     async with AsyncExitStack() as stack:
-        for platform in platforms:
-            driver = await stack.enter_async_context(
-                lease(("driver", platform), driver_class(platform))
-            )
-            records = await driver.list_sandboxes({MANAGED: "true"})
-            # why_reap reads /proc: off the loop.
-            reasons = await asyncio.to_thread(_reasons, records)
-            doomed = [
-                Reaped(record.name, str(platform), reason)
-                for record, reason in zip(records, reasons, strict=True)
-                if reason is not None
-            ]
-            if not dry_run:
-                results = await asyncio.gather(
-                    *(asyncio.wait_for(driver.destroy(r.name), _DELETE_TIMEOUT) for r in doomed),
-                    return_exceptions=True,
-                )
-                failures = [
-                    (r.name, e)
-                    for r, e in zip(doomed, results, strict=True)
-                    if isinstance(e, BaseException)
-                ]
-                for _, error in failures:
-                    if not isinstance(error, Exception):
-                        raise error  # cancellation
-                if failures:  # the rest are deleted: say which are not, and why
-                    raise CleanupError(
-                        "; ".join(f"{name}: {error!r}" for name, error in failures),
-                        sandbox=", ".join(name for name, _ in failures),
-                        platform=str(platform),
-                    )
-            reaped.extend(doomed)
+        for target in targets:
+            backend = await open_backend(stack, target)
+            reaped += await _sweep(backend, dry_run=dry_run)
     return reaped
+
+
+def _targets(where: Iterable[Spec | Target] | Spec | Target) -> list[Target]:
+    items = [where] if isinstance(where, DockerSpec | KubernetesSpec | Target) else list(where)
+    targets = []
+    for item in items:
+        if isinstance(item, DockerSpec | KubernetesSpec):
+            assert item.options is not None
+            item = item.options.target(item)
+        if not isinstance(item, Target):
+            raise SpecError("where", f"takes specs or targets, got {type(item).__name__}")
+        targets.append(item)
+    return list(dict.fromkeys(targets))
+
+
+async def _sweep(backend: Backend, *, dry_run: bool) -> list[Reaped]:
+    driver, target = backend.driver, backend.target
+    records = await driver.list_sandboxes({MANAGED: "true"})
+    # why_reap reads /proc: off the loop.
+    reasons = await asyncio.to_thread(_reasons, records)
+    doomed = [
+        (record, Reaped(record.name, str(target.platform), reason, str(target)))
+        for record, reason in zip(records, reasons, strict=True)
+        if reason is not None
+    ]
+    if dry_run or not doomed:
+        return [reaped for _, reaped in doomed]
+
+    async def delete(record: SandboxRecord) -> None:
+        async with backend.limiter.destroys.hold():
+            await driver.destroy(record)
+
+    results = await asyncio.gather(
+        *(shielded(delete(record), timeout=_DELETE_TIMEOUT) for record, _ in doomed),
+        return_exceptions=True,
+    )
+    failures = [
+        (record.name, error)
+        for (record, _), error in zip(doomed, results, strict=True)
+        if isinstance(error, BaseException)
+    ]
+    for _, error in failures:
+        if not isinstance(error, Exception):
+            raise error  # cancellation, once every delete has finished
+    if failures:  # the rest are deleted: say which are not, and why
+        raise CleanupError(
+            "; ".join(f"{name}: {error!r}" for name, error in failures),
+            sandbox=", ".join(name for name, _ in failures),
+            platform=str(target),
+        )
+    return [reaped for _, reaped in doomed]
 
 
 def _reasons(records: list[SandboxRecord]) -> list[str | None]:

@@ -18,8 +18,7 @@ import aioboto3
 import aiohttp
 import pytest
 
-from commandlab_async import DockerPlatform, DockerSpec
-from commandlab_async.specs import EcsTask
+from commandlab_async import DockerPlatform, DockerSpec, EcsOptions, RunningSandbox
 from tests.fault_proxy import FaultyHttpProxy
 
 DAEMON = Path(__file__).parent.parent / "commandlab_async" / "daemon" / "server.py"
@@ -62,9 +61,9 @@ class LocalDaemons:
         self.latency = latency
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
-    async def __call__(self, task: EcsTask) -> str:
-        assert task.private_ip is not None  # moto's ENI address: checked, never used
-        (override,) = task.description["overrides"]["containerOverrides"]
+    async def __call__(self, task: RunningSandbox) -> str:
+        assert task.addresses["private"].startswith("10.")  # moto's ENI: checked, never used
+        (override,) = task.raw["overrides"]["containerOverrides"]
         env = {e["name"]: e["value"] for e in override["environment"]}
         await asyncio.sleep(self.latency)  # the simulated provisioning time
         proc = await asyncio.create_subprocess_exec(
@@ -78,7 +77,7 @@ class LocalDaemons:
             },
             stderr=asyncio.subprocess.PIPE,
         )
-        self.procs[task.task_arn] = proc
+        self.procs[task.raw["taskArn"]] = proc
         assert proc.stderr is not None
         line = (await proc.stderr.readline()).decode()
         port = re.search(r":(\d+)\s*$", line)
@@ -101,12 +100,13 @@ class Aws:
     moto_url: str
     session: aioboto3.Session = field(default_factory=aioboto3.Session)
 
-    def spec(self, **kwargs: Any) -> DockerSpec:
+    def spec(self, options: dict[str, Any] | None = None, **kwargs: Any) -> DockerSpec:
+        """An ECS spec for moto's network; ``options`` overrides EcsOptions fields."""
+        ecs = {"subnets": (self.subnet,), "security_groups": (self.security_group,)}
         fields: dict[str, Any] = {
             "platform": DockerPlatform.AWS_ECS,
             "region": REGION,
-            "subnets": (self.subnet,),
-            "security_groups": (self.security_group,),
+            "options": EcsOptions(**{**ecs, **(options or {})}),
             "endpoint_resolver": self.daemons,
         }
         return DockerSpec(**{**fields, **kwargs})

@@ -17,8 +17,9 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async.drivers.aws_ecs import NAME_TAG, STARTED_BY
-from commandlab_async.specs import EcsTask
+from commandlab_async.identity import SESSION_ID
+from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
+from commandlab_async.specs import RunningSandbox
 from tests.aws_support import Aws
 from tests.fault_proxy import Rule
 
@@ -31,24 +32,27 @@ async def test_happy_path_end_to_end(aws: Aws) -> None:
         assert r.stdout == "hello from 0\n"  # the local stand-in daemon listens on port 0
         (task,) = await aws.tasks()
         assert task["lastStatus"] == "RUNNING"
-        assert task["startedBy"] == STARTED_BY
+        assert task["startedBy"] == f"commandlab-{SESSION_ID}"
         tags = {t["key"]: t["value"] for t in task["tags"]}
         assert tags[NAME_TAG] == computer.name
         assert tags["team"] == "evals"
     (task,) = await aws.tasks()
     assert task["lastStatus"] == "STOPPED"
     assert aws.proxy.calls("RegisterTaskDefinition") == ["RegisterTaskDefinition"]
-    assert aws.proxy.calls("DeregisterTaskDefinition") == ["DeregisterTaskDefinition"]
+    # Content-addressed and maybe in use by a sibling process: never deregistered.
+    assert aws.proxy.calls("DeregisterTaskDefinition") == []
 
 
 async def test_task_that_stops_before_ready_carries_the_stopped_reason(aws: Aws) -> None:
-    async def nowhere(task: EcsTask) -> str:
+    async def nowhere(task: RunningSandbox) -> str:
         # The "container" dies: ECS stops the task with a reason while we wait.
         async with aws.session.client(
             "ecs", region_name="us-east-1", endpoint_url=aws.moto_url
         ) as ecs:
             await ecs.stop_task(
-                cluster="default", task=task.task_arn, reason="Essential container in task exited"
+                cluster="default",
+                task=task.raw["taskArn"],
+                reason="Essential container in task exited",
             )
         return "http://127.0.0.1:9"  # discard port: nothing answers
 
@@ -118,10 +122,12 @@ async def test_fleet_of_twenty(aws: Aws) -> None:
 
 
 async def test_invalid_spec_makes_no_aws_call(aws: Aws) -> None:
-    for bad in ({"cpu": 0.3}, {"subnets": ()}, {"memory": 1000}):
+    for bad in ({"cpu": 0.3}, {"memory": 1000}, {"pids_limit": 64}, {"daemon_port": 80}):
         with pytest.raises(SpecError):
             async with provision(aws.spec(**bad)):
                 pass
+    with pytest.raises(SpecError):
+        aws.spec({"subnets": ()})
     assert aws.proxy.requests == []
 
 
@@ -129,8 +135,8 @@ def test_without_the_aws_extra_the_error_names_it() -> None:
     code = (
         "import sys, asyncio; sys.modules['aioboto3'] = None\n"
         "from commandlab_async import *\n"
-        "spec = DockerSpec(platform=DockerPlatform.AWS_ECS, subnets=('s',), "
-        "security_groups=('g',))\n"
+        "spec = DockerSpec(platform=DockerPlatform.AWS_ECS, "
+        "options=EcsOptions(subnets=('s',), security_groups=('g',)))\n"
         "async def main():\n"
         "    async with provision(spec): pass\n"
         "try: asyncio.run(main())\n"

@@ -11,7 +11,7 @@ from tests.conftest import ENGINE_ENV
 
 def _commandlab(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "commandlab_async.cli", *args],
+        [sys.executable, "-m", "commandlab_async.integrations.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from commandlab_async import CleanupError, DockerSpec, gc, provision
-from commandlab_async.drivers.base import SandboxRecord
 from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
+from commandlab_async.platforms.driver import SandboxRecord
 from commandlab_async.reaper import why_reap
 from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
@@ -178,7 +178,11 @@ def test_why_reap_rules() -> None:
 
 async def _commandlab(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "commandlab_async.cli", *args, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "commandlab_async.integrations.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -8,6 +8,7 @@ interpreter.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -31,6 +32,8 @@ import pytest
 DAEMON_SCRIPT = Path(__file__).resolve().parents[1] / "commandlab_async" / "daemon" / "server.py"
 DAEMON_PYTHON = os.environ.get("COMMANDLAB_TEST_DAEMON_PYTHON", sys.executable)
 TOKEN = secrets.token_urlsafe(32)
+TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
+TOKEN_HEADER = "X-CommandLab-Token"
 AUTH = f"Bearer {TOKEN}"
 LISTENING = re.compile(r"commandlab daemon listening on 127\.0\.0\.1:(\d+)")
 SLEEP_300 = b"sleep\x00300\x00"
@@ -65,9 +68,10 @@ class Daemon:
         token: str | None = TOKEN,
         timeout: float = 30.0,
     ) -> Response:
+        """Send one request on a fresh connection; ``token`` goes in X-CommandLab-Token."""
         all_headers = dict(headers or {})
         if token is not None:
-            all_headers.setdefault("Authorization", f"Bearer {token}")
+            all_headers.setdefault(TOKEN_HEADER, token)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=all_headers)
@@ -163,7 +167,9 @@ def start_daemon(
     log_path: Path, procs: list[subprocess.Popen[bytes]], **env_overrides: str | None
 ) -> Daemon:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMMANDLAB_")}
-    env.update(COMMANDLAB_TOKEN=TOKEN, COMMANDLAB_HOST="127.0.0.1", COMMANDLAB_PORT="0")
+    env.update(
+        COMMANDLAB_TOKEN_SHA256=TOKEN_SHA256, COMMANDLAB_HOST="127.0.0.1", COMMANDLAB_PORT="0"
+    )
     for key, value in env_overrides.items():
         if value is None:
             env.pop(key, None)
@@ -256,7 +262,7 @@ def test_health(daemon: Daemon) -> None:
     assert resp.status == 200
     assert resp.headers["content-length"] == str(len(resp.body))
     health = resp.json()
-    assert health["version"] == "1"
+    assert health["version"] == "2"
     assert health["pid"] == daemon.proc.pid
     assert isinstance(health["uptime"], float)
     assert health["uptime"] >= 0
@@ -287,26 +293,36 @@ def test_connection_is_kept_alive_across_requests(daemon: Daemon) -> None:
         conn.close()
 
 
-BAD_AUTH = [
-    None,
-    "Bearer wrong-token-wrong-token-wrong",
-    f"Basic {TOKEN}",
-    TOKEN,
-    f"Bearer {TOKEN[:-1]}",
-    f"Bearer {TOKEN}x",
-    "Bearer ",
+BAD_CREDENTIALS = [
+    pytest.param({}, id="none"),
+    pytest.param({"Authorization": "Bearer wrong-token-wrong-token-wrong"}, id="bearer-wrong"),
+    pytest.param({"Authorization": f"Basic {TOKEN}"}, id="basic-scheme"),
+    pytest.param({"Authorization": TOKEN}, id="bearer-no-scheme"),
+    pytest.param({"Authorization": f"Bearer {TOKEN[:-1]}"}, id="bearer-prefix"),
+    pytest.param({"Authorization": f"Bearer {TOKEN}x"}, id="bearer-extended"),
+    pytest.param({"Authorization": "Bearer "}, id="bearer-empty"),
+    pytest.param({"Authorization": f"Bearer {TOKEN_SHA256}"}, id="bearer-digest"),
+    pytest.param({TOKEN_HEADER: "wrong-token-wrong-token-wrong"}, id="x-wrong"),
+    pytest.param({TOKEN_HEADER: TOKEN[:-1]}, id="x-prefix"),
+    pytest.param({TOKEN_HEADER: f"{TOKEN}x"}, id="x-extended"),
+    pytest.param({TOKEN_HEADER: f"Bearer {TOKEN}"}, id="x-with-scheme"),
+    pytest.param({TOKEN_HEADER: ""}, id="x-empty"),
+    pytest.param({TOKEN_HEADER: TOKEN_SHA256}, id="x-digest"),
+    pytest.param({TOKEN_HEADER: TOKEN_SHA256.upper()}, id="x-digest-upper"),
+    # X-CommandLab-Token wins: a valid bearer token beside a wrong or empty one is ignored.
+    pytest.param({TOKEN_HEADER: "wrong-token-wrong-token", "Authorization": AUTH}, id="x-wins"),
+    pytest.param({TOKEN_HEADER: "", "Authorization": AUTH}, id="x-empty-wins"),
 ]
 
 
-@pytest.mark.parametrize("authorization", BAD_AUTH)
+@pytest.mark.parametrize("headers", BAD_CREDENTIALS)
 def test_unauthorized_requests_are_refused_and_do_nothing(
-    daemon: Daemon, tmp_path: Path, authorization: str | None
+    daemon: Daemon, tmp_path: Path, headers: dict[str, str]
 ) -> None:
     marker = tmp_path / "ran"
     target = tmp_path / "uploaded"
     secret = tmp_path / "secret"
     secret.write_bytes(b"top secret contents")
-    headers = {} if authorization is None else {"Authorization": authorization}
     payload = json.dumps({"command": f"touch {marker}"}).encode()
     attempts = [
         daemon.request("GET", "/health", headers=headers, token=None),
@@ -320,9 +336,69 @@ def test_unauthorized_requests_are_refused_and_do_nothing(
         assert resp.status == 401
         assert resp.json()["error"] == "unauthorized"
         assert TOKEN.encode() not in resp.body
+        assert TOKEN_SHA256.encode() not in resp.body
         assert b"secret" not in resp.body
     assert not marker.exists()
     assert not target.exists()
+
+
+def test_token_header_is_accepted(daemon: Daemon) -> None:
+    resp = daemon.request("GET", "/health", headers={TOKEN_HEADER: TOKEN}, token=None)
+    assert resp.status == 200
+    assert daemon.run("echo ok")["exit_code"] == 0  # default: X-CommandLab-Token only
+
+
+def test_bearer_token_is_accepted_without_token_header(daemon: Daemon) -> None:
+    resp = daemon.request("GET", "/health", headers={"Authorization": AUTH}, token=None)
+    assert resp.status == 200
+    lower = daemon.request(
+        "GET", "/health", headers={"Authorization": f"bearer {TOKEN}"}, token=None
+    )
+    assert lower.status == 200
+
+
+def test_authorization_beside_token_header_is_ignored(daemon: Daemon) -> None:
+    # Someone else's credential (e.g. for a proxy in front of the sandbox) rides along.
+    for authorization in ["Bearer someone-elses-token", f"Basic {TOKEN}", "garbage"]:
+        resp = daemon.request("GET", "/health", headers={"Authorization": authorization})
+        assert resp.status == 200, authorization
+
+
+def get_health_raw(daemon: Daemon, *header_lines: bytes) -> int:
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        line + b"\r\n" for line in header_lines
+    )
+    return raw_status(daemon.raw(request + b"\r\n"))
+
+
+def test_repeated_credential_headers_are_refused(daemon: Daemon) -> None:
+    x_token = f"{TOKEN_HEADER}: {TOKEN}".encode()
+    bearer = f"Authorization: {AUTH}".encode()
+    assert get_health_raw(daemon, x_token) == 200
+    assert get_health_raw(daemon, f"x-commandlab-token: {TOKEN}".encode()) == 200
+    assert get_health_raw(daemon, bearer) == 200
+    # The header that is used must be unique, even when every copy is right.
+    assert get_health_raw(daemon, x_token, x_token) == 401
+    assert get_health_raw(daemon, x_token, f"{TOKEN_HEADER}: wrong".encode()) == 401
+    assert get_health_raw(daemon, x_token, bearer, x_token) == 401
+    assert get_health_raw(daemon, bearer, bearer) == 401
+    # A repeated Authorization header is ignored when X-CommandLab-Token is there.
+    assert get_health_raw(daemon, bearer, x_token, b"Authorization: Basic abc") == 200
+
+
+def test_token_is_hashed_as_utf8(spawn_daemon: Callable[..., Daemon]) -> None:
+    token = "tökén-ünïcödé-" + secrets.token_hex(8)
+    daemon = spawn_daemon(COMMANDLAB_TOKEN_SHA256=hashlib.sha256(token.encode()).hexdigest())
+    assert get_health_raw(daemon, TOKEN_HEADER.encode() + b": " + token.encode()) == 200
+    assert get_health_raw(daemon, b"Authorization: Bearer " + token.encode()) == 200
+    assert get_health_raw(daemon, TOKEN_HEADER.encode() + b": " + token.encode("latin-1")) == 401
+    assert daemon.request("GET", "/health").status == 401  # the module's TOKEN
+
+
+def test_uppercase_digest_is_accepted(spawn_daemon: Callable[..., Daemon]) -> None:
+    daemon = spawn_daemon(COMMANDLAB_TOKEN_SHA256=TOKEN_SHA256.upper())
+    assert daemon.request("GET", "/health").status == 200
+    assert daemon.request("GET", "/health", token=TOKEN_SHA256.upper()).status == 401
 
 
 def test_unknown_path_and_wrong_method(daemon: Daemon) -> None:
@@ -357,7 +433,7 @@ def test_run_stdin_env_and_cwd(daemon: Daemon, tmp_path: Path) -> None:
     assert base64.b64decode(no_stdin["stdout"]) == b"end\n"
 
     env = daemon.run(
-        'printf "%s|%s|%s" "$CLTEST_VAR" "$CLTEST_PASSTHROUGH" "${COMMANDLAB_TOKEN-unset}"',
+        'printf "%s|%s|%s" "$CLTEST_VAR" "$CLTEST_PASSTHROUGH" "${COMMANDLAB_TOKEN_SHA256-unset}"',
         env={"CLTEST_VAR": "a value with spaces"},
     )
     assert base64.b64decode(env["stdout"]) == b"a value with spaces|from-daemon|unset"
@@ -372,13 +448,14 @@ def test_run_stdin_env_and_cwd(daemon: Daemon, tmp_path: Path) -> None:
     ]
 
 
-def test_token_is_not_passed_to_commands(daemon: Daemon) -> None:
+def test_token_digest_is_not_passed_to_commands(daemon: Daemon) -> None:
     result = daemon.run('echo "$PPID"; env; cat /proc/self/environ /proc/$PPID/cmdline')
     output = base64.b64decode(result["stdout"])
     assert output.split(b"\n", 1)[0] == str(daemon.proc.pid).encode()
     assert b"CLTEST_PASSTHROUGH=from-daemon" in output
     assert TOKEN.encode() not in output
-    assert b"COMMANDLAB_TOKEN=" not in output
+    assert TOKEN_SHA256.encode() not in output
+    assert b"COMMANDLAB_TOKEN" not in output
 
 
 def test_run_killed_by_signal_reports_negative_exit_code(daemon: Daemon) -> None:
@@ -605,13 +682,19 @@ def test_malformed_requests_get_4xx_and_server_keeps_serving(
 def test_log_has_one_terse_line_per_request_and_never_the_token(daemon: Daemon) -> None:
     assert daemon.request("GET", f"/health?token={TOKEN}").status == 200
     assert daemon.request("GET", "/health", token="x" * 20).status == 401
+    bearer = {"Authorization": "Bearer " + "y" * 20}
+    assert daemon.request("GET", "/health", headers=bearer, token=None).status == 401
     log = daemon.log()
     assert "commandlab daemon listening on 127.0.0.1:" in log
     assert '"GET /health" 200' not in log  # not the stdlib format
     assert re.search(r"127\.0\.0\.1 GET /health 200$", log, re.MULTILINE)
     assert re.search(r"127\.0\.0\.1 GET /health 401$", log, re.MULTILINE)
     assert TOKEN not in log
+    assert TOKEN_SHA256 not in log
+    assert "x" * 20 not in log
+    assert "y" * 20 not in log
     assert "Authorization" not in log
+    assert TOKEN_HEADER.lower() not in log.lower()
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -643,20 +726,12 @@ def test_sigterm_kills_commands_and_exits_zero(spawn_daemon: Callable[..., Daemo
     assert wait_for(lambda: not sleepers_with(marker), timeout=3), sleepers_with(marker)
 
 
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"COMMANDLAB_TOKEN": None}, "COMMANDLAB_TOKEN is not set"),
-        ({"COMMANDLAB_TOKEN": "short-token"}, "at least 16 characters"),
-        ({"COMMANDLAB_TTL": "soon"}, "COMMANDLAB_TTL"),
-        ({"COMMANDLAB_PORT": "http"}, "COMMANDLAB_PORT"),
-    ],
-)
-def test_refuses_to_start_with_bad_configuration(
-    tmp_path: Path, env: dict[str, str | None], message: str
-) -> None:
+def start_daemon_expecting_failure(env: dict[str, str | None]) -> str:
+    """Run the daemon with env overrides; it must exit 2 at once. Returns its stderr."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("COMMANDLAB_")}
-    full_env.update(COMMANDLAB_TOKEN=TOKEN, COMMANDLAB_HOST="127.0.0.1", COMMANDLAB_PORT="0")
+    full_env.update(
+        COMMANDLAB_TOKEN_SHA256=TOKEN_SHA256, COMMANDLAB_HOST="127.0.0.1", COMMANDLAB_PORT="0"
+    )
     for key, value in env.items():
         if value is None:
             full_env.pop(key)
@@ -671,5 +746,48 @@ def test_refuses_to_start_with_bad_configuration(
         check=False,
     )
     assert done.returncode == 2
-    assert message in done.stderr.decode()
     assert done.stdout == b""
+    stderr = done.stderr.decode()
+    assert "listening" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"COMMANDLAB_TOKEN_SHA256": None}, "COMMANDLAB_TOKEN_SHA256 is not set"),
+        ({"COMMANDLAB_TOKEN_SHA256": ""}, "COMMANDLAB_TOKEN_SHA256 is not set"),
+        ({"COMMANDLAB_TOKEN_SHA256": TOKEN_SHA256[:-1]}, "64 hexadecimal digits"),
+        ({"COMMANDLAB_TOKEN_SHA256": TOKEN_SHA256 + "0"}, "64 hexadecimal digits"),
+        ({"COMMANDLAB_TOKEN_SHA256": f" {TOKEN_SHA256}"}, "64 hexadecimal digits"),
+        ({"COMMANDLAB_TOKEN_SHA256": "g" + TOKEN_SHA256[1:]}, "not all hexadecimal"),
+        # The token itself put in the digest's place: refused, and never echoed.
+        ({"COMMANDLAB_TOKEN_SHA256": TOKEN}, "64 hexadecimal digits"),
+        (
+            {"COMMANDLAB_TOKEN_SHA256": hashlib.sha256(b"").hexdigest()},
+            "SHA-256 of an empty token",
+        ),
+        ({"COMMANDLAB_TTL": "soon"}, "COMMANDLAB_TTL"),
+        ({"COMMANDLAB_PORT": "http"}, "COMMANDLAB_PORT"),
+    ],
+)
+def test_refuses_to_start_with_bad_configuration(env: dict[str, str | None], message: str) -> None:
+    stderr = start_daemon_expecting_failure(env)
+    assert message in stderr
+    assert TOKEN not in stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"COMMANDLAB_TOKEN": TOKEN}, id="beside-digest"),
+        pytest.param({"COMMANDLAB_TOKEN": TOKEN, "COMMANDLAB_TOKEN_SHA256": None}, id="alone"),
+        pytest.param({"COMMANDLAB_TOKEN": ""}, id="empty"),
+    ],
+)
+def test_refuses_to_start_when_given_the_raw_token(env: dict[str, str | None]) -> None:
+    stderr = start_daemon_expecting_failure(env)
+    assert "COMMANDLAB_TOKEN is set" in stderr
+    assert "pass its SHA-256" in stderr
+    assert "COMMANDLAB_TOKEN_SHA256" in stderr
+    assert TOKEN not in stderr

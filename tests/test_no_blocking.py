@@ -13,8 +13,8 @@ from tests.aws_support import Aws
 
 # A driver's module is imported on first use (a one-time, blocking import like any
 # other); import it up front so that only steady-state behaviour is checked.
-pytest.importorskip("commandlab_async.drivers.docker")
-pytest.importorskip("commandlab_async.drivers.aws_ecs")
+pytest.importorskip("commandlab_async.platforms.docker.driver")
+pytest.importorskip("commandlab_async.platforms.aws_ecs.driver")
 
 
 @pytest.fixture

@@ -7,8 +7,12 @@ from typing import Any
 import pytest
 
 from commandlab_async import (
+    DockerOptions,
     DockerPlatform,
     DockerSpec,
+    EcsOptions,
+    EksOptions,
+    KubeconfigOptions,
     KubernetesPlatform,
     KubernetesSpec,
     SpecError,
@@ -57,19 +61,29 @@ INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ({"platform": DockerPlatform.GCP_CLOUD_RUN, "project_id": "p"}, "region"),
 ]
 
-ECS = {"platform": DockerPlatform.AWS_ECS, "subnets": ("subnet-1",), "security_groups": ("sg-1",)}
+ECS_NETWORK = {"subnets": ("subnet-1",), "security_groups": ("sg-1",)}
+ECS = {"platform": DockerPlatform.AWS_ECS, "options": EcsOptions(**ECS_NETWORK)}
 INVALID_DOCKER += [
-    ({**ECS, "subnets": ()}, "subnets"),
-    ({**ECS, "subnets": "subnet-1"}, "subnets"),
-    ({**ECS, "security_groups": ("",)}, "security_groups"),
+    ({"endpoint_resolver": "http://x"}, "endpoint_resolver"),
+    ({"run_as_root": "yes"}, "run_as_root"),
+    ({"options": EcsOptions(**ECS_NETWORK)}, "options"),  # ECS options on local Docker
+    ({"platform": DockerPlatform.AWS_ECS}, "subnets"),  # the default options lack a network
+    ({**ECS, "options": DockerOptions()}, "options"),
     ({**ECS, "cpu": 0.3}, "cpu"),
     ({**ECS, "cpu": 1, "memory": 1024}, "memory"),
     ({**ECS, "cpu": 4, "memory": 8000}, "memory"),
-    ({**ECS, "assign_public_ip": "yes"}, "assign_public_ip"),
-    ({**ECS, "endpoint_resolver": "http://x"}, "endpoint_resolver"),
-    ({**ECS, "log_configuration": ["awslogs"]}, "log_configuration"),
-    ({"subnets": ("subnet-1",)}, "subnets"),
-    ({"assign_public_ip": True}, "assign_public_ip"),
+    ({**ECS, "pids_limit": 256}, "pids_limit"),  # Fargate cannot limit processes
+    ({**ECS, "daemon_port": 80}, "daemon_port"),  # unprivileged, and no NET_BIND_SERVICE
+    ({**ECS, "resource_group": "rg"}, "resource_group"),
+]
+
+INVALID_ECS_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({**ECS_NETWORK, "subnets": ()}, "subnets"),
+    ({**ECS_NETWORK, "subnets": "subnet-1"}, "subnets"),
+    ({**ECS_NETWORK, "security_groups": ("",)}, "security_groups"),
+    ({**ECS_NETWORK, "assign_public_ip": "yes"}, "assign_public_ip"),
+    ({**ECS_NETWORK, "log_configuration": ["awslogs"]}, "log_configuration"),
+    ({**ECS_NETWORK, "cluster": ""}, "cluster"),
 ]
 
 INVALID_KUBERNETES: list[tuple[dict[str, Any], str]] = [
@@ -83,10 +97,13 @@ INVALID_KUBERNETES: list[tuple[dict[str, Any], str]] = [
             "platform": KubernetesPlatform.AWS_EKS,
             "cluster_name": "c",
             "region": "r",
-            "context": "kind",
+            "options": KubeconfigOptions(context="kind"),
         },
-        "context",
+        "options",
     ),
+    ({"options": EksOptions()}, "options"),
+    ({"cluster_name": "c"}, "cluster_name"),  # a kubeconfig cluster is chosen by context
+    ({"pids_limit": 100}, "pids_limit"),  # a node setting on Kubernetes
     ({"platform": DockerPlatform.LOCAL}, "platform"),
 ]
 
@@ -97,6 +114,22 @@ def test_invalid_docker_spec(kwargs: dict[str, Any], field: str) -> None:
         DockerSpec(**kwargs)
     assert info.value.field == field
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), INVALID_ECS_OPTIONS)
+def test_invalid_ecs_options(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        EcsOptions(**kwargs)
+    assert info.value.field == field
+
+
+def test_platform_defaults_fill_unset_portable_fields() -> None:
+    local = DockerSpec()
+    assert (local.memory, local.pids_limit) == (1024, 1024)
+    assert isinstance(local.options, DockerOptions)
+    ecs = DockerSpec(**ECS)
+    assert (ecs.memory, ecs.pids_limit) == (2048, None)  # a Fargate pair; no pids limit there
+    assert DockerSpec(memory=512, pids_limit=64).memory == 512
 
 
 @pytest.mark.parametrize(("kwargs", "field"), INVALID_KUBERNETES)
@@ -121,14 +154,12 @@ def test_valid_cloud_specs_construct() -> None:
     KubernetesSpec(
         platform=KubernetesPlatform.GCP_GKE, cluster_name="c", region="r", project_id="p"
     )
-    DockerSpec(platform=DockerPlatform.AWS_ECS, subnets=("subnet-1",), security_groups=["sg-1"])
+    KubernetesSpec(options=KubeconfigOptions(context="kind"), namespace="evals")
     DockerSpec(
         platform=DockerPlatform.AWS_ECS,
-        subnets=("s",),
-        security_groups=("g",),
-        cpu=0.25,
-        memory=512,
+        options=EcsOptions(subnets=("subnet-1",), security_groups=["sg-1"]),  # type: ignore[arg-type]
     )
+    DockerSpec(**ECS, cpu=0.25, memory=512, run_as_root=True, daemon_port=80)
 
 
 async def test_invalid_input_never_reaches_the_engine(docker_proxy: FaultyDockerProxy) -> None:

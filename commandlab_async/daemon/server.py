@@ -6,11 +6,17 @@ so that it can be copied alone into a container and started with
 
 Configuration (environment variables)
 -------------------------------------
-``COMMANDLAB_TOKEN``  required, 16 to 4096 characters; the bearer token clients
-                      must present.  It is removed from the daemon's own
-                      environment and never passed to commands.  If it is missing
-                      or too short the daemon prints a message on stderr and
-                      exits with status 2.
+``COMMANDLAB_TOKEN_SHA256``  required: the SHA-256 digest of the client's token
+                      (the token encoded as UTF-8), as 64 hexadecimal digits
+                      (upper or lower case).  The daemon never receives the
+                      token itself: it hashes the token each request presents
+                      and compares digests.  The variable is removed from the
+                      daemon's own environment and never passed to commands.
+                      If it is missing or malformed the daemon prints a
+                      message on stderr and exits with status 2.
+``COMMANDLAB_TOKEN``  must NOT be set: a daemon that finds it (a client that
+                      still hands the raw token to the sandbox) prints a
+                      message on stderr and exits with status 2.
 ``COMMANDLAB_PORT``   TCP port, default 8000 (0 picks a free port; the startup
                       line reports the real one).
 ``COMMANDLAB_HOST``   bind address, default ``0.0.0.0`` (IPv6 literals work).
@@ -19,9 +25,10 @@ Configuration (environment variables)
                       still running is SIGKILLed and the process exits with
                       status 0, which stops the container.
 
-Commands do not inherit the token.  The daemon marks itself non-dumpable
-(``prctl(PR_SET_DUMPABLE, 0)``, best effort) so its memory cannot be read
-through ``/proc`` by commands running as the same user.
+The sandbox holds only the digest, which cannot be presented as a token.  Tokens
+still pass through the daemon's memory while requests are read, so the daemon
+marks itself non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``, best effort): commands
+running as the same user cannot read its memory through ``/proc``.
 
 On startup one line ``commandlab daemon listening on <host>:<port>`` is written
 to stderr.  SIGTERM and SIGINT kill running command process groups and exit
@@ -38,18 +45,22 @@ before it was read) the response carries ``Connection: close``.
 ``Expect: 100-continue`` is honoured: ``100 Continue`` is only sent once the
 request was authenticated and validated and the body is about to be read.
 
-Authentication: every request, whatever its path or method, must carry
-``Authorization: Bearer <token>`` (compared in constant time).  Otherwise the
-reply is ``401 {"error": "unauthorized", ...}``.  After authentication an
-unknown path gets ``404 not_found`` and a known path with the wrong method gets
-``405 method_not_allowed`` (with an ``Allow`` header).  A malformed
-``Content-Length`` (negative, non-numeric, conflicting duplicates) gets
-``400 bad_content_length``.
+Authentication: every request, whatever its path or method, must carry the
+token in ``X-CommandLab-Token: <token>`` or, only when that header is absent,
+in ``Authorization: Bearer <token>``.  When ``X-CommandLab-Token`` is present
+any ``Authorization`` header is ignored; a repeated ``X-CommandLab-Token`` (or,
+when it is absent, a repeated ``Authorization``) is refused.  The SHA-256 of
+the presented token is compared in constant time with the configured digest.
+Otherwise the reply is ``401 {"error": "unauthorized", ...}``.  After
+authentication an unknown path gets ``404 not_found`` and a known path with
+the wrong method gets ``405 method_not_allowed`` (with an ``Allow`` header).
+A malformed ``Content-Length`` (negative, non-numeric, conflicting duplicates)
+gets ``400 bad_content_length``.
 
 Errors are JSON: ``{"error": "<code>", "message": "<text>"}``.
 
 ``GET /health``
-    200 ``{"version": "1", "uptime": <float s>, "pid": <int>,
+    200 ``{"version": "2", "uptime": <float s>, "pid": <int>,
     "expires_in": <float s or null>}``.
 
 ``POST /run``  (``Content-Type: application/json`` or none; body <= 64 MiB)
@@ -57,9 +68,10 @@ Errors are JSON: ``{"error": "<code>", "message": "<text>"}``.
     "stdin": <base64 str>|null, "timeout": <number > 0>|null}``; only
     ``command`` is required, unknown keys are ignored.  The command runs as
     ``/bin/sh -c <command>`` in a new session (its own process group) with the
-    daemon environment (minus the token) overlaid by ``env``.  Without
-    ``stdin`` the command's stdin is empty (EOF).  On timeout the whole process
-    group is SIGKILLed and whatever output was produced is returned.
+    daemon environment (minus ``COMMANDLAB_TOKEN_SHA256``) overlaid by
+    ``env``.  Without ``stdin`` the command's stdin is empty (EOF).  On
+    timeout the whole process group is SIGKILLed and whatever output was
+    produced is returned.
     200 ``{"exit_code": <int, -N when killed by signal N>, "stdout": <base64>,
     "stderr": <base64>, "duration": <float s>, "timed_out": <bool>}``.
     Errors: 400 ``bad_json`` (unparseable body), 400 ``bad_request`` (wrong
@@ -101,6 +113,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import hashlib
 import hmac
 import io
 import json
@@ -119,23 +132,26 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
-DAEMON_VERSION = "1"
+DAEMON_VERSION = "2"
 
-TOKEN_ENV = "COMMANDLAB_TOKEN"
+TOKEN_SHA256_ENV = "COMMANDLAB_TOKEN_SHA256"
+# The raw token must never be configured: its presence is refused (see load_config).
+LEGACY_TOKEN_ENV = "COMMANDLAB_TOKEN"
 PORT_ENV = "COMMANDLAB_PORT"
 HOST_ENV = "COMMANDLAB_HOST"
 TTL_ENV = "COMMANDLAB_TTL"
 
+TOKEN_HEADER = "X-CommandLab-Token"
+
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "0.0.0.0"
-MIN_TOKEN_LENGTH = 16
-MAX_TOKEN_LENGTH = 4096
 
 MAX_RUN_BODY = 64 * 1024 * 1024
 MAX_PSEUDO_FILE = 64 * 1024 * 1024
@@ -154,6 +170,7 @@ UPLOAD_PREFIX = ".commandlab-upload-"
 
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 _MODE_RE = re.compile(r"[0-7]{1,4}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UNPRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 # socket.timeout is only an alias of TimeoutError from Python 3.10 on.
 _NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.timeout)
@@ -169,21 +186,40 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    token: bytes
+    token_sha256: bytes  # SHA-256 digest (32 raw bytes) of the client's token
     host: str
     port: int
     ttl: float | None
 
 
+def parse_token_sha256(text: str) -> bytes:
+    """Decode the configured token digest (64 hex digits) to its 32 raw bytes.
+
+    The value is never echoed in errors: it may be a raw token set by mistake.
+    """
+    if not text:
+        raise ConfigError(f"{TOKEN_SHA256_ENV} is not set")
+    if not _SHA256_HEX_RE.fullmatch(text):
+        raise ConfigError(
+            f"{TOKEN_SHA256_ENV} must be the SHA-256 of the client's token as exactly"
+            f" 64 hexadecimal digits (got {len(text)} characters"
+            f"{'' if len(text) != 64 else ', not all hexadecimal'})"
+        )
+    digest = bytes.fromhex(text)
+    if hmac.compare_digest(digest, hashlib.sha256(b"").digest()):
+        raise ConfigError(f"{TOKEN_SHA256_ENV} is the SHA-256 of an empty token")
+    return digest
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Parse and validate the daemon configuration from ``environ``."""
-    token = environ.get(TOKEN_ENV, "")
-    if not token:
-        raise ConfigError(f"{TOKEN_ENV} is not set")
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise ConfigError(f"{TOKEN_ENV} must be at least {MIN_TOKEN_LENGTH} characters long")
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise ConfigError(f"{TOKEN_ENV} must be at most {MAX_TOKEN_LENGTH} characters long")
+    if LEGACY_TOKEN_ENV in environ:
+        raise ConfigError(
+            f"{LEGACY_TOKEN_ENV} is set, but the daemon no longer accepts the token itself:"
+            f" pass its SHA-256 (64 hex digits) in {TOKEN_SHA256_ENV} instead and keep"
+            f" the token out of the sandbox"
+        )
+    token_sha256 = parse_token_sha256(environ.get(TOKEN_SHA256_ENV, ""))
 
     host = environ.get(HOST_ENV, "").strip() or DEFAULT_HOST
 
@@ -208,7 +244,52 @@ def load_config(environ: Mapping[str, str]) -> Config:
         if not math.isfinite(ttl) or ttl <= 0:
             raise ConfigError(f"{TTL_ENV} must be a positive finite number, got {ttl_text!r}")
 
-    return Config(token=os.fsencode(token), host=host, port=port, ttl=ttl)
+    return Config(token_sha256=token_sha256, host=host, port=port, ttl=ttl)
+
+
+# --------------------------------------------------------------------------
+# authentication
+
+
+def presented_token(headers: Message) -> bytes | None:
+    """The token a request presents, as raw bytes; None when absent or ambiguous.
+
+    The client sends ``X-CommandLab-Token`` rather than ``Authorization``: the
+    Kubernetes API server's pod proxy strips ``Authorization``, and Cloud Run's
+    IAM reads ``Authorization`` itself (unless ``X-Serverless-Authorization`` is
+    used).  So when ``X-CommandLab-Token`` is present it alone counts: an
+    ``Authorization`` header beside it may carry someone else's credential (for
+    a proxy or gateway in front of the sandbox) and is ignored.  Only when it is
+    absent is ``Authorization: Bearer <token>`` accepted.  A repeated header that
+    would be used is refused rather than guessed at.  Neither header is ever
+    logged.
+    """
+    tokens = headers.get_all(TOKEN_HEADER)
+    if tokens is not None:
+        if len(tokens) != 1:
+            return None
+        value = str(tokens[0]).strip()
+    else:
+        authorizations = headers.get_all("Authorization") or []
+        if len(authorizations) != 1:
+            return None
+        scheme, _, credential = str(authorizations[0]).strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        value = credential.strip()
+    if not value:
+        return None
+    # Header values were decoded as latin-1: this recovers the raw bytes (the
+    # UTF-8 encoding of the token, as the client sent it).
+    return value.encode("latin-1", "replace")
+
+
+def authenticate(headers: Message, token_sha256: bytes) -> bool:
+    """Whether the request presents the token whose SHA-256 is ``token_sha256``."""
+    token = presented_token(headers)
+    if token is None:
+        return False
+    return hmac.compare_digest(hashlib.sha256(token).digest(), token_sha256)
 
 
 # --------------------------------------------------------------------------
@@ -524,7 +605,163 @@ class DaemonServer(ThreadingHTTPServer):
             _log(f"{_printable(str(client_address))} unhandled error:\n{traceback.format_exc()}")
 
 
+class Exchange:
+    """One request and its response: all per-request state, and the body/response I/O.
+
+    DaemonHandler creates a fresh Exchange for every request on a connection and
+    passes it to the endpoint (see ROUTES).  Endpoints read the body with
+    ``require_length``/``read_chunk`` and answer with ``send_json`` or
+    ``begin_response`` + ``write``.
+    """
+
+    def __init__(self, handler: DaemonHandler) -> None:
+        self.handler = handler
+        self.body_remaining = 0  # bytes still unread; -1 when unknown (unframed)
+        self.has_length = False
+        self.body_error: str | None = None
+        self.expect_continue = False
+        self.continue_sent = False
+        self.authorized = False
+        self.response_started = False
+        # The connection closes after this response with body bytes still unread:
+        # drain them for a while first (DaemonHandler.finish).
+        self.linger = False
+
+    @property
+    def daemon(self) -> DaemonServer:
+        return self.handler.daemon
+
+    @property
+    def method(self) -> str:
+        return self.handler.command
+
+    @property
+    def headers(self) -> Message:
+        return self.handler.headers
+
+    def log(self, text: str) -> None:
+        self.handler.log_message("%s", text)
+
+    def close_after_response(self) -> None:
+        self.handler.close_connection = True
+
+    # -- request body ------------------------------------------------------
+
+    def prepare_body(self) -> None:
+        """Work out the body framing from the headers (nothing is read yet)."""
+        transfer_encoding = self.headers.get_all("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length")
+        if transfer_encoding:
+            self.body_remaining = -1
+            return
+        if not lengths:
+            return
+        values = {str(value).strip() for value in lengths}
+        value = values.pop()
+        if values or not _CONTENT_LENGTH_RE.fullmatch(value):
+            self.body_remaining = -1
+            self.body_error = "invalid Content-Length header"
+            return
+        self.body_remaining = int(value)
+        self.has_length = True
+
+    def require_length(self) -> int:
+        if not self.has_length:
+            raise RequestError(
+                411,
+                "length_required",
+                "a Content-Length header is required (chunked bodies are not supported)",
+            )
+        return self.body_remaining
+
+    def _send_continue(self) -> None:
+        if self.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            self.handler.send_response_only(HTTPStatus.CONTINUE)
+            self.handler.end_headers()
+
+    def read_chunk(self, limit: int) -> bytes:
+        """Read up to ``limit`` bytes of the body (exactly, unless it ends first)."""
+        want = min(limit, self.body_remaining)
+        if want <= 0:
+            return b""
+        self._send_continue()
+        try:
+            data = self.handler.rfile.read(want)
+        except OSError as exc:
+            self.body_remaining = -1
+            raise ClientGone(f"error while reading the body: {exc!r}") from None
+        self.body_remaining -= len(data)
+        if len(data) < want:
+            self.body_remaining = -1
+            raise ClientGone("connection closed in the middle of the body")
+        return data
+
+    def _settle_body(self) -> None:
+        """Before responding: drain a small unread body, or plan to close."""
+        if self.body_remaining == 0:
+            return
+        if (
+            0 < self.body_remaining <= MAX_DISCARD_BODY
+            and self.authorized
+            and not (self.expect_continue and not self.continue_sent)
+        ):
+            try:
+                while self.body_remaining > 0:
+                    self.read_chunk(self.body_remaining)
+                return
+            except ClientGone:
+                self.close_after_response()
+                return
+        self.close_after_response()
+        self.linger = True
+
+    # -- response ----------------------------------------------------------
+
+    def begin_response(
+        self,
+        status: int,
+        content_type: str,
+        length: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send the status line and headers; exactly ``length`` bytes must follow."""
+        self._settle_body()
+        handler = self.handler
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(length))
+        handler.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        if handler.close_connection:
+            handler.send_header("Connection", "close")
+        handler.end_headers()
+        self.response_started = True
+
+    def write(self, data: bytes) -> None:
+        """Send (part of) the response body; a reply to HEAD has none."""
+        if self.method != "HEAD":
+            self.handler.wfile.write(data)
+
+    def send_json(
+        self, status: int, payload: object, headers: Mapping[str, str] | None = None
+    ) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        self.begin_response(status, "application/json", len(body), headers)
+        self.write(body)
+
+    def send_error(self, exc: RequestError) -> None:
+        self.send_json(exc.status, {"error": exc.code, "message": exc.message}, exc.headers)
+
+
+# An endpoint answers one request: it gets the exchange and the raw query string.
+Endpoint = Callable[[Exchange, str], None]
+
+
 class DaemonHandler(BaseHTTPRequestHandler):
+    """The stdlib's per-connection handler: parses requests, then dispatches via ROUTES."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body leave in two writes: with Nagle's algorithm on, the body waits
     # for the client's delayed ACK (~40 ms) on every keep-alive round trip.
@@ -536,18 +773,10 @@ class DaemonHandler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = SOCKET_TIMEOUT
 
+    exchange: Exchange  # the request being handled; a fresh one per request
+
     def version_string(self) -> str:
         return self.server_version
-
-    # Per-request state (reset by handle_one_request).
-    _body_remaining = 0  # bytes still unread; -1 when unknown (unframed)
-    _has_length = False
-    _body_error: str | None = None
-    _expect_continue = False
-    _continue_sent = False
-    _authorized = False
-    _response_started = False
-    _linger = False
 
     # -- plumbing ----------------------------------------------------------
 
@@ -557,32 +786,31 @@ class DaemonHandler(BaseHTTPRequestHandler):
         assert isinstance(server, DaemonServer)
         return server
 
+    def setup(self) -> None:
+        super().setup()
+        self.exchange = Exchange(self)
+
     def handle_one_request(self) -> None:
-        self._body_remaining = 0
-        self._has_length = False
-        self._body_error = None
-        self._expect_continue = False
-        self._continue_sent = False
-        self._authorized = False
-        self._response_started = False
+        self.exchange = Exchange(self)
         super().handle_one_request()
 
     def handle_expect_100(self) -> bool:
         # Defer "100 Continue" until the request was authenticated and validated.
-        self._expect_continue = True
+        self.exchange.expect_continue = True
         return True
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            if self._linger:
+            if self.exchange.linger:
                 self._linger_close()
 
     def _linger_close(self) -> None:
         """Half-close and drain the unread body for a while before closing."""
         sock = self.connection
-        remaining: int | None = self._body_remaining if self._body_remaining > 0 else None
+        unread = self.exchange.body_remaining
+        remaining: int | None = unread if unread > 0 else None
         deadline = time.monotonic() + LINGER_SECONDS
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -626,117 +854,15 @@ class DaemonHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         # Whatever the client sent after the bad part is still unread: drain it
         # briefly so the client gets this reply rather than a connection reset.
-        self._linger = True
+        self.exchange.linger = True
         self.send_response(code)
         self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self._response_started = True
+        self.exchange.response_started = True
         if self.command != "HEAD":
             self.wfile.write(body)
-
-    # -- request bodies ----------------------------------------------------
-
-    def _prepare_body(self) -> None:
-        transfer_encoding = self.headers.get_all("Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length")
-        if transfer_encoding:
-            self._body_remaining = -1
-            return
-        if not lengths:
-            return
-        values = {str(value).strip() for value in lengths}
-        value = values.pop()
-        if values or not _CONTENT_LENGTH_RE.fullmatch(value):
-            self._body_remaining = -1
-            self._body_error = "invalid Content-Length header"
-            return
-        self._body_remaining = int(value)
-        self._has_length = True
-
-    def _require_length(self) -> int:
-        if not self._has_length:
-            raise RequestError(
-                411,
-                "length_required",
-                "a Content-Length header is required (chunked bodies are not supported)",
-            )
-        return self._body_remaining
-
-    def _send_continue(self) -> None:
-        if self._expect_continue and not self._continue_sent:
-            self._continue_sent = True
-            self.send_response_only(HTTPStatus.CONTINUE)
-            self.end_headers()
-
-    def _read_chunk(self, limit: int) -> bytes:
-        """Read up to ``limit`` bytes of the body (exactly, unless it ends first)."""
-        want = min(limit, self._body_remaining)
-        if want <= 0:
-            return b""
-        self._send_continue()
-        try:
-            data = self.rfile.read(want)
-        except OSError as exc:
-            self._body_remaining = -1
-            raise ClientGone(f"error while reading the body: {exc!r}") from None
-        self._body_remaining -= len(data)
-        if len(data) < want:
-            self._body_remaining = -1
-            raise ClientGone("connection closed in the middle of the body")
-        return data
-
-    def _settle_body(self) -> None:
-        """Before responding: drain a small unread body, or plan to close."""
-        if self._body_remaining == 0:
-            return
-        if (
-            0 < self._body_remaining <= MAX_DISCARD_BODY
-            and self._authorized
-            and not (self._expect_continue and not self._continue_sent)
-        ):
-            try:
-                while self._body_remaining > 0:
-                    self._read_chunk(self._body_remaining)
-                return
-            except ClientGone:
-                self.close_connection = True
-                return
-        self.close_connection = True
-        self._linger = True
-
-    # -- responses ---------------------------------------------------------
-
-    def _begin_response(
-        self,
-        status: int,
-        content_type: str,
-        length: int,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self._settle_body()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self._response_started = True
-
-    def _send_json(
-        self, status: int, payload: object, headers: Mapping[str, str] | None = None
-    ) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-        self._begin_response(status, "application/json", len(body), headers)
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_request_error(self, exc: RequestError) -> None:
-        self._send_json(exc.status, {"error": exc.code, "message": exc.message}, exc.headers)
 
     # -- dispatch ----------------------------------------------------------
 
@@ -761,50 +887,24 @@ class DaemonHandler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._dispatch()
 
-    def _routes(self) -> dict[str, dict[str, Callable[[str], None]]]:
-        return {
-            "/health": {"GET": self._handle_health},
-            "/run": {"POST": self._handle_run},
-            "/files": {"GET": self._handle_get_file, "PUT": self._handle_put_file},
-        }
-
-    def _check_authorization(self) -> bool:
-        values = self.headers.get_all("Authorization") or []
-        if len(values) != 1:
-            return False
-        scheme, _, credential = str(values[0]).strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        # Header values were decoded as latin-1: this recovers the raw bytes.
-        presented = credential.strip().encode("latin-1", "replace")
-        return hmac.compare_digest(presented, self.daemon.config.token)
-
     def _dispatch(self) -> None:
+        """Authenticate (before anything else), look the endpoint up in ROUTES, run it."""
+        exchange = self.exchange
         try:
-            self._prepare_body()
-            if not self._check_authorization():
-                raise RequestError(401, "unauthorized", "missing or invalid bearer token")
-            self._authorized = True
-            if self._body_error is not None:
-                raise RequestError(400, "bad_content_length", self._body_error)
+            exchange.prepare_body()
+            if not authenticate(self.headers, self.daemon.config.token_sha256):
+                raise RequestError(401, "unauthorized", "missing or invalid token")
+            exchange.authorized = True
+            if exchange.body_error is not None:
+                raise RequestError(400, "bad_content_length", exchange.body_error)
             target = urlsplit(self.path)
-            routes = self._routes().get(target.path)
-            if routes is None:
-                raise RequestError(404, "not_found", f"no such endpoint: {_printable(target.path)}")
-            handler = routes.get(self.command)
-            if handler is None:
-                raise RequestError(
-                    405,
-                    "method_not_allowed",
-                    f"{_printable(self.command)} is not allowed on {target.path}",
-                    {"Allow": ", ".join(sorted(routes))},
-                )
-            handler(target.query)
+            endpoint = find_endpoint(self.command, target.path)
+            endpoint(exchange, target.query)
         except RequestError as exc:
-            if self._response_started:
+            if exchange.response_started:
                 self.close_connection = True
             else:
-                self._send_request_error(exc)
+                exchange.send_error(exc)
         except ClientGone as exc:
             self.close_connection = True
             self.log_message("%s: client went away (%s)", self._target(), exc)
@@ -815,167 +915,197 @@ class DaemonHandler(BaseHTTPRequestHandler):
             # Answer 500 if still possible, then let socketserver log the
             # traceback (DaemonServer.handle_error) and drop the connection.
             self.close_connection = True
-            if not self._response_started:
+            if not exchange.response_started:
                 with contextlib.suppress(OSError):
-                    self._send_json(
+                    exchange.send_json(
                         500,
                         {"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
                     )
             raise
 
-    # -- endpoints ---------------------------------------------------------
 
-    def _handle_health(self, query: str) -> None:
-        daemon = self.daemon
-        now = time.monotonic()
-        expires_in = None if daemon.deadline is None else max(0.0, daemon.deadline - now)
-        self._send_json(
-            200,
-            {
-                "version": DAEMON_VERSION,
-                "uptime": now - daemon.started,
-                "pid": os.getpid(),
-                "expires_in": expires_in,
-            },
-        )
+# --------------------------------------------------------------------------
+# endpoints
 
-    def _handle_run(self, query: str) -> None:
-        length = self._require_length()
-        content_type = self.headers.get("Content-Type")
-        if content_type is not None:
-            media_type = str(content_type).split(";", 1)[0].strip().lower()
-            if media_type != "application/json":
-                raise RequestError(
-                    415, "unsupported_media_type", "Content-Type must be application/json"
-                )
-        if length > MAX_RUN_BODY:
+
+def handle_health(exchange: Exchange, query: str) -> None:
+    daemon = exchange.daemon
+    now = time.monotonic()
+    expires_in = None if daemon.deadline is None else max(0.0, daemon.deadline - now)
+    exchange.send_json(
+        200,
+        {
+            "version": DAEMON_VERSION,
+            "uptime": now - daemon.started,
+            "pid": os.getpid(),
+            "expires_in": expires_in,
+        },
+    )
+
+
+def handle_run(exchange: Exchange, query: str) -> None:
+    length = exchange.require_length()
+    content_type = exchange.headers.get("Content-Type")
+    if content_type is not None:
+        media_type = str(content_type).split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
             raise RequestError(
-                413, "payload_too_large", f"request body exceeds {MAX_RUN_BODY} bytes"
+                415, "unsupported_media_type", "Content-Type must be application/json"
             )
-        raw = self._read_chunk(length)
-        try:
-            payload = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise RequestError(400, "bad_json", f"malformed JSON body: {exc}") from None
-        request = parse_run_request(payload)
-        daemon = self.daemon
-        result = run_command(daemon.registry, daemon.base_env, request)
-        self._send_json(200, result)
+    if length > MAX_RUN_BODY:
+        raise RequestError(413, "payload_too_large", f"request body exceeds {MAX_RUN_BODY} bytes")
+    raw = exchange.read_chunk(length)
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, "bad_json", f"malformed JSON body: {exc}") from None
+    request = parse_run_request(payload)
+    daemon = exchange.daemon
+    result = run_command(daemon.registry, daemon.base_env, request)
+    exchange.send_json(200, result)
 
-    def _handle_put_file(self, query: str) -> None:
-        params = parse_query(query)
-        path = require_path(params)
-        mode_text = params.get("mode")
-        mode = None if mode_text is None else parse_mode(mode_text)
-        self._require_length()
-        if path.endswith("/"):
-            raise RequestError(400, "bad_path", f"path must name a file: {path}")
 
-        parent = os.path.dirname(path)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, parent) from None
-        if os.path.isdir(path):
-            raise RequestError(400, "is_a_directory", f"is a directory: {path}")
-        existing: os.stat_result | None
-        try:
-            existing = os.stat(path)
-        except OSError:
-            existing = None
-        if mode is None:
-            mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~self.daemon.umask
+def handle_put_file(exchange: Exchange, query: str) -> None:
+    params = parse_query(query)
+    path = require_path(params)
+    mode_text = params.get("mode")
+    mode = None if mode_text is None else parse_mode(mode_text)
+    exchange.require_length()
+    if path.endswith("/"):
+        raise RequestError(400, "bad_path", f"path must name a file: {path}")
 
-        try:
-            fd, temp_path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=parent)
-        except OSError as exc:
-            raise _os_error(exc, parent) from None
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while self._body_remaining > 0:
-                    chunk = self._read_chunk(CHUNK_SIZE)
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise _os_error(exc, path) from None
-                    size += len(chunk)
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, parent) from None
+    if os.path.isdir(path):
+        raise RequestError(400, "is_a_directory", f"is a directory: {path}")
+    existing: os.stat_result | None
+    try:
+        existing = os.stat(path)
+    except OSError:
+        existing = None
+    if mode is None:
+        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~exchange.daemon.umask
+
+    try:
+        fd, temp_path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=parent)
+    except OSError as exc:
+        raise _os_error(exc, parent) from None
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while exchange.body_remaining > 0:
+                chunk = exchange.read_chunk(CHUNK_SIZE)
                 try:
-                    out.flush()
+                    out.write(chunk)
                 except OSError as exc:
                     raise _os_error(exc, path) from None
+                size += len(chunk)
             try:
-                if existing is not None and mode_text is None and hasattr(os, "chown"):
-                    with contextlib.suppress(OSError):
-                        os.chown(temp_path, existing.st_uid, existing.st_gid)
-                os.chmod(temp_path, mode)
-                os.replace(temp_path, path)
+                out.flush()
             except OSError as exc:
                 raise _os_error(exc, path) from None
-        except BaseException:
-            _remove_quietly(temp_path)
-            raise
-        self._send_json(200, {"path": path, "size": size})
-
-    def _handle_get_file(self, query: str) -> None:
-        path = require_path(parse_query(query))
-        # O_NONBLOCK: opening a FIFO must not hang the request.
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
         try:
-            fd = os.open(path, flags)
+            if existing is not None and mode_text is None and hasattr(os, "chown"):
+                with contextlib.suppress(OSError):
+                    os.chown(temp_path, existing.st_uid, existing.st_gid)
+            os.chmod(temp_path, mode)
+            os.replace(temp_path, path)
         except OSError as exc:
-            raise _os_error(exc, path, missing_is_404=True) from None
-        try:
-            info = os.fstat(fd)
-        except OSError as exc:
-            os.close(fd)
             raise _os_error(exc, path) from None
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise RequestError(400, "is_a_directory", f"is a directory: {path}")
-            raise RequestError(400, "not_a_regular_file", f"not a regular file: {path}")
-        with open(fd, "rb", buffering=0) as source:
-            size = info.st_size
-            if size == 0:
-                # Possibly a pseudo file (/proc, /sys) whose size is unknown.
-                data = self._read_pseudo_file(source, path)
-                self._begin_response(200, "application/octet-stream", len(data))
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                return
-            self._begin_response(200, "application/octet-stream", size)
-            remaining = size
-            while remaining > 0:
-                chunk = source.read(min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                remaining -= len(chunk)
-            if remaining:
-                # The file shrank while we were sending it: the announced length
-                # cannot be honoured, so the connection must be dropped.
-                self.close_connection = True
-                self.log_message("GET /files: file shrank during transfer, closing connection")
+    except BaseException:
+        _remove_quietly(temp_path)
+        raise
+    exchange.send_json(200, {"path": path, "size": size})
 
-    def _read_pseudo_file(self, source: io.FileIO, path: str) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                chunk = source.read(CHUNK_SIZE)
-            except OSError as exc:
-                raise _os_error(exc, path) from None
+
+def handle_get_file(exchange: Exchange, query: str) -> None:
+    path = require_path(parse_query(query))
+    # O_NONBLOCK: opening a FIFO must not hang the request.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _os_error(exc, path, missing_is_404=True) from None
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _os_error(exc, path) from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RequestError(400, "is_a_directory", f"is a directory: {path}")
+        raise RequestError(400, "not_a_regular_file", f"not a regular file: {path}")
+    with open(fd, "rb", buffering=0) as source:
+        size = info.st_size
+        if size == 0:
+            # Possibly a pseudo file (/proc, /sys) whose size is unknown.
+            data = _read_pseudo_file(source, path)
+            exchange.begin_response(200, "application/octet-stream", len(data))
+            exchange.write(data)
+            return
+        exchange.begin_response(200, "application/octet-stream", size)
+        remaining = size
+        while remaining > 0:
+            chunk = source.read(min(CHUNK_SIZE, remaining))
             if not chunk:
-                return b"".join(parts)
-            total += len(chunk)
-            if total > MAX_PSEUDO_FILE:
-                raise RequestError(
-                    413,
-                    "file_too_large",
-                    f"file of unknown size exceeds {MAX_PSEUDO_FILE} bytes: {path}",
-                )
-            parts.append(chunk)
+                break
+            exchange.write(chunk)
+            remaining -= len(chunk)
+        if remaining:
+            # The file shrank while we were sending it: the announced length
+            # cannot be honoured, so the connection must be dropped.
+            exchange.close_after_response()
+            exchange.log("GET /files: file shrank during transfer, closing connection")
+
+
+def _read_pseudo_file(source: io.FileIO, path: str) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = source.read(CHUNK_SIZE)
+        except OSError as exc:
+            raise _os_error(exc, path) from None
+        if not chunk:
+            return b"".join(parts)
+        total += len(chunk)
+        if total > MAX_PSEUDO_FILE:
+            raise RequestError(
+                413,
+                "file_too_large",
+                f"file of unknown size exceeds {MAX_PSEUDO_FILE} bytes: {path}",
+            )
+        parts.append(chunk)
+
+
+# Every endpoint: path -> method -> function.  A new endpoint is one row here.
+# Authentication happens before the lookup; an unknown path is answered 404 and
+# a method missing from a row 405 (with the row's methods in ``Allow``).
+ROUTES: dict[str, dict[str, Endpoint]] = {
+    "/health": {"GET": handle_health},
+    "/run": {"POST": handle_run},
+    "/files": {"GET": handle_get_file, "PUT": handle_put_file},
+}
+
+
+def find_endpoint(method: str, path: str) -> Endpoint:
+    """The endpoint for ``method`` on ``path``, or a 404 / 405 RequestError."""
+    methods = ROUTES.get(path)
+    if methods is None:
+        raise RequestError(404, "not_found", f"no such endpoint: {_printable(path)}")
+    endpoint = methods.get(method)
+    if endpoint is None:
+        raise RequestError(
+            405,
+            "method_not_allowed",
+            f"{_printable(method)} is not allowed on {_printable(path)}",
+            {"Allow": ", ".join(sorted(methods))},
+        )
+    return endpoint
 
 
 # --------------------------------------------------------------------------
@@ -996,7 +1126,8 @@ def _fail(message: str, status: int) -> NoReturn:
 def make_undumpable() -> None:
     """Best effort: make /proc/<pid>/{environ,mem,...} unreadable to our commands.
 
-    Commands are exec'ed, which makes them dumpable again.
+    Tokens presented by clients pass through the daemon's memory.  Commands are
+    exec'ed, which makes them dumpable again.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -1016,10 +1147,9 @@ def main() -> None:
     except ConfigError as exc:
         _fail(str(exc), 2)
     make_undumpable()
-    # Commands do not inherit the token. (The sandbox's init process still holds it in
-    # its environment: the token guards the daemon against other hosts and processes,
-    # not against the code it runs, which can do whatever the daemon can.)
-    os.environ.pop(TOKEN_ENV, None)
+    # Commands do not inherit the digest.  (The sandbox's init process still holds it
+    # in its environment, which is harmless: a digest cannot be presented as a token.)
+    os.environ.pop(TOKEN_SHA256_ENV, None)
     base_env = dict(os.environ)
     umask = os.umask(0)
     os.umask(umask)

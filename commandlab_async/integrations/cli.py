@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
-from . import __version__
-from .errors import CommandLabError
-from .events import EventCallback, EventKind, LifecycleEvent
-from .lifecycle import Fleet, provision, provision_many
-from .reaper import gc
-from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform
+from .. import __version__
+from ..errors import CommandLabError
+from ..events import EventCallback, EventKind, LifecycleEvent
+from ..lifecycle import Fleet, provision, provision_many
+from ..platforms import driver_class, options_class
+from ..platforms.base import Target
+from ..reaper import gc
+from ..specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform
 
 __all__ = ["main"]
 
@@ -72,12 +74,31 @@ async def _use_fleet(fleet: Fleet, started: float, say: Callable[[str], None] = 
     say(f"ran hostname in each: {', '.join(r.stdout.strip() for r in results[:5])}, …")
 
 
-async def _gc(platforms: list[str], *, dry_run: bool) -> None:
-    parsed = [_platform(name) for name in platforms]
-    reaped = await gc(parsed, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
+# gc's scope flags -> the target field each names.
+_SCOPE_FLAGS = {
+    "region": "region",
+    "cluster": "cluster",
+    "namespace": "namespace",
+    "resource_group": "resource_group",
+    "project": "project_id",
+}
+
+
+async def _gc(args: argparse.Namespace) -> None:
+    scope = {
+        field: getattr(args, flag)
+        for flag, field in _SCOPE_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    targets: list[Target] = []
+    for name in args.platform or ["docker"]:
+        platform = _platform(name)
+        driver_class(platform)  # a platform without a driver says so before its scope
+        targets.append(options_class(platform).target_from(scope))
+    reaped = await gc(targets, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
     for item in reaped:
-        print(f"{verb} {item.platform} {item.name}: {item.reason}")
+        print(f"{verb} {item.target} {item.name}: {item.reason}")
     print(f"{verb} {len(reaped)} sandbox(es)")
 
 
@@ -104,12 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=[p.value for p in (*DockerPlatform, *KubernetesPlatform)],
         help="platform to sweep (repeatable; default: docker)",
     )
+    for flag in _SCOPE_FLAGS:
+        gc_parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            help=f"the {flag.replace('_', ' ')} to sweep, where the platform has one",
+        )
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             asyncio.run(_demo(args.image, args.count))
         elif args.command == "gc":
-            asyncio.run(_gc(args.platform or ["docker"], dry_run=args.dry_run))
+            asyncio.run(_gc(args))
     except CommandLabError as exc:
         print(f"commandlab: {exc}", file=sys.stderr)
         return 1

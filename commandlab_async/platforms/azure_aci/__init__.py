@@ -1,0 +1,1 @@
+"""Azure Container Instances: one container group per sandbox (no driver yet)."""

@@ -1,0 +1,132 @@
+"""What every platform declares without importing its SDK: its name, its options, its target.
+
+A *platform* is where a sandbox runs (local Docker, ECS, a kind of Kubernetes cluster...).
+Its :class:`PlatformOptions` subclass holds the fields only that platform understands and
+the facts a spec is checked against; its :class:`Target` names what scopes one driver
+(region, cluster, namespace...). Both are plain dataclasses, so a spec is validated
+before any SDK is imported.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import SpecError
+
+if TYPE_CHECKING:
+    from ..specs import Spec
+
+__all__ = [
+    "DockerPlatform",
+    "EndpointResolver",
+    "KubernetesPlatform",
+    "Platform",
+    "PlatformOptions",
+    "RunningSandbox",
+    "Target",
+]
+
+
+class DockerPlatform(enum.StrEnum):
+    """Where a :class:`DockerSpec` container runs."""
+
+    LOCAL = "docker"
+    AWS_ECS = "aws-ecs"
+    AZURE_CONTAINER_INSTANCES = "azure-aci"
+    GCP_CLOUD_RUN = "gcp-cloud-run"
+
+
+class KubernetesPlatform(enum.StrEnum):
+    """Which Kubernetes cluster a :class:`KubernetesSpec` pod runs on."""
+
+    LOCAL = "kubernetes"
+    AWS_EKS = "aws-eks"
+    AZURE_AKS = "azure-aks"
+    GCP_GKE = "gcp-gke"
+
+
+Platform = DockerPlatform | KubernetesPlatform
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """Where sandboxes go: a platform plus what scopes it (region, cluster, namespace...).
+
+    One driver (one SDK client) and one set of limits serve every sandbox of a process
+    on one target, because cloud quotas are per region, cluster or namespace.
+    """
+
+    platform: Platform
+
+    def __str__(self) -> str:
+        scope = ", ".join(
+            f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if f.name != "platform" and getattr(self, f.name) is not None
+        )
+        return f"{self.platform}[{scope}]" if scope else str(self.platform)
+
+
+@dataclass(frozen=True)
+class RunningSandbox:
+    """What the backend says about a sandbox that runs: where its daemon can be reached.
+
+    An :data:`EndpointResolver` receives it and returns the daemon's base URL.
+    """
+
+    name: str
+    platform: Platform
+    port: int
+    """The daemon's port as the backend exposes it."""
+    addresses: Mapping[str, str]
+    """The sandbox's addresses by kind, e.g. ``{"private": ..., "public": ...}``."""
+    url: str | None
+    """The driver's choice of base URL (None when it has none to offer)."""
+    raw: Mapping[str, Any]
+    """The backend's own description (container inspect, ECS task...)."""
+
+
+EndpointResolver = Callable[[RunningSandbox], Awaitable[str]]
+"""Async hook mapping a running sandbox to its daemon's base URL (a tunnel, a proxy...)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformOptions:
+    """Base of each platform's options: the fields only that platform understands.
+
+    Subclasses also state the facts a spec is checked against, so that adding a platform
+    touches no shared code: which flat scope fields it uses (and which it requires),
+    which portable fields it cannot honour, and its defaults for portable fields.
+    """
+
+    platform: ClassVar[Platform]
+    scope: ClassVar[Mapping[str, bool]] = {}
+    """Flat spec fields that scope this platform (``region``...) -> whether required."""
+    defaults: ClassVar[Mapping[str, object]] = {}
+    """This platform's defaults for portable fields left unset (``memory``...)."""
+    not_honoured: ClassVar[Mapping[str, str]] = {}
+    """Portable fields this platform cannot honour -> why (setting one is a SpecError)."""
+
+    def check(self, spec: Spec) -> None:
+        """Check the options against the spec's portable fields (raise SpecError)."""
+
+    def target(self, spec: Spec) -> Target:
+        """The target a sandbox of ``spec`` goes to (called when provisioning, not before)."""
+        return Target(platform=self.platform)
+
+    @classmethod
+    def target_from(cls, scope: Mapping[str, str]) -> Target:
+        """A target named field by field (e.g. by ``commandlab gc --region ...``)."""
+        _take(scope)
+        return Target(platform=cls.platform)
+
+
+def _take(scope: Mapping[str, str], *names: str) -> list[str | None]:
+    """The values of ``names`` in ``scope``; SpecError for any other name given."""
+    for name in scope:
+        if name not in names:
+            raise SpecError(name, f"does not scope this platform (it takes: {', '.join(names)})")
+    return [scope.get(name) for name in names]

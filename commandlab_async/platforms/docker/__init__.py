@@ -1,0 +1,1 @@
+"""Local Docker Engine: one container per sandbox (``options`` here, ``driver`` on aiodocker)."""

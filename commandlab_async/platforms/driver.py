@@ -1,0 +1,204 @@
+"""Driver protocol v2: what every backend implements, and the helper they all share.
+
+One driver instance serves one :class:`Target` (a platform plus its region, cluster,
+namespace...) for every fleet of a process. It is told everything per sandbox: the spec
+and identity when creating, the sandbox's name and labels (:class:`SandboxRef`) when
+asked for its state or to delete it. Anything it remembers per sandbox is only an
+optimisation, so ``gc`` can delete what another process created.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Generic, Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from ..errors import BackendError
+from ..identity import SandboxIdentity
+from ..limits import Limits
+from ..specs import Spec
+from .base import Platform, RunningSandbox, Target
+
+__all__ = [
+    "Driver",
+    "Failure",
+    "SandboxRecord",
+    "SandboxRef",
+    "SandboxState",
+    "daemon_env",
+    "token_digest",
+]
+
+T = TypeVar("T")
+TargetT = TypeVar("TargetT", bound=Target)
+
+
+class SandboxRef(Protocol):
+    """What names a sandbox on its backend: a :class:`SandboxIdentity` or a listed record."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What the backend says about one sandbox."""
+
+    detail: str
+    """Human-readable state, e.g. ``running`` or ``exited (code 2)``."""
+    terminal: bool = False
+    """True when the sandbox has stopped or is gone and will not become ready."""
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """A sandbox found on a backend by its labels."""
+
+    name: str
+    labels: Mapping[str, str]
+    state: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a driver classifies an error of its SDK (by type and status code, never text)."""
+
+    code: int | str | None
+    """The backend's HTTP status or error code; None when it did not answer."""
+    transient: bool
+    """A retry may succeed (throttling, 5xx, a dropped connection)."""
+    not_found: bool = False
+    """The thing asked about does not exist."""
+
+
+class Driver(abc.ABC, Generic[TargetT]):
+    """The protocol every backend implements. The constructor does no I/O.
+
+    Class attributes state the platform's facts; methods are coroutines that never
+    block the event loop and raise :class:`BackendError` (the SDK's error as
+    ``__cause__``) for what the backend refused or failed.
+    """
+
+    platform: ClassVar[Platform]
+    default_limits: ClassVar[Limits] = Limits()
+    """Limits that fit the backend's documented quotas; ``set_limits`` overrides them."""
+    probe_interval: ClassVar[float] = 0.25
+    """Longest pause between two readiness probes of the daemon (seconds)."""
+    attempts: ClassVar[int] = 4
+    first_wait: ClassVar[float] = 0.05
+    max_wait: ClassVar[float] = 2.0
+
+    def __init__(self, target: TargetT) -> None:
+        self.target = target
+
+    @classmethod
+    @abc.abstractmethod
+    def classify(cls, exc: BaseException) -> Failure | None:
+        """Classify an SDK error; None for anything that is not one (never translated)."""
+
+    @abc.abstractmethod
+    async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
+        """Ask the backend to create and start the sandbox named ``identity.name``."""
+
+    @abc.abstractmethod
+    async def running(self, spec: Spec, identity: SandboxIdentity) -> RunningSandbox:
+        """Wait until the backend says the sandbox runs and has an address; describe it.
+
+        Raises :class:`SandboxExitedError` with the backend's reason if it stops first.
+        """
+
+    @abc.abstractmethod
+    async def state(self, sandbox: SandboxRef) -> SandboxState:
+        """The sandbox's current state (``terminal`` when gone or stopped)."""
+
+    @abc.abstractmethod
+    async def destroy(self, sandbox: SandboxRef) -> None:
+        """Delete the sandbox. Idempotent: a sandbox that does not exist is success."""
+
+    @abc.abstractmethod
+    async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
+        """Every sandbox on the target carrying all of ``labels``."""
+
+    async def close(self) -> None:
+        """Release the SDK client and its connections."""
+
+    async def call(
+        self,
+        what: str,
+        sandbox: str | None,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        attempts: int | None = None,
+    ) -> T:
+        """Await ``fn()``, retrying transient failures with full-jitter backoff.
+
+        What the SDK raised last is translated into :class:`BackendError` (with ``code``
+        and ``transient`` from :meth:`classify`, the SDK error as ``__cause__``).
+        """
+
+        def transient(exc: BaseException) -> bool:
+            failure = self.classify(exc)
+            return failure is not None and failure.transient
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(transient),
+                stop=stop_after_attempt(attempts or self.attempts),
+                wait=wait_random_exponential(multiplier=self.first_wait, max=self.max_wait),
+                reraise=True,
+            ):
+                with attempt:
+                    return await fn()
+        except Exception as exc:
+            translated = self.translate(exc, what, sandbox)
+            if translated is exc:
+                raise
+            raise translated from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call_or_missing(
+        self, what: str, sandbox: str | None, fn: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        """Like :meth:`call`, but None when the backend says the thing does not exist."""
+        try:
+            return await self.call(what, sandbox, fn)
+        except BackendError as exc:
+            failure = self.classify(exc.__cause__) if exc.__cause__ else None
+            if failure is not None and failure.not_found:
+                return None
+            raise
+
+    def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
+        """``exc`` as the library's error if the SDK raised it, else ``exc`` itself."""
+        failure = self.classify(exc)
+        if failure is None:
+            return exc
+        return BackendError(
+            f"{what} failed: {exc}",
+            sandbox=sandbox,
+            platform=str(self.platform),
+            transient=failure.transient,
+            code=failure.code,
+        )
+
+
+def token_digest(token: str) -> str:
+    """What the sandbox is given instead of its token: the token's SHA-256, in hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
+    """Environment that tells the daemon its token's hash, its port and its time to live."""
+    env = dict(spec.env)
+    env["COMMANDLAB_TOKEN_SHA256"] = token_digest(identity.token)
+    env["COMMANDLAB_PORT"] = str(spec.daemon_port)
+    if identity.expires_at is not None:
+        env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
+    return env

@@ -1,0 +1,1 @@
+"""Google Cloud Run: one single-instance service per sandbox (no driver yet)."""
