@@ -146,7 +146,7 @@ async def provision_many(
 
     ``provision_many(spec, count=50)`` makes 50 of one spec; ``provision_many([a, b])``
     one per spec (platforms may be mixed). Creates, readiness waits and deletes run
-    concurrently within the per-backend :class:`Limits` shared by the whole process.
+    concurrently within the per-target :class:`Limits` shared by the whole process.
 
     By default it is all or nothing: if any member fails, the others are stopped and
     every member is deleted, then :class:`FleetError` (an ExceptionGroup of one error

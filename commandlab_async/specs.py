@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -192,8 +192,3 @@ class KubernetesSpec(_SandboxSpec):
 
 
 Spec = DockerSpec | KubernetesSpec
-
-
-def portable_fields() -> list[str]:
-    """Names of the fields every spec has, whatever its platform."""
-    return [f.name for f in fields(_SandboxSpec)]

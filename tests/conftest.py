@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 from commandlab_async.identity import SESSION, SESSION_ID
+from commandlab_async.platforms import REGISTRY, PlatformEntry
+from commandlab_async.platforms.base import DockerPlatform
+from commandlab_async.platforms.docker.options import DockerOptions
+from tests.fake_driver import FakeCloud, FakeDriver
 from tests.fault_proxy import FaultyDockerProxy
 
 pytest_plugins = ["tests.aws_support"]
@@ -59,7 +63,14 @@ def our_containers() -> list[str]:
     return out.split()
 
 
-@pytest.fixture(scope="session", autouse=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is ``unit`` (no engine, no moto) or ``integration``; say which, once."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
 def test_images() -> None:
     """Images that misbehave on purpose, built from the local base (no registry)."""
     for image, cmd in _TEST_IMAGES.items():
@@ -74,14 +85,35 @@ def test_images() -> None:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Every test ends with zero containers of this process on the engine."""
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that may reach the engine ends with zero containers of this process on it."""
+    if request.node.get_closest_marker("docker") is None:
+        yield
+        return
+    request.getfixturevalue("test_images")
     assert our_containers() == [], "a previous test leaked containers"
     yield
     leaked = our_containers()
     if leaked:
         subprocess.run(["docker", "rm", "-f", *leaked], capture_output=True, env=ENGINE_ENV)
     assert leaked == [], f"containers leaked: {leaked}"
+
+
+@pytest.fixture
+async def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeCloud]:
+    """The local Docker platform served by tests/fake_driver.py: no engine, milliseconds."""
+    cloud = FakeCloud()
+    monkeypatch.setattr(FakeDriver, "cloud", cloud, raising=False)
+    monkeypatch.setitem(
+        REGISTRY,
+        DockerPlatform.LOCAL,
+        PlatformEntry(DockerOptions, "tests.fake_driver:FakeDriver"),
+    )
+    runner = await cloud.serve()
+    try:
+        yield cloud
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import pytest
 
@@ -14,14 +18,19 @@ from commandlab_async import (
     DockerSpec,
     SandboxExitedError,
     SpecError,
+    gc,
     provision,
     provision_many,
 )
-from commandlab_async.identity import SESSION_ID
+from commandlab_async.identity import EXPIRES_AT, SESSION_ID, new_identity
+from commandlab_async.lifecycle import target_of
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
+from commandlab_async.pools import open_backend
 from commandlab_async.specs import RunningSandbox
-from tests.aws_support import Aws
+from tests.aws_support import REGION, Aws
 from tests.fault_proxy import Rule
+
+pytestmark = pytest.mark.aws
 
 THROTTLED = {"__type": "ThrottlingException", "message": "Rate exceeded"}
 
@@ -153,3 +162,49 @@ def test_spec_needs_network_fields() -> None:
     with pytest.raises(SpecError) as info:
         DockerSpec(platform=DockerPlatform.AWS_ECS)
     assert info.value.field == "subnets"
+
+
+async def test_gc_sweeps_the_cluster_and_region_it_is_given(aws: Aws) -> None:
+    async with aws.session.client("ecs", region_name=REGION, endpoint_url=aws.moto_url) as ecs:
+        await ecs.create_cluster(clusterName="evals")
+    evals = aws.spec({"cluster": "evals"})
+    expired = {EXPIRES_AT: str(int(time.time()) - 10)}
+    async with AsyncExitStack() as stack:
+        driver = (await open_backend(stack, target_of(evals))).driver
+        stale = new_identity(evals)
+        stale = replace(stale, labels={**stale.labels, **expired})
+        await driver.create(evals, stale)
+    # The default cluster has nothing of ours: sweeping it leaves the other one alone.
+    assert await gc(aws.spec()) == []
+    env = {**os.environ, "AWS_ENDPOINT_URL": aws.proxy.url}
+    args = ["--platform", "aws-ecs", "--region", REGION, "--cluster", "evals", "--dry-run"]
+    # Not subprocess.run: the proxy it talks to is served by this test's event loop.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "commandlab_async.integrations.cli",
+        "gc",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    line = f"would delete aws-ecs[region={REGION}, cluster=evals] {stale.name}: expired"
+    assert line in out.decode(), err.decode()
+    reaped = await gc(evals)
+    assert [(r.name, r.reason) for r in reaped] == [(stale.name, "expired")]
+    async with aws.session.client("ecs", region_name=REGION, endpoint_url=aws.moto_url) as ecs:
+        arns = (await ecs.list_tasks(cluster="evals", desiredStatus="RUNNING"))["taskArns"]
+    assert arns == []
+
+
+def test_gc_refuses_a_scope_the_platform_does_not_have() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "commandlab_async.integrations.cli", "gc", "--namespace", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "namespace: does not scope this platform" in done.stderr

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import commandlab_async
 from tests.conftest import ENGINE_ENV
+
+pytestmark = pytest.mark.docker
 
 
 def _commandlab(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,8 @@ from commandlab_async.reaper import why_reap
 from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
+pytestmark = pytest.mark.docker
+
 
 def containers_of(pid: int) -> list[str]:
     return docker("ps", "-a", "--filter", f"label={PID}={pid}", "--format", "{{.Names}}").split()

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 DAEMON_SCRIPT = Path(__file__).resolve().parents[1] / "commandlab_async" / "daemon" / "server.py"
 DAEMON_PYTHON = os.environ.get("COMMANDLAB_TEST_DAEMON_PYTHON", sys.executable)
 TOKEN = secrets.token_urlsafe(32)

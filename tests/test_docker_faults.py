@@ -17,6 +17,8 @@ from commandlab_async import (
 from tests.conftest import HANGS_IMAGE, WRONG_ANSWERS_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
+pytestmark = pytest.mark.docker
+
 CREATE = r"POST /containers/create"
 START = r"POST /containers/[^/]+/start"
 DELETE = r"DELETE /containers/[^/]+"

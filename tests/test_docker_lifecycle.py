@@ -21,6 +21,8 @@ from commandlab_async import (
 from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
+pytestmark = pytest.mark.docker
+
 
 async def test_happy_path_runs_commands_and_moves_files() -> None:
     async with provision(DockerSpec()) as computer:

@@ -23,6 +23,8 @@ from commandlab_async import limits as limits_module
 from tests.conftest import NEVER_HEALTHY_IMAGE, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
+pytestmark = pytest.mark.docker
+
 NEVER = DockerSpec(image=NEVER_HEALTHY_IMAGE, ready_timeout=3)
 
 

@@ -11,6 +11,8 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from commandlab_async import DockerSpec, provision, provision_many
 from tests.aws_support import Aws
 
+pytestmark = [pytest.mark.docker, pytest.mark.aws]
+
 # A driver's module is imported on first use (a one-time, blocking import like any
 # other); import it up front so that only steady-state behaviour is checked.
 pytest.importorskip("commandlab_async.platforms.docker.driver")

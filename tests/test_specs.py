@@ -21,6 +21,8 @@ from commandlab_async import (
 )
 from tests.fault_proxy import FaultyDockerProxy
 
+pytestmark = pytest.mark.unit
+
 INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ({"image": ""}, "image"),
     ({"image": "   "}, "image"),

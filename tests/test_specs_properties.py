@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commandlab_async import DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 from commandlab_async.errors import SpecError
+from commandlab_async.platforms import REGISTRY
+
+pytestmark = pytest.mark.unit
 
 anything = st.one_of(
     st.none(),
@@ -26,6 +30,9 @@ anything = st.one_of(
 )
 DOCKER_FIELDS = [f.name for f in fields(DockerSpec)]
 KUBERNETES_FIELDS = [f.name for f in fields(KubernetesSpec)]
+# A platform's default options may be incomplete (ECS needs a network): SpecError names
+# the options field then.
+OPTIONS_FIELDS = [f.name for entry in REGISTRY.values() for f in fields(entry.options)]
 
 
 def _check(cls: type[Any], kwargs: dict[str, Any]) -> None:
@@ -39,7 +46,7 @@ def _check(cls: type[Any], kwargs: dict[str, Any]) -> None:
         assert spec.memory >= 16
         assert spec.cpu > 0
         return
-    assert field in DOCKER_FIELDS + KUBERNETES_FIELDS, field
+    assert field in DOCKER_FIELDS + KUBERNETES_FIELDS + OPTIONS_FIELDS, field
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,0 +1,221 @@
+"""Lifecycle, fleet, cancellation and gc logic against the fake driver: milliseconds each.
+
+The same behaviours are tested on the real engine elsewhere; these pin the logic down
+without one, including the paths an engine makes hard to reach on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from commandlab_async import (
+    BackendError,
+    CleanupError,
+    DockerSpec,
+    EventKind,
+    FleetError,
+    LifecycleEvent,
+    ReadyTimeoutError,
+    RunningSandbox,
+    SandboxExitedError,
+    gc,
+    provision,
+    provision_many,
+)
+from commandlab_async.identity import EXPIRES_AT, MANAGED, SESSION
+from tests.fake_driver import FakeCloud, FakeSandbox
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+FAST = DockerSpec(ready_timeout=2, destroy_timeout=2)
+
+
+async def test_happy_path_events_and_cleanup(fake_cloud: FakeCloud) -> None:
+    events: list[LifecycleEvent] = []
+    async with provision(FAST, on_event=events.append) as computer:
+        assert fake_cloud.live() == [computer.name]
+        assert (await computer.health())["version"] == "fake"
+    assert fake_cloud.live() == []
+    assert [e.kind for e in events] == [k for k in EventKind if k is not EventKind.FAILED]
+    assert all(driver.closed for driver in fake_cloud.drivers)
+
+
+async def test_exception_in_body_deletes_and_propagates(fake_cloud: FakeCloud) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with provision(FAST):
+            1 / 0  # noqa: B018
+    assert fake_cloud.live() == []
+
+
+async def test_cancel_while_create_is_in_flight_lets_it_settle(fake_cloud: FakeCloud) -> None:
+    fake_cloud.create_delay = 0.2
+
+    async def user() -> None:
+        async with provision(FAST):
+            pytest.fail("the body must not run")
+
+    task = asyncio.create_task(user())
+    await fake_cloud.requested.wait()  # the backend will act; the answer will be late
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await fake_cloud.settled()  # a delete sent before the create acted would leak
+    assert fake_cloud.calls == ["create", "destroy"]
+    assert fake_cloud.live() == []
+
+
+async def test_lost_create_answer_is_retried_and_adopted(fake_cloud: FakeCloud) -> None:
+    fake_cloud.lose_create_answers = 1
+    async with provision(FAST) as computer:
+        assert fake_cloud.live() == [computer.name]
+    assert fake_cloud.count("create") == 2
+    assert fake_cloud.live() == []
+
+
+async def test_throttling_is_retried(fake_cloud: FakeCloud) -> None:
+    fake_cloud.throttle = 2
+    async with provision(FAST):
+        pass
+    assert fake_cloud.count("create") == 3
+    assert fake_cloud.live() == []
+
+
+async def test_permanent_error_is_translated_not_retried(fake_cloud: FakeCloud) -> None:
+    fake_cloud.refuse_create = 400
+    with pytest.raises(BackendError) as info:
+        async with provision(FAST):
+            pytest.fail("the body must not run")
+    assert (info.value.code, info.value.transient) == (400, False)
+    assert type(info.value.__cause__).__name__ == "FakeApiError"
+    assert fake_cloud.count("create") == 1
+
+
+async def test_sandbox_that_exits_fails_fast(fake_cloud: FakeCloud) -> None:
+    fake_cloud.exits = True
+    started = time.monotonic()
+    with pytest.raises(SandboxExitedError, match=r"exited \(code 3\)"):
+        async with provision(DockerSpec(ready_timeout=30)):
+            pytest.fail("the body must not run")
+    assert time.monotonic() - started < 1
+    assert fake_cloud.live() == []
+
+
+async def test_never_healthy_times_out_naming_the_last_state(fake_cloud: FakeCloud) -> None:
+    fake_cloud.never_healthy = True
+    with pytest.raises(ReadyTimeoutError) as info:
+        async with provision(DockerSpec(ready_timeout=0.3)):
+            pytest.fail("the body must not run")
+    assert "daemon not answering" in info.value.state
+    assert fake_cloud.live() == []
+
+
+async def test_endpoint_resolver_decides_the_url(fake_cloud: FakeCloud) -> None:
+    seen: list[RunningSandbox] = []
+
+    async def resolver(running: RunningSandbox) -> str:
+        seen.append(running)
+        return fake_cloud.url  # e.g. a tunnel; here the same server
+
+    async with provision(DockerSpec(endpoint_resolver=resolver)) as computer:
+        assert [r.name for r in seen] == [computer.name]
+        assert seen[0].raw == {"name": computer.name}
+
+
+async def test_cleanup_failure_is_a_note_when_another_error_is_raised(
+    fake_cloud: FakeCloud,
+) -> None:
+    fake_cloud.refuse_destroy = 400
+    with pytest.raises(ZeroDivisionError) as info:
+        async with provision(FAST):
+            1 / 0  # noqa: B018
+    assert any("could not delete it" in note for note in info.value.__notes__)
+    with pytest.raises(CleanupError):
+        async with provision(FAST):
+            pass
+
+
+async def test_cleanup_is_bounded_by_destroy_timeout(fake_cloud: FakeCloud) -> None:
+    fake_cloud.destroy_delay = 60
+    started = time.monotonic()
+    with pytest.raises(CleanupError):
+        async with provision(DockerSpec(destroy_timeout=0.2)):
+            pass
+    assert time.monotonic() - started < 2
+
+
+async def test_fleet_is_all_or_nothing(fake_cloud: FakeCloud) -> None:
+    calls = 0
+    original = fake_cloud._api
+
+    async def fail_fourth_create(call: str) -> None:
+        nonlocal calls
+        await original(call)
+        if call == "create":
+            calls += 1
+            if calls == 4:
+                fake_cloud.refuse_create = 400  # every create from here on fails
+
+    fake_cloud._api = fail_fourth_create  # type: ignore[method-assign]
+    with pytest.raises(FleetError) as info:
+        async with provision_many(FAST, count=6):
+            pytest.fail("the body must not run")
+    assert all(isinstance(e, BackendError) for e in info.value.exceptions)
+    assert fake_cloud.live() == []
+
+
+async def test_keep_going_yields_the_members_that_came_up(fake_cloud: FakeCloud) -> None:
+    names = iter(range(10))
+
+    async def some_exit(call: str) -> None:
+        fake_cloud.calls.append(call)
+        if call == "create":
+            fake_cloud.exits = next(names) % 2 == 1
+
+    fake_cloud._api = some_exit  # type: ignore[method-assign]
+    async with provision_many(FAST, count=4, keep_going=True) as fleet:
+        assert (len(fleet), len(fleet.failed)) == (2, 2)
+        assert sorted(fake_cloud.live()) == sorted(c.name for c in fleet)
+    assert fake_cloud.live() == []
+
+
+async def test_cancel_during_fleet_creation_leaves_nothing(fake_cloud: FakeCloud) -> None:
+    fake_cloud.create_delay = 0.1
+
+    async def user() -> None:
+        async with provision_many(FAST, count=12):
+            pytest.fail("the body must not run")
+
+    task = asyncio.create_task(user())
+    await fake_cloud.requested.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await fake_cloud.settled()
+    assert fake_cloud.live() == []
+    assert fake_cloud.count("destroy") == fake_cloud.count("create")
+
+
+async def test_gc_deletes_expired_and_spares_live_owners(fake_cloud: FakeCloud) -> None:
+    def box(name: str, **labels: str) -> None:
+        base = {MANAGED: "true", SESSION: "someone-else", EXPIRES_AT: "never"}
+        fake_cloud.sandboxes[name] = FakeSandbox(name, {**base, **labels}, "x")
+
+    box("expired", **{EXPIRES_AT: str(int(time.time()) - 5)})
+    box("other-host", **{"commandlab.host": "elsewhere", "commandlab.pid": "1"})
+    box("unmanaged", **{MANAGED: "no", EXPIRES_AT: "1"})
+    assert [r.name for r in await gc(dry_run=True)] == ["expired"]
+    assert fake_cloud.count("destroy") == 0
+    reaped = await gc()
+    assert [(r.name, r.reason) for r in reaped] == [("expired", "expired")]
+    assert fake_cloud.live() == ["other-host", "unmanaged"]
+
+
+async def test_gc_reports_what_it_could_not_delete(fake_cloud: FakeCloud) -> None:
+    labels = {MANAGED: "true", EXPIRES_AT: "1"}
+    fake_cloud.sandboxes["stuck"] = FakeSandbox("stuck", labels, "x")
+    fake_cloud.refuse_destroy = 400
+    with pytest.raises(CleanupError, match="stuck"):
+        await gc()
