@@ -60,16 +60,10 @@ class _Member:
         emit(self.on_event, self.name, str(self.backend.driver.platform), kind, detail)
 
 
-def target_of(spec: Spec) -> Target:
-    """The target a sandbox of ``spec`` goes to."""
-    assert spec.options is not None  # filled in when the spec was made
-    return spec.options.target(spec)
-
-
 async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> dict[Target, Backend]:
     """Lease the driver and limiter of every target the specs use (no I/O)."""
     backends: dict[Target, Backend] = {}
-    for target in dict.fromkeys(target_of(spec) for spec in specs):
+    for target in dict.fromkeys(spec.target() for spec in specs):
         backends[target] = await open_backend(stack, target)
     return backends
 
@@ -169,7 +163,7 @@ async def provision_many(
         backends = await _open_backends(stack, spec_list)
         http = await stack.enter_async_context(lease("http", _http_session))
         members = [
-            _Member(spec, backends[target_of(spec)], new_identity(spec), on_event)
+            _Member(spec, backends[spec.target()], new_identity(spec), on_event)
             for spec in spec_list
         ]
         try:

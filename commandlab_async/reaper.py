@@ -66,8 +66,7 @@ def _targets(where: Iterable[Spec | Target] | Spec | Target) -> list[Target]:
     targets = []
     for item in items:
         if isinstance(item, DockerSpec | KubernetesSpec):
-            assert item.options is not None
-            item = item.options.target(item)
+            item = item.target()
         if not isinstance(item, Target):
             raise SpecError("where", f"takes specs or targets, got {type(item).__name__}")
         targets.append(item)

@@ -21,6 +21,7 @@ from .platforms.base import (
     Platform,
     PlatformOptions,
     RunningSandbox,
+    Target,
 )
 from .validation import check_bool, check_int, check_number, check_str_map, check_text
 
@@ -111,6 +112,14 @@ class _SandboxSpec:
         # Freeze the mappings so a spec cannot change under a running fleet.
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def target(self) -> Target:
+        """Where a sandbox of this spec goes: its platform plus region, cluster, namespace...
+
+        Read when provisioning (local Docker follows ``DOCKER_HOST`` as it is then).
+        """
+        assert self.options is not None  # filled in at construction
+        return self.options.target(self)  # type: ignore[arg-type]  # self is a concrete Spec
 
     def _resolve_options(self) -> PlatformOptions:
         cls = options_class(self.platform)

@@ -75,6 +75,9 @@ class FakeCloud:
     drivers: list[FakeDriver] = field(default_factory=list)
 
     pending: set[asyncio.Future[None]] = field(default_factory=set)
+    creating: int = 0
+    peak_creating: int = 0
+    """The most create calls the backend had in flight at once."""
 
     async def _act(self, box: FakeSandbox) -> None:
         await asyncio.sleep(self.create_delay)
@@ -175,7 +178,12 @@ class FakeDriver(Driver[DockerTarget]):
                 cloud.lose_create_answers -= 1
                 raise ConnectionResetError("the answer was lost")
 
-        await self.call("create", identity.name, create_once)
+        cloud.creating += 1
+        cloud.peak_creating = max(cloud.peak_creating, cloud.creating)
+        try:
+            await self.call("create", identity.name, create_once)
+        finally:
+            cloud.creating -= 1
 
     async def running(self, spec: Spec, identity: SandboxIdentity) -> RunningSandbox:
         box = self.cloud.sandboxes.get(identity.name)

@@ -13,26 +13,19 @@ from dataclasses import replace
 import pytest
 
 from commandlab_async import (
-    BackendError,
     DockerPlatform,
     DockerSpec,
-    SandboxExitedError,
     SpecError,
     gc,
     provision,
     provision_many,
 )
 from commandlab_async.identity import EXPIRES_AT, SESSION_ID, new_identity
-from commandlab_async.lifecycle import target_of
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.pools import open_backend
-from commandlab_async.specs import RunningSandbox
 from tests.aws_support import REGION, Aws
-from tests.fault_proxy import Rule
 
 pytestmark = pytest.mark.aws
-
-THROTTLED = {"__type": "ThrottlingException", "message": "Rate exceeded"}
 
 
 async def test_happy_path_end_to_end(aws: Aws) -> None:
@@ -52,73 +45,21 @@ async def test_happy_path_end_to_end(aws: Aws) -> None:
     assert aws.proxy.calls("DeregisterTaskDefinition") == []
 
 
-async def test_task_that_stops_before_ready_carries_the_stopped_reason(aws: Aws) -> None:
-    async def nowhere(task: RunningSandbox) -> str:
-        # The "container" dies: ECS stops the task with a reason while we wait.
-        async with aws.session.client(
-            "ecs", region_name="us-east-1", endpoint_url=aws.moto_url
-        ) as ecs:
-            await ecs.stop_task(
-                cluster="default",
-                task=task.raw["taskArn"],
-                reason="Essential container in task exited",
-            )
-        return "http://127.0.0.1:9"  # discard port: nothing answers
-
-    with pytest.raises(SandboxExitedError) as info:
-        async with provision(aws.spec(endpoint_resolver=nowhere, ready_timeout=30)):
-            pytest.fail("the body must not run")
-    assert "Essential container in task exited" in str(info.value)
-
-
-@pytest.mark.parametrize("lost_answer", [False, True], ids=["slow-answer", "lost-answer"])
-async def test_cancel_while_run_task_is_in_flight(aws: Aws, lost_answer: bool) -> None:
-    if lost_answer:
-        # moto starts the task, the answer never arrives; the retry starts another.
-        rule = aws.proxy.add(Rule("RunTask", drop=True, forward=True, times=1))
-        slow = aws.proxy.add(Rule("RunTask", delay_after=0.5))
+@pytest.mark.parametrize("root", [False, True], ids=["unprivileged", "root"])
+async def test_task_definition_drops_capabilities_unless_root(aws: Aws, root: bool) -> None:
+    async with provision(aws.spec(run_as_root=root)):
+        (task,) = await aws.tasks()
+    async with aws.session.client("ecs", region_name=REGION, endpoint_url=aws.moto_url) as ecs:
+        answer = await ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    (container,) = answer["taskDefinition"]["containerDefinitions"]
+    linux = container["linuxParameters"]
+    assert linux["initProcessEnabled"] is True
+    if root:
+        assert container["user"] == "0"
+        assert "capabilities" not in linux
     else:
-        rule = slow = aws.proxy.add(Rule("RunTask", delay_after=0.5))
-
-    async def user() -> None:
-        async with provision(aws.spec()):
-            pytest.fail("the body must not run")
-
-    task = asyncio.create_task(user())
-    await slow.seen.wait()
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert rule.seen.is_set()
-    started = await aws.tasks()
-    assert len(started) == (2 if lost_answer else 1)
-    assert all(t["lastStatus"] == "STOPPED" for t in started)
-    if lost_answer:
-        assert aws.proxy.calls("ListTasks"), "the lost task was found by startedBy"
-
-
-async def test_throttling_is_retried(aws: Aws) -> None:
-    rule = aws.proxy.add(Rule("RunTask", status=400, body=THROTTLED, times=2))
-    async with provision(aws.spec()) as computer:
-        assert (await computer.run("true")).exit_code == 0
-    assert rule.times == 0
-    assert len(aws.proxy.calls("RunTask")) == 3
-
-
-async def test_invalid_parameters_fail_at_once(aws: Aws) -> None:
-    aws.proxy.add(
-        Rule(
-            "RunTask",
-            status=400,
-            body={"__type": "InvalidParameterException", "message": "subnet does not exist"},
-        )
-    )
-    with pytest.raises(BackendError, match="subnet does not exist") as info:
-        async with provision(aws.spec()):
-            pytest.fail("the body must not run")
-    assert info.value.transient is False
-    assert len(aws.proxy.calls("RunTask")) == 1
+        assert "user" not in container  # the image's unprivileged user
+        assert linux["capabilities"]["drop"] == ["ALL"]
 
 
 async def test_fleet_of_twenty(aws: Aws) -> None:
@@ -170,7 +111,7 @@ async def test_gc_sweeps_the_cluster_and_region_it_is_given(aws: Aws) -> None:
     evals = aws.spec({"cluster": "evals"})
     expired = {EXPIRES_AT: str(int(time.time()) - 10)}
     async with AsyncExitStack() as stack:
-        driver = (await open_backend(stack, target_of(evals))).driver
+        driver = (await open_backend(stack, evals.target())).driver
         stale = new_identity(evals)
         stale = replace(stale, labels={**stale.labels, **expired})
         await driver.create(evals, stale)

@@ -31,7 +31,6 @@ from commandlab_async import (
     provision_many,
 )
 from commandlab_async.identity import SESSION, SESSION_ID, new_identity
-from commandlab_async.lifecycle import target_of
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.pools import open_backend
@@ -199,7 +198,7 @@ async def test_errors_are_translated_with_the_sdk_error_as_cause(backend: Backen
 
 
 async def _driver(stack: AsyncExitStack, spec: DockerSpec) -> Driver[Any]:
-    return (await open_backend(stack, target_of(spec))).driver
+    return (await open_backend(stack, spec.target())).driver
 
 
 async def test_destroy_is_idempotent_and_not_found_is_success(backend: Backend) -> None:

@@ -18,14 +18,19 @@ from commandlab_async import (
     EventKind,
     FleetError,
     LifecycleEvent,
+    Limits,
     ReadyTimeoutError,
     RunningSandbox,
     SandboxExitedError,
     gc,
     provision,
     provision_many,
+    set_limits,
 )
+from commandlab_async import limits as limits_module
 from commandlab_async.identity import EXPIRES_AT, MANAGED, SESSION
+from commandlab_async.platforms.base import DockerPlatform
+from commandlab_async.platforms.docker.options import DockerTarget
 from tests.fake_driver import FakeCloud, FakeSandbox
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -219,3 +224,23 @@ async def test_gc_reports_what_it_could_not_delete(fake_cloud: FakeCloud) -> Non
     fake_cloud.refuse_destroy = 400
     with pytest.raises(CleanupError, match="stuck"):
         await gc()
+
+
+async def test_limits_and_drivers_are_per_target(
+    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = DockerTarget(platform=DockerPlatform.LOCAL, host="unix:///elsewhere.sock")
+    monkeypatch.setattr(limits_module, "_overrides", {})
+    set_limits("docker", Limits(creates_in_flight=1))
+    set_limits(other, Limits(creates_in_flight=3))
+    fake_cloud.create_delay = 0.05
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    async with provision_many(FAST, count=3):
+        assert fake_cloud.peak_creating == 1  # the platform's limit
+    monkeypatch.setenv("DOCKER_HOST", other.host or "")
+    async with provision_many(FAST, count=3):
+        assert fake_cloud.peak_creating == 3  # the target's own limit wins
+    assert [d.target for d in fake_cloud.drivers] == [
+        DockerTarget(platform=DockerPlatform.LOCAL, host=None),
+        other,
+    ]

@@ -120,11 +120,11 @@ class PlatformOptions:
     @classmethod
     def target_from(cls, scope: Mapping[str, str]) -> Target:
         """A target named field by field (e.g. by ``commandlab gc --region ...``)."""
-        _take(scope)
+        take_scope(scope)
         return Target(platform=cls.platform)
 
 
-def _take(scope: Mapping[str, str], *names: str) -> list[str | None]:
+def take_scope(scope: Mapping[str, str], *names: str) -> list[str | None]:
     """The values of ``names`` in ``scope``; SpecError for any other name given."""
     for name in scope:
         if name not in names:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import SpecError
 from ...validation import check_bool, check_ids, check_text
-from ..base import DockerPlatform, PlatformOptions, Target, _take
+from ..base import DockerPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:
     from ...specs import Spec
@@ -94,5 +94,5 @@ class EcsOptions(PlatformOptions):
 
     @classmethod
     def target_from(cls, scope: Mapping[str, str]) -> EcsTarget:
-        region, cluster = _take(scope, "region", "cluster")
+        region, cluster = take_scope(scope, "region", "cluster")
         return EcsTarget(platform=cls.platform, region=region, cluster=cluster or "default")

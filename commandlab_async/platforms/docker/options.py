@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from ..base import DockerPlatform, PlatformOptions, Target, _take
+from ..base import DockerPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:
     from ...specs import Spec
@@ -35,5 +35,5 @@ class DockerOptions(PlatformOptions):
 
     @classmethod
     def target_from(cls, scope: Mapping[str, str]) -> DockerTarget:
-        _take(scope)
+        take_scope(scope)
         return DockerTarget(platform=cls.platform, host=os.environ.get("DOCKER_HOST") or None)

@@ -58,7 +58,10 @@ class KubeconfigOptions(_KubernetesOptions):
     def target(self, spec: Spec) -> KubernetesTarget:
         namespace = getattr(spec, "namespace", "default")
         return KubernetesTarget(
-            platform=self.platform, cluster=self.context, location=None, namespace=namespace
+            platform=self.platform,
+            cluster=self.context,
+            location=self.kubeconfig,
+            namespace=namespace,
         )
 
 
