@@ -12,8 +12,10 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .specs import Spec
+if TYPE_CHECKING:
+    from .specs import Spec
 
 __all__ = ["LABEL_PREFIX", "SESSION_ID", "SandboxIdentity", "new_identity", "owner_labels"]
 

@@ -1,4 +1,5 @@
-"""Concurrency limits per backend, shared by every fleet of a process.
+"""Concurrency limits per target (a platform and its region, cluster...), shared by every
+fleet of a process.
 
 Creates are bounded in flight and in rate (a token bucket with jitter), readiness probes
 in flight, and deletes have their own bound so teardown never waits behind creates.
@@ -12,9 +13,12 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import SpecError
-from .platforms.base import Target
+
+if TYPE_CHECKING:
+    from .platforms.base import Target
 
 __all__ = ["Limiter", "Limits", "limits_for", "set_limits"]
 
@@ -65,7 +69,7 @@ def limits_for(target: Target, default: Limits) -> Limits:
 
 
 def _key(where: str | Target) -> str:
-    return f"target:{where!r}" if isinstance(where, Target) else str(where)
+    return str(where) if isinstance(where, str) else f"target:{where!r}"
 
 
 @dataclass

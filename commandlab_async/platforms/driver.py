@@ -92,7 +92,9 @@ class Driver(abc.ABC, Generic[TargetT]):
     probe_interval: ClassVar[float] = 0.25
     """Longest pause between two readiness probes of the daemon (seconds)."""
     attempts: ClassVar[int] = 4
+    """Calls in all for one operation whose failures are transient (see :meth:`call`)."""
     first_wait: ClassVar[float] = 0.05
+    """Backoff between attempts: full jitter, from ``first_wait`` doubling to ``max_wait``."""
     max_wait: ClassVar[float] = 2.0
 
     def __init__(self, target: TargetT) -> None:
@@ -134,8 +136,6 @@ class Driver(abc.ABC, Generic[TargetT]):
         what: str,
         sandbox: str | None,
         fn: Callable[[], Awaitable[T]],
-        *,
-        attempts: int | None = None,
     ) -> T:
         """Await ``fn()``, retrying transient failures with full-jitter backoff.
 
@@ -150,7 +150,7 @@ class Driver(abc.ABC, Generic[TargetT]):
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(transient),
-                stop=stop_after_attempt(attempts or self.attempts),
+                stop=stop_after_attempt(self.attempts),
                 wait=wait_random_exponential(multiplier=self.first_wait, max=self.max_wait),
                 reraise=True,
             ):
