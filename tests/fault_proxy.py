@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -41,7 +42,7 @@ class Rule:
     """With ``drop``/``status``: still let the engine act before failing."""
     times: int | None = None
     """Apply to this many matching requests, then stop (None: always)."""
-    body: dict[str, str] | None = None
+    body: dict[str, Any] | None = None
     """JSON body of the injected error (default: a Docker-style message)."""
     seen: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a request first matches."""

@@ -24,6 +24,7 @@ from commandlab_async.identity import EXPIRES_AT, SESSION_ID, new_identity
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.pools import open_backend
 from tests.aws_support import REGION, Aws
+from tests.fault_proxy import Rule
 
 pytestmark = pytest.mark.aws
 
@@ -149,3 +150,12 @@ def test_gc_refuses_a_scope_the_platform_does_not_have() -> None:
     )
     assert done.returncode == 1
     assert "namespace: does not scope this platform" in done.stderr
+
+
+async def test_no_capacity_now_is_retried(aws: Aws) -> None:
+    full = {"tasks": [], "failures": [{"reason": "Capacity is unavailable at this time."}]}
+    rule = aws.proxy.add(Rule("RunTask", status=200, body=full, times=1))
+    async with provision(aws.spec()):
+        pass
+    assert rule.times == 0
+    assert len(aws.proxy.calls("RunTask")) == 2

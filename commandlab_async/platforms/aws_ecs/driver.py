@@ -48,6 +48,7 @@ _TRANSIENT_CODES = {
     "InternalError",
 }
 _NOT_FOUND_CODES = {"ClusterNotFoundException", "TaskDefinitionNotFoundException"}
+_CAPACITY = ("RESOURCE", "Capacity is unavailable")
 _STOPPING = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
 # Our own retries (tenacity, under the fleet's rate limit) replace botocore's, so that a
 # retried run_task is known to us (it may have started a task whose answer was lost).
@@ -256,8 +257,9 @@ class EcsDriver(Driver[EcsTarget]):
                 reasons = "; ".join(
                     f"{f.get('reason')} {f.get('detail', '')}".strip() for f in failures
                 )
-                # RESOURCE:* reasons (no capacity now) may pass on a later attempt.
-                if any(str(f.get("reason", "")).startswith("RESOURCE") for f in failures):
+                # ECS's failure reasons for "no capacity now" (RESOURCE:MEMORY..., and
+                # Fargate's "Capacity is unavailable at this time") may pass on a retry.
+                if any(str(f.get("reason", "")).startswith(_CAPACITY) for f in failures):
                     raise _CapacityFailure(reasons)
                 raise BackendError(
                     f"run_task placed no task: {reasons or 'no reason given'}",
