@@ -15,7 +15,6 @@ from .computer import Computer
 from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError, SpecError
 from .events import EventCallback, EventKind, emit
 from .identity import SandboxIdentity, new_identity
-from .platforms.base import Target
 from .pools import Backend, lease, open_backend
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
@@ -60,12 +59,11 @@ class _Member:
         emit(self.on_event, self.name, str(self.backend.driver.platform), kind, detail)
 
 
-async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> dict[Target, Backend]:
-    """Lease the driver and limiter of every target the specs use (no I/O)."""
-    backends: dict[Target, Backend] = {}
-    for target in dict.fromkeys(spec.target() for spec in specs):
-        backends[target] = await open_backend(stack, target)
-    return backends
+async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> list[Backend]:
+    """The backend of each spec, in order: one lease per distinct target (no I/O)."""
+    targets = [spec.target() for spec in specs]
+    backends = {target: await open_backend(stack, target) for target in dict.fromkeys(targets)}
+    return [backends[target] for target in targets]
 
 
 @asynccontextmanager
@@ -86,7 +84,7 @@ async def provision(
     spec = _check_spec(spec)
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
-        (backend,) = (await _open_backends(stack, [spec])).values()
+        (backend,) = await _open_backends(stack, [spec])
         http = await stack.enter_async_context(lease("http", _http_session))
         member = _Member(spec, backend, new_identity(spec), on_event)
         try:
@@ -163,8 +161,8 @@ async def provision_many(
         backends = await _open_backends(stack, spec_list)
         http = await stack.enter_async_context(lease("http", _http_session))
         members = [
-            _Member(spec, backends[spec.target()], new_identity(spec), on_event)
-            for spec in spec_list
+            _Member(spec, backend, new_identity(spec), on_event)
+            for spec, backend in zip(spec_list, backends, strict=True)
         ]
         try:
             failed = await _bring_up_all(members, http, keep_going=keep_going)

@@ -118,13 +118,13 @@ class PlatformOptions:
         return Target(platform=self.platform)
 
     @classmethod
-    def target_from(cls, scope: Mapping[str, str]) -> Target:
+    def target_from(cls, scope: Mapping[str, str | None]) -> Target:
         """A target named field by field (e.g. by ``commandlab gc --region ...``)."""
         take_scope(scope)
         return Target(platform=cls.platform)
 
 
-def take_scope(scope: Mapping[str, str], *names: str) -> list[str | None]:
+def take_scope(scope: Mapping[str, str | None], *names: str) -> list[str | None]:
     """The values of ``names`` in ``scope``; SpecError for any other name given."""
     for name in scope:
         if name not in names:

@@ -90,9 +90,9 @@ class EcsOptions(PlatformOptions):
             )
 
     def target(self, spec: Spec) -> EcsTarget:
-        return EcsTarget(platform=self.platform, region=spec.region, cluster=self.cluster)
+        return self.target_from({"region": spec.region, "cluster": self.cluster})
 
     @classmethod
-    def target_from(cls, scope: Mapping[str, str]) -> EcsTarget:
+    def target_from(cls, scope: Mapping[str, str | None]) -> EcsTarget:
         region, cluster = take_scope(scope, "region", "cluster")
         return EcsTarget(platform=cls.platform, region=region, cluster=cluster or "default")

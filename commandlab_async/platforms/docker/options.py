@@ -34,6 +34,6 @@ class DockerOptions(PlatformOptions):
         return self.target_from({})
 
     @classmethod
-    def target_from(cls, scope: Mapping[str, str]) -> DockerTarget:
+    def target_from(cls, scope: Mapping[str, str | None]) -> DockerTarget:
         take_scope(scope)
         return DockerTarget(platform=cls.platform, host=os.environ.get("DOCKER_HOST") or None)
