@@ -17,7 +17,7 @@ from tests.fault_proxy import FaultyDockerProxy
 
 pytest_plugins = ["tests.aws_support"]
 
-BASE_IMAGE = "commandlab/python-base:bookworm"
+BASE_IMAGE = "commandlab/python-base:bookworm-ps"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
 EXITS_IMAGE = "commandlab-test/exits:latest"
 HANGS_IMAGE = "commandlab-test/hangs:latest"
