@@ -6,7 +6,7 @@ async with provision(DockerSpec()) as computer:
 ```
 """
 
-from .computer import CommandResult, Computer
+from .computer import Computer
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -16,16 +16,26 @@ from .errors import (
     CommandTimeoutError,
     DaemonError,
     DaemonUnreachableError,
+    FileTooLargeError,
     FleetError,
     MissingExtraError,
+    OutputLimitExceededError,
     ProvisionError,
     ReadyTimeoutError,
     RemoteFileNotFoundError,
+    RemoteIsADirectoryError,
+    RemoteNotADirectoryError,
+    RemoteOSError,
+    RemotePermissionError,
+    RemoteProcessLookupError,
+    ResourceExhaustedError,
     SandboxExitedError,
     SpecError,
+    UnsupportedOperationError,
     UnsupportedPlatformError,
 )
 from .events import EventKind, LifecycleEvent
+from .files import FileInfo
 from .lifecycle import Fleet, provision, provision_many
 from .limits import Limits, set_limits
 from .platforms.aws_ecs.options import EcsOptions
@@ -34,6 +44,7 @@ from .platforms.base import PlatformOptions, RunningSandbox, Target
 from .platforms.docker.options import DockerOptions
 from .platforms.gcp_cloud_run.options import CloudRunOptions
 from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
+from .process import CommandResult, OutputChunk, Process, ProcessInfo
 from .reaper import Reaped, gc
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 
@@ -60,6 +71,8 @@ __all__ = [
     "EcsOptions",
     "EksOptions",
     "EventKind",
+    "FileInfo",
+    "FileTooLargeError",
     "Fleet",
     "FleetError",
     "GkeOptions",
@@ -69,15 +82,26 @@ __all__ = [
     "LifecycleEvent",
     "Limits",
     "MissingExtraError",
+    "OutputChunk",
+    "OutputLimitExceededError",
     "PlatformOptions",
+    "Process",
+    "ProcessInfo",
     "ProvisionError",
     "ReadyTimeoutError",
     "Reaped",
     "RemoteFileNotFoundError",
+    "RemoteIsADirectoryError",
+    "RemoteNotADirectoryError",
+    "RemoteOSError",
+    "RemotePermissionError",
+    "RemoteProcessLookupError",
+    "ResourceExhaustedError",
     "RunningSandbox",
     "SandboxExitedError",
     "SpecError",
     "Target",
+    "UnsupportedOperationError",
     "UnsupportedPlatformError",
     "__version__",
     "gc",

@@ -2,74 +2,82 @@
 
 from __future__ import annotations
 
-import base64
+import errno
 import io
 import json
-import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+import math
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, NoReturn
 
 import aiohttp
+import anyio
 
 from .errors import (
     AuthenticationError,
     CommandTimeoutError,
     DaemonError,
     DaemonUnreachableError,
+    FileTooLargeError,
+    OutputLimitExceededError,
     RemoteFileNotFoundError,
+    RemoteIsADirectoryError,
+    RemoteNotADirectoryError,
+    RemoteOSError,
+    RemotePermissionError,
+    RemoteProcessLookupError,
+    ResourceExhaustedError,
+    UnsupportedOperationError,
+)
+from .files import FileInfo, read_local
+from .process import (
+    Collector,
+    CommandResult,
+    Process,
+    ProcessInfo,
+    ProcessStart,
+    frames_of,
+    stdin_body,
 )
 
 __all__ = ["CommandResult", "Computer"]
 
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+"""Bytes of each stream ``run()`` keeps by default (the first and last 8 MiB)."""
+DEFAULT_MAX_READ = 64 * 1024 * 1024
+"""The largest file ``read_file()`` returns by default; use ``download()`` for more."""
+MAX_TIMEOUT = 1_000_000.0
+"""The longest command timeout the daemon accepts, in seconds (about 11.5 days)."""
+
 # How much longer than the command's own timeout the client waits for the daemon's answer.
 _REPLY_MARGIN = 30.0
 _CONNECT_TIMEOUT = 10.0
+_STALL_TIMEOUT = 300.0  # a file transfer that moves nothing for this long has failed
 
+# The daemon's error codes that are OS errors: (class, errno).
+_OS_ERRORS: dict[str, tuple[type[RemoteOSError], int]] = {
+    "not_found": (RemoteFileNotFoundError, errno.ENOENT),
+    "permission_denied": (RemotePermissionError, errno.EACCES),
+    "is_a_directory": (RemoteIsADirectoryError, errno.EISDIR),
+    "not_a_directory": (RemoteNotADirectoryError, errno.ENOTDIR),
+    "no_such_process": (RemoteProcessLookupError, errno.ESRCH),
+    "exec_format_error": (RemoteOSError, errno.ENOEXEC),
+    "not_a_regular_file": (RemoteOSError, errno.EINVAL),
+    "bad_path": (RemoteOSError, errno.EINVAL),
+    "insufficient_storage": (RemoteOSError, errno.ENOSPC),
+}
 
-@dataclass(frozen=True)
-class CommandResult:
-    """What a command did. Output is kept as bytes; ``stdout``/``stderr`` decode it.
-
-    ``stdout`` and ``stderr`` decode UTF-8 and replace invalid bytes with U+FFFD, so
-    they never raise; use ``stdout_bytes``/``stderr_bytes`` for the exact bytes.
-    """
-
-    exit_code: int
-    """Exit status; negative ``-N`` when the command was killed by signal ``N``."""
-    stdout_bytes: bytes = field(repr=False)
-    stderr_bytes: bytes = field(repr=False)
-    duration: float
-    """Seconds the command ran, measured inside the sandbox."""
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_bytes.decode("utf-8", "replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_bytes.decode("utf-8", "replace")
-
-    @property
-    def ok(self) -> bool:
-        """True when the command exited with status 0."""
-        return self.exit_code == 0
-
-    def __repr__(self) -> str:
-        return (
-            f"CommandResult(exit_code={self.exit_code}, stdout={_preview(self.stdout)}, "
-            f"stderr={_preview(self.stderr)}, duration={self.duration:.3f})"
-        )
-
-
-def _preview(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+Command = str | Sequence[str]
+Stdin = bytes | str | AsyncIterable[bytes] | None
 
 
 class Computer:
     """A running sandbox. Obtained from :func:`provision` or :func:`provision_many`.
 
     All methods are coroutines, safe to call concurrently on one Computer or many.
+    Relative paths (and ``cwd``) resolve against the sandbox's working directory
+    (:meth:`working_dir`).
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Computer:
         self._headers = {"X-CommandLab-Token": token}
         self._session = session
         self._platform = platform
+        self._cwd: str | None = None
 
     @property
     def name(self) -> str:
@@ -106,107 +115,348 @@ class Computer:
     def __repr__(self) -> str:
         return f"Computer(name={self._name!r}, platform={self._platform!r}, url={self._url!r})"
 
+    # -- daemon ------------------------------------------------------------
+
     async def health(self, *, timeout: float = 10.0) -> dict[str, Any]:
-        """Ask the daemon for its version and uptime (an authenticated request)."""
-        result: dict[str, Any] = await self._request(
-            "GET", "/health", timeout=aiohttp.ClientTimeout(total=timeout)
-        )
+        """Ask the daemon for its version, uptime and working directory."""
+        result: dict[str, Any] = await self._json("GET", "/health", timeout=timeout)
+        self._cwd = result.get("cwd")
         return result
+
+    async def working_dir(self) -> str:
+        """The sandbox's working directory: where relative paths and commands start."""
+        if self._cwd is None:
+            await self.health()
+        assert self._cwd is not None
+        return self._cwd
+
+    # -- commands ----------------------------------------------------------
 
     async def run(
         self,
-        command: str | Sequence[str],
+        command: Command,
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        stdin: bytes | str | None = None,
+        user: str | int | None = None,
+        stdin: Stdin = None,
         timeout: float | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_output_limit: Literal["truncate", "raise"] = "truncate",
     ) -> CommandResult:
-        """Run ``command`` with ``/bin/sh -c`` in the sandbox and return what it did.
+        """Run ``command`` in the sandbox and return what it did.
 
-        A sequence is quoted with :func:`shlex.join`. A non-zero exit status is returned,
-        not raised. ``timeout`` is enforced inside the sandbox: at expiry the command's
-        whole process group is killed and :class:`CommandTimeoutError` is raised with the
-        output produced so far.
+        A string runs through ``/bin/sh -c``; a sequence is the argv of a program run
+        directly (no shell, no quoting, no single-argument size limit). A non-zero exit
+        status is returned, not raised. ``stdin`` (bytes, str or an async iterable of
+        bytes) is streamed; without it the command reads end of file.
+
+        ``timeout`` is enforced inside the sandbox: the command's whole process group is
+        killed and :class:`CommandTimeoutError` carries the output so far. At most
+        ``max_output`` bytes of each stream are kept (its first and last halves, see
+        :attr:`CommandResult.truncated`); with ``on_output_limit="raise"`` the command is
+        killed instead when it prints more, and :class:`OutputLimitExceededError` is
+        raised. ``user`` runs the command as another user (needs ``run_as_root=True``,
+        else :class:`UnsupportedOperationError`). Cancelling the call kills the command.
+
+        A program that cannot start raises :class:`RemoteOSError` (e.g.
+        :class:`RemoteFileNotFoundError`, also a ``FileNotFoundError``); a sandbox out of
+        processes or memory raises :class:`ResourceExhaustedError`.
         """
-        if not isinstance(command, str):
-            command = shlex.join(command)
+        if not isinstance(max_output, int) or isinstance(max_output, bool) or max_output < 0:
+            raise ValueError("max_output must be a non-negative int")
+        if on_output_limit not in ("truncate", "raise"):
+            raise ValueError("on_output_limit must be 'truncate' or 'raise'")
+        header = _exec_header(
+            command,
+            cwd=cwd,
+            env=env,
+            user=user,
+            timeout=timeout,
+            max_output=max_output,
+            on_limit="kill" if on_output_limit == "raise" else "truncate",
+            background=False,
+        )
         if isinstance(stdin, str):
             stdin = stdin.encode()
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be positive")
-        body = {
-            "command": command,
-            "cwd": cwd,
-            "env": dict(env) if env is not None else None,
-            "stdin": base64.b64encode(stdin).decode() if stdin is not None else None,
-            "timeout": timeout,
-        }
         total = None if timeout is None else timeout + _REPLY_MARGIN
-        reply = await self._request(
-            "POST",
-            "/run",
-            json=body,
-            timeout=aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT),
-        )
-        result = CommandResult(
-            exit_code=int(reply["exit_code"]),
-            stdout_bytes=base64.b64decode(reply["stdout"]),
-            stderr_bytes=base64.b64decode(reply["stderr"]),
-            duration=float(reply["duration"]),
-        )
-        if reply.get("timed_out"):
+        async with self._exec(header, stdin, total) as response:
+            collector = Collector()
+            try:
+                end = await collector.read(frames_of(response))
+                await response.content.read()  # the chunked terminator: keeps the connection
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise DaemonUnreachableError(
+                    f"the connection broke while running a command: {exc!r}", sandbox=self._name
+                ) from exc
+        result = collector.result()
+        if end.timed_out:
             raise CommandTimeoutError(
                 f"command timed out after {timeout}s; its process group was killed",
                 sandbox=self._name,
                 result=result,
             )
+        if end.limit_exceeded:
+            raise OutputLimitExceededError(
+                f"command printed more than max_output={max_output} bytes on a stream;"
+                " it was killed",
+                sandbox=self._name,
+                result=result,
+            )
         return result
 
-    async def write_file(self, path: str, data: bytes | str, *, mode: int | None = None) -> None:
-        """Write ``data`` to the absolute ``path`` in the sandbox, creating parent folders.
+    def start(
+        self,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        user: str | int | None = None,
+        timeout: float | None = None,
+        background: bool = False,
+    ) -> ProcessStart:
+        """Start ``command`` and return a :class:`Process` to stream it as it runs.
 
-        The file appears whole or not at all (written aside, then renamed).
+        Use ``async with computer.start(...) as process:`` (the process is killed when the
+        block ends, unless ``background=True``) or ``process = await computer.start(...)``.
+        Its stdin stays open until :meth:`Process.close_stdin`. ``command``, ``cwd``,
+        ``env``, ``user`` and ``timeout`` are as for :meth:`run`. A background process
+        outlives this call and the client: it is listed by :meth:`processes`, re-attached
+        with :meth:`attach`, and killed when the sandbox goes.
+        """
+        header = _exec_header(
+            command,
+            cwd=cwd,
+            env=env,
+            user=user,
+            timeout=timeout,
+            max_output=None,
+            on_limit="truncate",
+            background=background,
+        )
+
+        async def open_process() -> Process:
+            import asyncio
+
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+            response = await self._open_exec(header, queue, None)
+            return await self._adopt(response, queue, background)
+
+        return ProcessStart(open_process)
+
+    def attach(self, process_id: str) -> ProcessStart:
+        """Stream a background process's output again: what its ring buffer kept, then live.
+
+        Unknown ids raise :class:`RemoteProcessLookupError`. Leaving the block detaches
+        (the process keeps running).
+        """
+
+        async def open_process() -> Process:
+            response = await self._send(
+                "GET", f"/processes/{process_id}/output", timeout=aiohttp.ClientTimeout()
+            )
+            return await self._adopt(response, None, True)
+
+        return ProcessStart(open_process)
+
+    async def processes(self) -> list[ProcessInfo]:
+        """The processes the daemon is running (and background ones that ended)."""
+        entries = await self._json("GET", "/processes")
+        return [
+            ProcessInfo(
+                id=e["id"],
+                pid=int(e["pid"]),
+                argv=tuple(e["argv"]),
+                background=bool(e["background"]),
+                running=bool(e["running"]),
+                exit_code=e["exit_code"],
+            )
+            for e in entries
+        ]
+
+    async def kill_process(self, process_id: str) -> None:
+        """Kill a process's group by id and forget it (if it was a background process)."""
+        await self._json("DELETE", f"/processes/{process_id}")
+
+    # -- files -------------------------------------------------------------
+
+    async def read_file(self, path: str, *, max_size: int | None = DEFAULT_MAX_READ) -> bytes:
+        """The file at ``path`` as bytes.
+
+        A file bigger than ``max_size`` (default 64 MiB; None for no limit) raises
+        :class:`FileTooLargeError` before anything is transferred: use :meth:`download`
+        or :meth:`stream_file` for big files. Missing files, directories and unreadable
+        files raise :class:`RemoteFileNotFoundError`, :class:`RemoteIsADirectoryError`
+        and :class:`RemotePermissionError` (also the builtin ``OSError`` subclasses).
+        """
+        parts = bytearray()
+        async with self.stream_file(path, max_size=max_size) as chunks:
+            async for chunk in chunks:
+                parts += chunk
+        return bytes(parts)
+
+    @asynccontextmanager
+    async def stream_file(
+        self, path: str, *, max_size: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``async with computer.stream_file(path) as chunks: async for chunk in chunks``.
+
+        Reads in bounded chunks; nothing is held whole. Errors as for :meth:`read_file`.
+        """
+        params = {"path": path}
+        if max_size is not None:
+            if max_size < 0:
+                raise ValueError("max_size must be >= 0")
+            params["max_size"] = str(max_size)
+        timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=_STALL_TIMEOUT)
+        response = await self._send("GET", "/files", params=params, timeout=timeout)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            seen = 0
+            try:
+                async for chunk in response.content.iter_chunked(1024 * 1024):
+                    seen += len(chunk)
+                    if max_size is not None and seen > max_size:  # the file grew meanwhile
+                        raise FileTooLargeError(
+                            f"{path} grew past max_size={max_size} while being read",
+                            sandbox=self._name,
+                            path=path,
+                            size=None,
+                        )
+                    yield chunk
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise DaemonUnreachableError(
+                    f"the connection broke while reading {path}: {exc!r}", sandbox=self._name
+                ) from exc
+
+        try:
+            yield chunks()
+        finally:
+            response.close() if not response.content.is_eof() else response.release()
+
+    async def download(
+        self, path: str, destination: str | os.PathLike[str], *, max_size: int | None = None
+    ) -> int:
+        """Copy the sandbox's ``path`` to the local ``destination``; returns the size."""
+        size = 0
+        async with (
+            self.stream_file(path, max_size=max_size) as chunks,
+            await anyio.open_file(destination, "wb") as out,
+        ):
+            async for chunk in chunks:
+                await out.write(chunk)
+                size += len(chunk)
+        return size
+
+    async def write_file(
+        self,
+        path: str,
+        data: bytes | str | AsyncIterable[bytes],
+        *,
+        mode: int | None = None,
+    ) -> None:
+        """Write ``data`` (bytes, str, or an async iterable of bytes) to ``path``.
+
+        Parent directories are created. The file appears whole or not at all (written
+        aside, then renamed). An existing file keeps its mode and owner and must be
+        writable (else :class:`RemotePermissionError`); ``mode`` sets the permission bits.
         """
         if isinstance(data, str):
             data = data.encode()
+        body: Any = io.BytesIO(data) if isinstance(data, bytes) else data
         params = {"path": path}
         if mode is not None:
             params["mode"] = format(mode, "o")
-        await self._request(
-            "PUT",
-            "/files",
-            params=params,
-            # A BytesIO shares the bytes (no copy) and is sent in chunks without blocking.
-            data=io.BytesIO(data),
-            timeout=aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=300),
+        timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=_STALL_TIMEOUT)
+        await self._json("PUT", "/files", params=params, data=body, timeout=timeout)
+
+    async def upload(
+        self, source: str | os.PathLike[str], path: str, *, mode: int | None = None
+    ) -> None:
+        """Copy the local file ``source`` to the sandbox's ``path``, streamed."""
+        await self.write_file(path, read_local(source), mode=mode)
+
+    async def stat(self, path: str) -> FileInfo:
+        """What ``path`` is (follows symlinks); :class:`RemoteFileNotFoundError` if nothing."""
+        return FileInfo.from_json(await self._json("GET", "/files/stat", params={"path": path}))
+
+    async def list_dir(self, path: str = ".") -> list[FileInfo]:
+        """The entries of the directory ``path``, sorted by name (at most 10,000)."""
+        reply = await self._json("GET", "/files/list", params={"path": path})
+        return [FileInfo.from_json(e, directory=reply["path"]) for e in reply["entries"]]
+
+    # -- plumbing ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def _exec(
+        self, header: bytes, stdin: Stdin, total: float | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        response = await self._open_exec(header, stdin, total)
+        try:
+            yield response
+        finally:
+            # A reply not read to its end (cancelled, failed) closes the connection,
+            # which is how the daemon learns to kill the command.
+            if response.content.is_eof():
+                response.release()
+            else:
+                response.close()
+
+    async def _open_exec(
+        self, header: bytes, stdin: Any, total: float | None
+    ) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT)
+        return await self._send(
+            "POST",
+            "/exec",
+            data=stdin_body(header, stdin),
+            timeout=timeout,
+            content_type="application/x-commandlab-exec",
         )
 
-    async def read_file(self, path: str) -> bytes:
-        """Read the file at the absolute ``path`` in the sandbox."""
+    async def _adopt(
+        self, response: aiohttp.ClientResponse, stdin: Any, background: bool
+    ) -> Process:
+        """Read the ``S`` frame of an exec or attach reply and wrap it in a Process."""
         try:
-            async with self._session.get(
-                self._url + "/files",
-                params={"path": path},
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=300),
-            ) as response:
-                if response.status != 200:
-                    await self._raise_for(response, path=path)
-                return await response.read()
-        except aiohttp.ClientError as exc:
-            raise DaemonUnreachableError(str(exc), sandbox=self._name) from exc
+            frame = await frames_of(response).next()
+            if frame is None or frame[0] != b"S":
+                raise ConnectionResetError("the daemon's reply did not start with a process")
+            started = json.loads(frame[1])
+        except BaseException as exc:
+            response.close()
+            if isinstance(exc, aiohttp.ClientError | ConnectionError):
+                raise DaemonUnreachableError(repr(exc), sandbox=self._name) from exc
+            raise
+        return Process(
+            response=response,
+            stdin=stdin,
+            control=self._control,
+            id=started["id"],
+            pid=int(started["pid"]),
+            background=background,
+        )
 
-    async def _request(
-        self, method: str, route: str, *, timeout: aiohttp.ClientTimeout, **kwargs: Any
-    ) -> Any:
+    async def _control(self, method: str, route: str, params: dict[str, str] | None) -> Any:
+        return await self._json(method, route, params=params)
+
+    async def _send(
+        self,
+        method: str,
+        route: str,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        content_type: str | None = None,
+        **kwargs: Any,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; returns the 200 response (unread) or raises the typed error."""
+        headers = self._headers
+        if content_type is not None:
+            headers = {**headers, "Content-Type": content_type}
         try:
-            async with self._session.request(
-                method, self._url + route, headers=self._headers, timeout=timeout, **kwargs
-            ) as response:
-                if response.status != 200:
-                    await self._raise_for(response, path=kwargs.get("params", {}).get("path"))
-                return await response.json()
+            response = await self._session.request(
+                method, self._url + route, headers=headers, timeout=timeout, **kwargs
+            )
         except aiohttp.ClientError as exc:
             raise DaemonUnreachableError(
                 f"{method} {route} failed: {exc!r}", sandbox=self._name
@@ -215,18 +465,106 @@ class Computer:
             raise DaemonUnreachableError(
                 f"{method} {route}: no answer in time", sandbox=self._name
             ) from exc
+        if response.status != 200:
+            try:
+                await self._raise_for(response)
+            finally:
+                response.release()
+        return response
 
-    async def _raise_for(self, response: aiohttp.ClientResponse, *, path: str | None) -> NoReturn:
+    async def _json(
+        self,
+        method: str,
+        route: str,
+        *,
+        timeout: float | aiohttp.ClientTimeout = 60.0,
+        **kwargs: Any,
+    ) -> Any:
+        if not isinstance(timeout, aiohttp.ClientTimeout):
+            timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_TIMEOUT)
+        response = await self._send(method, route, timeout=timeout, **kwargs)
+        try:
+            return await response.json()
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise DaemonUnreachableError(
+                f"{method} {route}: bad reply: {exc!r}", sandbox=self._name
+            ) from exc
+        except TimeoutError as exc:
+            raise DaemonUnreachableError(
+                f"{method} {route}: no answer in time", sandbox=self._name
+            ) from exc
+        finally:
+            response.release()
+
+    async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status
         try:
             payload = json.loads(await response.read())
-            code, message = payload.get("error", "error"), payload.get("message", "")
+            code = str(payload.get("error", "error"))
+            message = str(payload.get("message", ""))
         except (ValueError, AttributeError, aiohttp.ClientError):
-            code, message = "error", f"HTTP {status}"
-        if status == 401:
-            raise AuthenticationError(
-                "the daemon refused the token", sandbox=self._name, status=401
-            )
-        if status == 404 and code == "not_found":
-            raise RemoteFileNotFoundError(f"no such file: {path}", sandbox=self._name, status=404)
-        raise DaemonError(f"{code}: {message}".rstrip(": "), sandbox=self._name, status=status)
+            payload, code, message = {}, "error", f"HTTP {status}"
+        raise _typed_error(self._name, status, code, message, payload)
+
+
+def _typed_error(
+    sandbox: str, status: int, code: str, message: str, payload: dict[str, Any]
+) -> DaemonError:
+    if status == 401:
+        return AuthenticationError(
+            "the daemon refused the token", sandbox=sandbox, status=401, code=code
+        )
+    if code in _OS_ERRORS and (code != "not_found" or "path" in payload):
+        cls, number = _OS_ERRORS[code]
+        return cls(
+            message,
+            sandbox=sandbox,
+            errno=number,
+            path=payload.get("path"),
+            status=status,
+            code=code,
+        )
+    if code == "file_too_large":
+        return FileTooLargeError(
+            message, sandbox=sandbox, path=str(payload.get("path")), size=payload.get("size")
+        )
+    if code == "resource_exhausted":
+        return ResourceExhaustedError(
+            message, sandbox=sandbox, limit=str(payload.get("limit")), status=status
+        )
+    if code == "user_unsupported":
+        return UnsupportedOperationError(message, sandbox=sandbox, status=status, code=code)
+    return DaemonError(f"{code}: {message}", sandbox=sandbox, status=status, code=code)
+
+
+def _exec_header(
+    command: Command,
+    *,
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    user: str | int | None,
+    timeout: float | None,
+    max_output: int | None,
+    on_limit: str,
+    background: bool,
+) -> bytes:
+    """The JSON line of ``POST /exec``, after checking what the daemon would refuse."""
+    if timeout is not None and not (0 < timeout <= MAX_TIMEOUT and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, got {timeout}")
+    request: dict[str, Any] = {
+        "cwd": cwd,
+        "env": dict(env) if env is not None else None,
+        "user": user,
+        "timeout": timeout,
+        "max_output": max_output,
+        "on_limit": on_limit,
+        "background": background,
+    }
+    if isinstance(command, str):
+        request["command"] = command
+    else:
+        argv = list(command)
+        if not argv or not all(isinstance(arg, str) for arg in argv):
+            raise ValueError("a command sequence must be a non-empty sequence of str")
+        request["argv"] = argv
+    return json.dumps(request, separators=(",", ":")).encode() + b"\n"

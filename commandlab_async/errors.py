@@ -16,8 +16,20 @@ CommandLabError
     ├── DaemonUnreachableError    no connection to the daemon
     ├── AuthenticationError       the daemon refused the token
     ├── CommandTimeoutError       a command ran past its timeout; its processes were killed
-    └── RemoteFileNotFoundError   no such path in the sandbox (FileNotFoundError)
+    ├── OutputLimitExceededError  a command printed more than allowed and was killed
+    ├── ResourceExhaustedError    the sandbox hit a limit (pids, memory, processes)
+    ├── UnsupportedOperationError the sandbox cannot do this (e.g. switch users)
+    ├── FileTooLargeError         a file is bigger than the size limit of the read
+    └── RemoteOSError             a path or program failed in the sandbox (OSError)
+        ├── RemoteFileNotFoundError      (FileNotFoundError)
+        ├── RemotePermissionError        (PermissionError)
+        ├── RemoteIsADirectoryError      (IsADirectoryError)
+        ├── RemoteNotADirectoryError     (NotADirectoryError)
+        └── RemoteProcessLookupError     no such process id (ProcessLookupError)
 ```
+
+Every ``DaemonError`` has ``code``: the daemon's stable error code (``not_found``,
+``permission_denied``...) when it answered one.
 
 Errors that wrap another carry it as ``__cause__``. No message ever contains a token.
 """
@@ -39,13 +51,22 @@ __all__ = [
     "CommandTimeoutError",
     "DaemonError",
     "DaemonUnreachableError",
+    "FileTooLargeError",
     "FleetError",
     "MissingExtraError",
+    "OutputLimitExceededError",
     "ProvisionError",
     "ReadyTimeoutError",
     "RemoteFileNotFoundError",
+    "RemoteIsADirectoryError",
+    "RemoteNotADirectoryError",
+    "RemoteOSError",
+    "RemotePermissionError",
+    "RemoteProcessLookupError",
+    "ResourceExhaustedError",
     "SandboxExitedError",
     "SpecError",
+    "UnsupportedOperationError",
     "UnsupportedPlatformError",
 ]
 
@@ -171,12 +192,23 @@ class CleanupError(CommandLabError):
 
 
 class DaemonError(CommandLabError):
-    """The daemon inside a sandbox refused or failed a request."""
+    """The daemon inside a sandbox refused or failed a request.
 
-    def __init__(self, message: str, *, sandbox: str, status: int | None = None) -> None:
+    ``status`` is the HTTP status and ``code`` the daemon's error code, when it answered.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox: str,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(f"sandbox {sandbox}: {message}")
         self.sandbox = sandbox
         self.status = status
+        self.code = code
 
 
 class DaemonUnreachableError(DaemonError):
@@ -198,5 +230,85 @@ class CommandTimeoutError(DaemonError, TimeoutError):
         self.result = result
 
 
-class RemoteFileNotFoundError(DaemonError, FileNotFoundError):
-    """The path does not exist inside the sandbox."""
+class OutputLimitExceededError(DaemonError):
+    """A command printed more than ``max_output`` and was killed (``on_output_limit="raise"``).
+
+    ``result`` holds the output kept (the head and tail of each stream).
+    """
+
+    def __init__(self, message: str, *, sandbox: str, result: CommandResult) -> None:
+        super().__init__(message, sandbox=sandbox, code="output_limit_exceeded")
+        self.result = result
+
+
+class ResourceExhaustedError(DaemonError):
+    """The sandbox hit a limit. ``limit`` says which: ``pids``, ``memory``, ``processes``..."""
+
+    def __init__(self, message: str, *, sandbox: str, limit: str, status: int | None = None):
+        super().__init__(message, sandbox=sandbox, status=status, code="resource_exhausted")
+        self.limit = limit
+
+
+class UnsupportedOperationError(DaemonError):
+    """The sandbox cannot do what was asked (switch users without ``run_as_root``...)."""
+
+
+class FileTooLargeError(DaemonError):
+    """The file is bigger than the read's ``max_size``; nothing was transferred.
+
+    ``size`` is the file's size in bytes (None when the file does not report one).
+    """
+
+    def __init__(self, message: str, *, sandbox: str, path: str, size: int | None) -> None:
+        super().__init__(message, sandbox=sandbox, status=413, code="file_too_large")
+        self.path = path
+        self.size = size
+
+
+class RemoteOSError(DaemonError, OSError):
+    """A path or a program failed inside the sandbox; also the matching builtin ``OSError``.
+
+    ``errno`` is the POSIX error number, ``filename`` (and ``path``) the path concerned,
+    ``code`` the daemon's stable code. ``except FileNotFoundError`` catches a missing file
+    in the sandbox just as a local one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox: str,
+        errno: int,
+        path: str | None,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, sandbox=sandbox, status=status, code=code)
+        self._message = f"sandbox {sandbox}: {message}"
+        self.errno = errno
+        self.strerror = message
+        self.filename = path
+        self.path = path
+
+    def __str__(self) -> str:
+        return self._message
+
+
+class RemoteFileNotFoundError(RemoteOSError, FileNotFoundError):
+    """No such file, directory or program in the sandbox."""
+
+
+class RemotePermissionError(RemoteOSError, PermissionError):
+    """The sandbox refused access to the path (or the program)."""
+
+
+class RemoteIsADirectoryError(RemoteOSError, IsADirectoryError):
+    """The path is a directory where a file was needed."""
+
+
+class RemoteNotADirectoryError(RemoteOSError, NotADirectoryError):
+    """A part of the path is not a directory."""
+
+
+class RemoteProcessLookupError(RemoteOSError, ProcessLookupError):
+    """No process with that id is known to the daemon."""

@@ -7,24 +7,28 @@ interpreter.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
+import pwd
 import re
 import secrets
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,8 +41,27 @@ TOKEN = secrets.token_urlsafe(32)
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
 TOKEN_HEADER = "X-CommandLab-Token"
 AUTH = f"Bearer {TOKEN}"
+AUTH_LINE = f"{TOKEN_HEADER}: {TOKEN}\r\n".encode()
 LISTENING = re.compile(r"commandlab daemon listening on 127\.0\.0\.1:(\d+)")
 SLEEP_300 = b"sleep\x00300\x00"
+FRAMES_TYPE = "application/x-commandlab-frames"
+FRAME_KINDS = {b"S", b"1", b"2", b"G", b"X"}
+
+
+def load_daemon_module() -> ModuleType:
+    """The daemon's module, loaded from its file (it is standard library only)."""
+    spec = importlib.util.spec_from_file_location("_commandlab_daemon_under_test", DAEMON_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SERVER = load_daemon_module()
+
+
+# ------------------------------------------------------------------ clients
 
 
 @dataclass
@@ -48,8 +71,220 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        assert self.headers.get("content-type") == "application/json"
+        assert self.headers.get("content-type") == "application/json", (self.status, self.body)
         return json.loads(self.body)
+
+
+def parse_frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a frame stream (``<kind><length: 4 bytes BE><payload>``...) into frames."""
+    frames = []
+    offset = 0
+    while offset < len(data):
+        assert len(data) - offset >= 5, f"truncated frame head at {offset}: {data[offset:]!r}"
+        kind = data[offset : offset + 1]
+        (length,) = struct.unpack(">I", data[offset + 1 : offset + 5])
+        payload = data[offset + 5 : offset + 5 + length]
+        assert len(payload) == length, f"truncated frame at {offset}"
+        assert kind in FRAME_KINDS, kind
+        frames.append((kind, payload))
+        offset += 5 + length
+    return frames
+
+
+@dataclass
+class Frames:
+    """The frames of an /exec or /processes/<id>/output reply, S first and X last."""
+
+    frames: list[tuple[bytes, bytes]]
+
+    def __post_init__(self) -> None:
+        kinds = [kind for kind, _ in self.frames]
+        assert kinds[:1] == [b"S"], kinds
+        assert kinds[-1:] == [b"X"], kinds
+        assert kinds.count(b"S") == 1
+        assert kinds.count(b"X") == 1
+
+    @property
+    def start(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.frames[0][1])
+        return result
+
+    @property
+    def exit(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.frames[-1][1])
+        return result
+
+    @property
+    def exit_code(self) -> int | None:
+        code: int | None = self.exit["exit_code"]
+        return code
+
+    @property
+    def stdout(self) -> bytes:
+        return b"".join(payload for kind, payload in self.frames if kind == b"1")
+
+    @property
+    def stderr(self) -> bytes:
+        return b"".join(payload for kind, payload in self.frames if kind == b"2")
+
+    @property
+    def gaps(self) -> list[dict[str, Any]]:
+        return [json.loads(payload) for kind, payload in self.frames if kind == b"G"]
+
+
+def exec_body(payload: object, stdin: bytes = b"") -> bytes:
+    return json.dumps(payload).encode() + b"\n" + stdin
+
+
+class FrameStream:
+    """A streaming frame reply (/exec, /processes/<id>/output), read frame by frame."""
+
+    def __init__(
+        self,
+        port: int,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.request(method, path, body=body, headers={TOKEN_HEADER: TOKEN})
+        self.resp = self.conn.getresponse()
+        if self.resp.status != 200:
+            body = self.resp.read()
+            self.close()
+            pytest.fail(f"{method} {path}: {self.resp.status} {body!r}")
+        assert self.resp.getheader("content-type") == FRAMES_TYPE
+        assert self.resp.getheader("transfer-encoding") == "chunked"
+        self.frames: list[tuple[bytes, bytes]] = []
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            piece = self.resp.read(n - len(data))
+            if not piece:
+                raise EOFError(f"reply ended inside a frame after {self.frames}")
+            data += piece
+        return data
+
+    def frame(self) -> tuple[bytes, bytes]:
+        head = self._exact(5)
+        (length,) = struct.unpack(">I", head[1:])
+        item = (head[:1], self._exact(length) if length else b"")
+        assert item[0] in FRAME_KINDS, item
+        self.frames.append(item)
+        return item
+
+    def until_stdout(self, expected: bytes) -> None:
+        """Read frames until stdout so far ends with ``expected``."""
+        while not b"".join(p for k, p in self.frames if k == b"1").endswith(expected):
+            kind, _ = self.frame()
+            assert kind != b"X", self.frames
+
+    def finish(self) -> Frames:
+        """Read to the X frame and the end of the reply."""
+        while not self.frames or self.frames[-1][0] != b"X":
+            self.frame()
+        assert self.resp.read() == b""
+        self.close()
+        return Frames(self.frames)
+
+    def close(self) -> None:
+        self.resp.close()
+        self.conn.close()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    head: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type") == "application/json", (self.status, self.body)
+        return json.loads(self.body)
+
+
+class RawClient:
+    """A bare socket speaking HTTP/1.1 by hand: pipelining, partial requests, 100-continue."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise AssertionError(f"the daemon closed the connection; unparsed: {self.buf[:300]!r}")
+        self.buf += data
+
+    def _until(self, separator: bytes) -> bytes:
+        while separator not in self.buf:
+            self._fill()
+        head, _, self.buf = self.buf.partition(separator)
+        return head
+
+    def _exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def response(self, *, head_only: bool = False) -> RawResponse:
+        """Read one response (interim 1xx ones too), decoding a chunked body."""
+        head = self._until(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert re.fullmatch(r"HTTP/1\.1 \d{3} [A-Za-z -]+", status_line), status_line
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            assert name.lower() not in headers, line
+            headers[name.lower()] = value.strip()
+        status = int(status_line.split(" ")[1])
+        body = b""
+        if head_only or status < 200:
+            pass
+        elif headers.get("transfer-encoding") == "chunked":
+            assert "content-length" not in headers
+            while True:
+                size = int(self._until(b"\r\n"), 16)
+                if size == 0:
+                    assert self._until(b"\r\n") == b""  # no trailers
+                    break
+                body += self._exact(size)
+                assert self._exact(2) == b"\r\n"
+        else:
+            body = self._exact(int(headers["content-length"]))
+        return RawResponse(status, headers, body, head)
+
+    def closed_within(self, timeout: float) -> bool:
+        """Whether the daemon closes the connection within ``timeout`` (input discarded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
 
 
 @dataclass
@@ -57,6 +292,7 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    workdir: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -65,10 +301,11 @@ class Daemon:
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | Iterable[bytes] | None = None,
         headers: dict[str, str] | None = None,
         token: str | None = TOKEN,
         timeout: float = 30.0,
+        chunked: bool = False,
     ) -> Response:
         """Send one request on a fresh connection; ``token`` goes in X-CommandLab-Token."""
         all_headers = dict(headers or {})
@@ -76,60 +313,53 @@ class Daemon:
             all_headers.setdefault(TOKEN_HEADER, token)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=all_headers)
+            conn.request(method, path, body=body, headers=all_headers, encode_chunked=chunked)
             with conn.getresponse() as resp:
                 data = resp.read()
                 return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         finally:
             conn.close()
 
-    def run(self, command: str, **fields: Any) -> dict[str, Any]:
-        resp = self.post_run({"command": command, **fields})
-        assert resp.status == 200, resp.body
-        result: dict[str, Any] = resp.json()
-        return result
+    def exec(
+        self,
+        payload: object,
+        stdin: bytes = b"",
+        *,
+        chunks: Iterable[bytes] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        """POST /exec: the JSON line then ``stdin`` (or the whole body as ``chunks``)."""
+        if chunks is not None:
+            return self.request("POST", "/exec", chunks, timeout=timeout, chunked=True)
+        return self.request("POST", "/exec", exec_body(payload, stdin), timeout=timeout)
 
-    def post_run(self, payload: object, timeout: float = 30.0) -> Response:
-        return self.request(
-            "POST",
-            "/run",
-            json.dumps(payload).encode(),
-            {"Content-Type": "application/json"},
-            timeout=timeout,
-        )
+    def run(self, command: str | list[str], stdin: bytes = b"", **fields: Any) -> Frames:
+        """Run a command (a string for the shell, a list for argv) and parse its frames."""
+        key = "command" if isinstance(command, str) else "argv"
+        return frames_of(self.exec({key: command, **fields}, stdin))
 
-    def raw(self, data: bytes) -> bytes:
-        """Send raw bytes on a fresh connection and return one raw response."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(data)
-            return read_raw_response(sock)
+    def stream(self, payload: dict[str, Any], stdin: bytes = b"") -> FrameStream:
+        return FrameStream(self.port, "POST", "/exec", exec_body(payload, stdin))
 
+    def raw(self, data: bytes) -> RawResponse:
+        """Send raw bytes on a fresh connection and return one response."""
+        with RawClient(self.port) as client:
+            client.send(data)
+            return client.response()
 
-def read_raw_response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
-    length = int(match.group(1)) if match else 0
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
+    def healthy(self) -> bool:
+        return self.request("GET", "/health", timeout=5).status == 200
 
 
-def raw_status(raw: bytes) -> int:
-    assert raw.startswith(b"HTTP/1."), raw[:100]
-    return int(raw.split(b" ", 2)[1])
+def frames_of(resp: Response) -> Frames:
+    assert resp.status == 200, (resp.status, resp.body)
+    assert resp.headers["content-type"] == FRAMES_TYPE
+    assert resp.headers["transfer-encoding"] == "chunked"
+    return Frames(parse_frames(resp.body))
 
 
-def files_url(path: str | Path, **params: str) -> str:
-    return "/files?" + urllib.parse.urlencode({"path": str(path), **params})
+def files_url(path: str | Path, endpoint: str = "/files", **params: str) -> str:
+    return f"{endpoint}?" + urllib.parse.urlencode({"path": str(path), **params})
 
 
 def sleepers_with(marker: str) -> list[int]:
@@ -149,6 +379,13 @@ def sleepers_with(marker: str) -> list[int]:
     return found
 
 
+def thread_count(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^Threads:\s*(\d+)$", status, re.MULTILINE)
+    assert match, status
+    return int(match.group(1))
+
+
 def listing(directory: Path) -> list[str]:
     try:
         return os.listdir(directory)
@@ -161,7 +398,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return predicate()
 
 
@@ -177,10 +414,13 @@ def start_daemon(
             env.pop(key, None)
         else:
             env[key] = value
+    workdir = log_path.parent / f"{log_path.stem}-work"
+    workdir.mkdir()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [DAEMON_PYTHON, str(DAEMON_SCRIPT)],
             env=env,
+            cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -190,7 +430,7 @@ def start_daemon(
     while time.monotonic() < deadline:
         match = LISTENING.search(log_path.read_text(errors="replace"))
         if match:
-            return Daemon(proc, int(match.group(1)), log_path)
+            return Daemon(proc, int(match.group(1)), log_path, workdir)
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -233,8 +473,8 @@ def spawn_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         stop_daemons(procs)
 
 
-class BackgroundRun:
-    """POST /run in a thread; the outcome (response or exception) is kept."""
+class BackgroundExec:
+    """POST /exec in a thread; the outcome (response or exception) is kept."""
 
     def __init__(self, daemon: Daemon, payload: dict[str, Any]) -> None:
         self.response: Response | None = None
@@ -244,7 +484,7 @@ class BackgroundRun:
 
     def _go(self, daemon: Daemon, payload: dict[str, Any]) -> None:
         try:
-            self.response = daemon.post_run(payload, timeout=20)
+            self.response = daemon.exec(payload, timeout=20)
         except (OSError, http.client.HTTPException) as exc:
             self.error = exc
 
@@ -264,11 +504,18 @@ def test_health(daemon: Daemon) -> None:
     assert resp.status == 200
     assert resp.headers["content-length"] == str(len(resp.body))
     health = resp.json()
-    assert health["version"] == "2"
+    assert health["version"] == "3"
     assert health["pid"] == daemon.proc.pid
     assert isinstance(health["uptime"], float)
     assert health["uptime"] >= 0
     assert health["expires_in"] is None
+    assert health["cwd"] == str(daemon.workdir)
+    assert health["uid"] == os.geteuid()
+    assert health["limits"]["max_timeout"] == SERVER.MAX_TIMEOUT
+    head = daemon.request("HEAD", "/health")
+    assert head.status == 200
+    assert head.body == b""
+    assert int(head.headers["content-length"]) > 0
 
 
 def test_connection_is_kept_alive_across_requests(daemon: Daemon) -> None:
@@ -279,8 +526,11 @@ def test_connection_is_kept_alive_across_requests(daemon: Daemon) -> None:
         for method, path, body in [
             ("GET", "/health", None),
             ("GET", "/does-not-exist", None),
-            ("POST", "/run", b"{not json"),
-            ("PUT", "/health", b"x" * 100),
+            ("POST", "/exec", b"{not json\n"),
+            ("GET", "/exec", None),
+            ("POST", "/exec", exec_body({"argv": ["cat"]}, b"x" * 100)),
+            ("PUT", "/files/stat?path=.", b"x" * 100),
+            ("GET", "/processes", None),
             ("GET", "/health", None),
         ]:
             conn.request(method, path, body=body, headers={"Authorization": AUTH})
@@ -290,9 +540,50 @@ def test_connection_is_kept_alive_across_requests(daemon: Daemon) -> None:
             first_socket = first_socket or conn.sock
             assert conn.sock is not None
             assert conn.sock is first_socket
-        assert statuses == [200, 404, 400, 405, 200]
+        assert statuses == [200, 404, 400, 405, 200, 405, 200, 200]
     finally:
         conn.close()
+
+
+def test_http_1_0_clients_get_no_chunked_reply(daemon: Daemon) -> None:
+    # RFC 9112 6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
+    body = exec_body({"argv": ["echo", "hi"]})
+    with RawClient(daemon.port) as client:
+        client.send(
+            b"POST /exec HTTP/1.0\r\nHost: x\r\n"
+            + AUTH_LINE
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        reply = client.response(head_only=True)
+    assert reply.status in (200, 400, 505)
+    assert "transfer-encoding" not in reply.headers, reply.head
+
+
+def test_pipelined_requests_are_answered_in_order(daemon: Daemon) -> None:
+    def request(method: str, path: str, body: bytes = b"") -> bytes:
+        length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
+        return (
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+            + AUTH_LINE
+            + length
+            + b"\r\n"
+            + body
+        )
+
+    with RawClient(daemon.port) as client:
+        client.send(
+            request("GET", "/health")
+            + request("POST", "/exec", exec_body({"argv": ["cat"]}, b"first"))
+            + request("GET", "/nope")
+            + request("POST", "/exec", exec_body({"command": "printf second; exit 3"}))
+            + request("GET", "/health")
+        )
+        replies = [client.response() for _ in range(5)]
+    assert [r.status for r in replies] == [200, 200, 404, 200, 200]
+    first, second = (Frames(parse_frames(replies[i].body)) for i in (1, 3))
+    assert (first.stdout, first.exit_code) == (b"first", 0)
+    assert (second.stdout, second.exit_code) == (b"second", 3)
 
 
 BAD_CREDENTIALS = [
@@ -325,21 +616,25 @@ def test_unauthorized_requests_are_refused_and_do_nothing(
     target = tmp_path / "uploaded"
     secret = tmp_path / "secret"
     secret.write_bytes(b"top secret contents")
-    payload = json.dumps({"command": f"touch {marker}"}).encode()
+    payload = exec_body({"command": f"touch {marker}"})
     attempts = [
         daemon.request("GET", "/health", headers=headers, token=None),
         daemon.request("GET", "/no/such/path", headers=headers, token=None),
-        daemon.request("POST", "/run", payload, headers=headers, token=None),
+        daemon.request("POST", "/exec", payload, headers=headers, token=None),
         daemon.request("PUT", files_url(target), b"data", headers=headers, token=None),
         daemon.request("GET", files_url(secret), headers=headers, token=None),
-        daemon.request("DELETE", "/files", headers=headers, token=None),
+        daemon.request("GET", files_url(tmp_path, "/files/list"), headers=headers, token=None),
+        daemon.request("GET", "/processes", headers=headers, token=None),
+        daemon.request("DELETE", "/processes/p1", headers=headers, token=None),
     ]
     for resp in attempts:
         assert resp.status == 401
         assert resp.json()["error"] == "unauthorized"
+        assert resp.headers["connection"] == "close"
         assert TOKEN.encode() not in resp.body
         assert TOKEN_SHA256.encode() not in resp.body
         assert b"secret" not in resp.body
+        assert b"uploaded" not in resp.body
     assert not marker.exists()
     assert not target.exists()
 
@@ -347,7 +642,7 @@ def test_unauthorized_requests_are_refused_and_do_nothing(
 def test_token_header_is_accepted(daemon: Daemon) -> None:
     resp = daemon.request("GET", "/health", headers={TOKEN_HEADER: TOKEN}, token=None)
     assert resp.status == 200
-    assert daemon.run("echo ok")["exit_code"] == 0  # default: X-CommandLab-Token only
+    assert daemon.run("echo ok").exit_code == 0  # default: X-CommandLab-Token only
 
 
 def test_bearer_token_is_accepted_without_token_header(daemon: Daemon) -> None:
@@ -357,6 +652,10 @@ def test_bearer_token_is_accepted_without_token_header(daemon: Daemon) -> None:
         "GET", "/health", headers={"Authorization": f"bearer {TOKEN}"}, token=None
     )
     assert lower.status == 200
+    ran = daemon.request(
+        "POST", "/exec", exec_body({"argv": ["true"]}), headers={"Authorization": AUTH}, token=None
+    )
+    assert frames_of(ran).exit_code == 0
 
 
 def test_authorization_beside_token_header_is_ignored(daemon: Daemon) -> None:
@@ -370,7 +669,7 @@ def get_health_raw(daemon: Daemon, *header_lines: bytes) -> int:
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
         line + b"\r\n" for line in header_lines
     )
-    return raw_status(daemon.raw(request + b"\r\n"))
+    return daemon.raw(request + b"\r\n").status
 
 
 def test_repeated_credential_headers_are_refused(daemon: Daemon) -> None:
@@ -378,6 +677,7 @@ def test_repeated_credential_headers_are_refused(daemon: Daemon) -> None:
     bearer = f"Authorization: {AUTH}".encode()
     assert get_health_raw(daemon, x_token) == 200
     assert get_health_raw(daemon, f"x-commandlab-token: {TOKEN}".encode()) == 200
+    assert get_health_raw(daemon, f"X-COMMANDLAB-TOKEN:\t{TOKEN} ".encode()) == 200
     assert get_health_raw(daemon, bearer) == 200
     # The header that is used must be unique, even when every copy is right.
     assert get_health_raw(daemon, x_token, x_token) == 401
@@ -408,51 +708,165 @@ def test_unknown_path_and_wrong_method(daemon: Daemon) -> None:
     assert missing.status == 404
     assert missing.json()["error"] == "not_found"
     assert isinstance(missing.json()["message"], str)
-    wrong = daemon.request("POST", "/health", b"{}")
-    assert wrong.status == 405
-    assert wrong.headers["allow"] == "GET"
-    assert wrong.json()["error"] == "method_not_allowed"
+    for method, path, allowed in [
+        ("GET", "/exec", "POST"),
+        ("DELETE", "/files?path=x", "GET, HEAD, PUT"),
+        ("POST", "/files/stat?path=x", "GET"),
+        ("PUT", "/files/list?path=x", "GET"),
+        ("POST", "/processes", "GET"),
+    ]:
+        wrong = daemon.request(method, path, b"{}")
+        assert wrong.status == 405, (method, path, wrong.body)
+        assert wrong.headers["allow"] == allowed
+        assert wrong.json()["error"] == "method_not_allowed"
+    assert daemon.healthy()
 
 
-# ------------------------------------------------------------------------ run
+def test_wrong_method_on_health_is_405(daemon: Daemon) -> None:
+    # /health exists (GET and HEAD): another method on it is a 405, as on every endpoint.
+    for method in ["POST", "PUT", "DELETE"]:
+        wrong = daemon.request(method, "/health", b"{}")
+        assert (wrong.status, wrong.json()["error"]) == (405, "method_not_allowed"), method
+        assert "GET" in wrong.headers["allow"]
 
 
-def test_run_returns_exact_bytes_and_exit_code(daemon: Daemon) -> None:
-    result = daemon.run(r"printf '\377\376\000abc\n'; printf 'err\200' >&2; exit 7")
-    assert base64.b64decode(result["stdout"]) == b"\xff\xfe\x00abc\n"
-    assert base64.b64decode(result["stderr"]) == b"err\x80"
-    assert result["exit_code"] == 7
-    assert result["timed_out"] is False
-    assert isinstance(result["duration"], float)
-    assert 0 <= result["duration"] < 10
+# ----------------------------------------------------------------------- exec
 
 
-def test_run_stdin_env_and_cwd(daemon: Daemon, tmp_path: Path) -> None:
-    data = bytes(range(256)) * 3
-    echoed = daemon.run("cat", stdin=base64.b64encode(data).decode())
-    assert base64.b64decode(echoed["stdout"]) == data
-    no_stdin = daemon.run("cat; echo end")
-    assert base64.b64decode(no_stdin["stdout"]) == b"end\n"
+def test_exec_returns_exact_bytes_and_exit_code(daemon: Daemon) -> None:
+    result = daemon.run(r"printf '\377\376\000abc\n'; printf 'err\200' >&2; echo $$; exit 7")
+    pid = result.start["pid"]
+    assert isinstance(pid, int)
+    assert pid > 0
+    assert re.fullmatch(r"\w+", result.start["id"])
+    assert result.stdout == b"\xff\xfe\x00abc\n" + f"{pid}\n".encode()
+    assert result.stderr == b"err\x80"
+    assert result.gaps == []
+    assert result.exit_code == 7
+    exit_frame = result.exit
+    assert exit_frame["timed_out"] is False
+    assert exit_frame["limit_exceeded"] is False
+    assert exit_frame["stdout_omitted"] == 0
+    assert exit_frame["stderr_omitted"] == 0
+    assert isinstance(exit_frame["duration"], float)
+    assert 0 <= exit_frame["duration"] < 10
+
+
+def test_exec_stdin_env_and_cwd(daemon: Daemon, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 3 + b"\n{not the json line}\n"
+    assert daemon.run(["cat"], data).stdout == data
+    assert daemon.run("cat; echo end").stdout == b"end\n"  # no stdin: EOF at once
 
     env = daemon.run(
         'printf "%s|%s|%s" "$CLTEST_VAR" "$CLTEST_PASSTHROUGH" "${COMMANDLAB_TOKEN_SHA256-unset}"',
         env={"CLTEST_VAR": "a value with spaces"},
     )
-    assert base64.b64decode(env["stdout"]) == b"a value with spaces|from-daemon|unset"
+    assert env.stdout == b"a value with spaces|from-daemon|unset"
     overridden = daemon.run('printf %s "$CLTEST_PASSTHROUGH"', env={"CLTEST_PASSTHROUGH": "mine"})
-    assert base64.b64decode(overridden["stdout"]) == b"mine"
+    assert overridden.stdout == b"mine"
 
     (tmp_path / "here.txt").write_text("x")
     cwd = daemon.run("pwd; ls", cwd=str(tmp_path))
-    assert base64.b64decode(cwd["stdout"]).decode().split() == [
-        str(tmp_path.resolve()),
-        "here.txt",
+    assert cwd.stdout.decode().split() == [str(tmp_path.resolve()), "here.txt"]
+
+
+def test_exec_cwd_is_relative_to_the_working_directory(daemon: Daemon) -> None:
+    sub = daemon.workdir / "sub dir"
+    sub.mkdir(exist_ok=True)
+    result = daemon.run(["pwd"], cwd="sub dir")
+    assert result.stdout == f"{os.path.realpath(sub)}\n".encode()
+    assert daemon.run(["pwd"]).stdout == f"{os.path.realpath(daemon.workdir)}\n".encode()
+
+
+def test_argv_runs_without_a_shell(daemon: Daemon) -> None:
+    argv = ["printf", "%s|", "a b", "$HOME", ";", "*", "$(id)", "'\"", ""]
+    assert daemon.run(argv).stdout == b"a b|$HOME|;|*|$(id)|'\"||"
+    assert daemon.run(["sh", "-c", 'echo "$0:$1"', "zero", "one"]).stdout == b"zero:one\n"
+
+
+def test_exec_stdin_may_be_chunked(daemon: Daemon) -> None:
+    data = os.urandom(300_000)
+    line = json.dumps({"argv": ["cat"]}).encode() + b"\n"
+    # The JSON line itself is split across chunks, and stdin spans many.
+    chunks = [
+        line[:3],
+        line[3:-1],
+        line[-1:],
+        *(data[i : i + 7000] for i in range(0, len(data), 7000)),
     ]
+    assert frames_of(daemon.exec(None, chunks=chunks)).stdout == data
+
+    big = 5 * 1024 * 1024 + 3  # more than the daemon buffers for stdin
+    counted = daemon.exec(
+        None, chunks=[json.dumps({"argv": ["wc", "-c"]}).encode() + b"\n", b"z" * big]
+    )
+    assert frames_of(counted).stdout.strip() == str(big).encode()
+
+
+def test_exec_chunked_body_with_extensions_and_trailers(daemon: Daemon) -> None:
+    line = exec_body({"argv": ["cat"]})
+    body = (
+        f"{len(line):X};name=value\r\n".encode()
+        + line
+        + b"\r\n5\r\nhello\r\nA ; ext\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    )
+    reply = daemon.raw(
+        b"POST /exec HTTP/1.1\r\nHost: x\r\n"
+        + AUTH_LINE
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + body
+    )
+    assert reply.status == 200
+    assert Frames(parse_frames(reply.body)).stdout == b"hello0123456789"
+
+
+def test_expect_100_continue(daemon: Daemon, tmp_path: Path) -> None:
+    target = tmp_path / "continued"
+    with RawClient(daemon.port) as client:
+        client.send(
+            f"PUT {files_url(target)} HTTP/1.1\r\nHost: x\r\n".encode()
+            + AUTH_LINE
+            + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        assert client.response().status == 100  # before any byte of the body was sent
+        client.send(b"hello")
+        put = client.response()
+        assert (put.status, put.json()["size"]) == (200, 5)
+        assert target.read_bytes() == b"hello"
+
+        # Same connection: /exec asks for its body too, and stdin follows.
+        body = exec_body({"argv": ["cat"]}, b"stdin bytes")
+        client.send(
+            b"POST /exec HTTP/1.1\r\nHost: x\r\n"
+            + AUTH_LINE
+            + f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert client.response().status == 100
+        client.send(body)
+        ran = client.response()
+        assert Frames(parse_frames(ran.body)).stdout == b"stdin bytes"
+
+
+def test_expect_100_continue_refused_without_reading_the_body(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    target = tmp_path / "never"
+    with RawClient(daemon.port) as client:
+        client.send(
+            f"PUT {files_url(target, mode='999')} HTTP/1.1\r\nHost: x\r\n".encode()
+            + AUTH_LINE
+            + b"Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        reply = client.response()  # the final answer at once, no 100 Continue
+        assert (reply.status, reply.json()["error"]) == (400, "bad_mode")
+        assert reply.headers["connection"] == "close"
+        assert client.closed_within(5)
+    assert not target.exists()
 
 
 def test_token_digest_is_not_passed_to_commands(daemon: Daemon) -> None:
     result = daemon.run('echo "$PPID"; env; cat /proc/self/environ /proc/$PPID/cmdline')
-    output = base64.b64decode(result["stdout"])
+    output = result.stdout
     assert output.split(b"\n", 1)[0] == str(daemon.proc.pid).encode()
     assert b"CLTEST_PASSTHROUGH=from-daemon" in output
     assert TOKEN.encode() not in output
@@ -460,66 +874,169 @@ def test_token_digest_is_not_passed_to_commands(daemon: Daemon) -> None:
     assert b"COMMANDLAB_TOKEN" not in output
 
 
-def test_run_killed_by_signal_reports_negative_exit_code(daemon: Daemon) -> None:
+def test_exec_killed_by_signal_reports_negative_exit_code(daemon: Daemon) -> None:
     result = daemon.run("kill -TERM $$")
-    assert result["exit_code"] == -signal.SIGTERM
-    assert result["timed_out"] is False
+    assert result.exit_code == -signal.SIGTERM
+    assert result.exit["timed_out"] is False
 
 
-def test_run_bad_cwd(daemon: Daemon, tmp_path: Path) -> None:
-    a_file = tmp_path / "file"
+def test_spawn_failures_are_typed(daemon: Daemon, tmp_path: Path) -> None:
+    missing = tmp_path / "missing-program"
+    not_executable = tmp_path / "not-executable"
+    not_executable.write_text("#!/bin/sh\necho hi\n")
+    not_executable.chmod(0o644)
+    bad_format = tmp_path / "bad-format"
+    bad_format.write_bytes(b"\x00\x01\x02\x03 not a program " * 10)
+    bad_format.chmod(0o755)
+    a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    for cwd in [str(tmp_path / "missing"), str(a_file)]:
-        resp = daemon.post_run({"command": "true", "cwd": cwd})
-        assert resp.status == 400
-        assert resp.json()["error"] == "bad_cwd"
+    cases: list[tuple[dict[str, Any], int, str, str]] = [
+        ({"argv": [str(missing)]}, 404, "not_found", str(missing)),
+        ({"argv": ["cltest-no-such-program"]}, 404, "not_found", "cltest-no-such-program"),
+        ({"argv": [str(not_executable)]}, 403, "permission_denied", str(not_executable)),
+        ({"argv": [str(tmp_path)]}, 403, "permission_denied", str(tmp_path)),
+        ({"argv": [str(bad_format)]}, 400, "exec_format_error", str(bad_format)),
+        ({"argv": ["true"], "cwd": str(tmp_path / "no-dir")}, 404, "not_found", "no-dir"),
+        ({"argv": ["true"], "cwd": str(a_file)}, 400, "not_a_directory", str(a_file)),
+    ]
+    for payload, status, error, path in cases:
+        resp = daemon.exec(payload)
+        body = resp.json()
+        assert (resp.status, body["error"]) == (status, error), (payload, body)
+        assert body["path"].endswith(path), (payload, body)
+        assert isinstance(body["message"], str)
+    assert daemon.healthy()
 
 
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        (b"{not json", "bad_json"),
-        (b"\xff\xfe", "bad_json"),
-        (b"", "bad_json"),
-        (b"[]", "bad_request"),
-        (b"{}", "bad_request"),
-        (b'{"command": 5}', "bad_request"),
-        (b'{"command": "true", "cwd": 5}', "bad_request"),
-        (b'{"command": "true", "env": ["A=B"]}', "bad_request"),
-        (b'{"command": "true", "env": {"A": 1}}', "bad_request"),
-        (b'{"command": "true", "env": {"A=B": "1"}}', "bad_request"),
-        (b'{"command": "true", "stdin": "not base64!"}', "bad_request"),
-        (b'{"command": "true", "stdin": 12}', "bad_request"),
-        (b'{"command": "true", "timeout": "1"}', "bad_request"),
-        (b'{"command": "true", "timeout": -1}', "bad_request"),
-        (b'{"command": "true", "timeout": true}', "bad_request"),
-        (b'{"command": "true", "timeout": NaN}', "bad_request"),
-        (b'{"command": "a\\u0000b"}', "bad_request"),
+        (b"{not json\n", "bad_json"),
+        (b"\xff\xfe\n", "bad_json"),
+        (b"", "bad_request"),
+        (b'{"argv": ["true"]}', "bad_request"),  # the JSON line never ends
+        (b"[]\n", "bad_request"),
+        (b"{}\n", "bad_request"),
+        (b'{"argv": ["true"], "command": "true"}\n', "bad_request"),
+        (b'{"argv": []}\n', "bad_request"),
+        (b'{"argv": "true"}\n', "bad_request"),
+        (b'{"argv": ["true", 1]}\n', "bad_request"),
+        (b'{"argv": ["a\\u0000b"]}\n', "bad_request"),
+        (b'{"command": 5}\n', "bad_request"),
+        (b'{"command": "a\\u0000b"}\n', "bad_request"),
+        (b'{"command": "true", "cwd": 5}\n', "bad_request"),
+        (b'{"command": "true", "cwd": ""}\n', "bad_request"),
+        (b'{"command": "true", "env": ["A=B"]}\n', "bad_request"),
+        (b'{"command": "true", "env": {"A": 1}}\n', "bad_request"),
+        (b'{"command": "true", "env": {"A=B": "1"}}\n', "bad_request"),
+        (b'{"command": "true", "env": {"": "1"}}\n', "bad_request"),
+        (b'{"command": "true", "timeout": "1"}\n', "bad_request"),
+        (b'{"command": "true", "timeout": -1}\n', "bad_request"),
+        (b'{"command": "true", "timeout": 0}\n', "bad_request"),
+        (b'{"command": "true", "timeout": true}\n', "bad_request"),
+        (b'{"command": "true", "timeout": NaN}\n', "bad_request"),
+        (b'{"command": "true", "timeout": Infinity}\n', "bad_request"),
+        (b'{"command": "true", "timeout": 1e400}\n', "bad_request"),
+        (b'{"command": "true", "max_output": -1}\n', "bad_request"),
+        (b'{"command": "true", "max_output": 1.5}\n', "bad_request"),
+        (b'{"command": "true", "max_output": true}\n', "bad_request"),
+        (b'{"command": "true", "max_output": "10"}\n', "bad_request"),
+        (b'{"command": "true", "on_limit": "explode"}\n', "bad_request"),
+        (b'{"command": "true", "background": "yes"}\n', "bad_request"),
+        (b'{"command": "true", "background": 1}\n', "bad_request"),
+        (b'{"command": "true", "user": []}\n', "bad_request"),
+        (b'{"command": "true", "user": ""}\n', "bad_request"),
+        (b'{"command": "true", "user": "cltest-no-such-user"}\n', "no_such_user"),
     ],
 )
-def test_run_rejects_malformed_bodies(daemon: Daemon, body: bytes, error: str) -> None:
-    resp = daemon.request("POST", "/run", body, {"Content-Type": "application/json"})
-    assert resp.status == 400
+def test_exec_rejects_malformed_bodies(daemon: Daemon, body: bytes, error: str) -> None:
+    resp = daemon.request("POST", "/exec", body)
+    assert resp.status == 400, resp.body
     assert resp.json()["error"] == error
-    assert daemon.request("GET", "/health").status == 200
+    assert daemon.healthy()
 
 
-def test_run_rejects_wrong_content_type(daemon: Daemon) -> None:
-    resp = daemon.request("POST", "/run", b'{"command": "true"}', {"Content-Type": "text/plain"})
-    assert resp.status == 415
+def test_timeout_above_the_maximum_is_refused_clearly(daemon: Daemon) -> None:
+    resp = daemon.exec({"argv": ["true"], "timeout": SERVER.MAX_TIMEOUT * 10})
+    assert resp.status == 400
+    body = resp.json()
+    assert body["error"] == "bad_request"
+    assert "'timeout'" in body["message"]
+    assert f"at most {SERVER.MAX_TIMEOUT:g}" in body["message"]
+    assert daemon.run(["true"], timeout=SERVER.MAX_TIMEOUT).exit_code == 0
 
 
-def test_run_rejects_oversized_body_without_reading_it(daemon: Daemon) -> None:
-    # No body is sent at all: the reply can only come if the daemon does not wait for it.
-    raw = daemon.raw(
-        b"POST /run HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: {AUTH}\r\n".encode()
-        + b"Content-Type: application/json\r\n"
-        + f"Content-Length: {64 * 1024 * 1024 + 1}\r\n\r\n".encode()
+def test_exec_json_line_too_large_is_refused(daemon: Daemon) -> None:
+    limit = SERVER.MAX_EXEC_HEADER
+    with RawClient(daemon.port) as client:
+        client.send(
+            b"POST /exec HTTP/1.1\r\nHost: x\r\n"
+            + AUTH_LINE
+            + f"Content-Length: {limit * 4}\r\n\r\n".encode()
+        )
+        client.send(b'{"argv": ["' + b"a" * (limit + 100_000))
+        reply = client.response()
+    assert (reply.status, reply.json()["error"]) == (413, "payload_too_large")
+    assert reply.headers["connection"] == "close"
+    assert daemon.healthy()
+
+
+def test_max_output_keeps_head_and_tail(daemon: Daemon) -> None:
+    lines = b"".join(b"%04d\n" % i for i in range(2000))
+    command = "seq -w 0 1999; seq -w 0 1999 >&2"
+    result = daemon.run(command, max_output=101)
+    head, tail = lines[:51], lines[-50:]
+    assert result.stdout == head + tail
+    assert result.stderr == head + tail
+    assert result.gaps == [
+        {"stream": 1, "omitted": len(lines) - 101},
+        {"stream": 2, "omitted": len(lines) - 101},
+    ]
+    # Each gap frame comes after its stream's head and right before its kept tail.
+    kinds = [kind for kind, _ in result.frames]
+    for stream, gap in [(b"1", 1), (b"2", 2)]:
+        at = next(
+            i
+            for i, (k, p) in enumerate(result.frames)
+            if k == b"G" and json.loads(p)["stream"] == gap
+        )
+        before = b"".join(p for k, p in result.frames[:at] if k == stream)
+        assert before == head
+        assert result.frames[at + 1] == (stream, tail)
+        assert stream not in kinds[at + 2 :]
+    exit_frame = result.exit
+    assert exit_frame["exit_code"] == 0
+    assert exit_frame["limit_exceeded"] is False
+    assert exit_frame["stdout_omitted"] == exit_frame["stderr_omitted"] == len(lines) - 101
+
+    # Output that fits is all there; a gap frame, if any, says nothing was omitted.
+    exact = daemon.run("seq -w 0 1999", max_output=len(lines))
+    assert (exact.stdout, exact.exit["stdout_omitted"]) == (lines, 0)
+    assert all(gap["omitted"] == 0 for gap in exact.gaps), exact.gaps
+    nothing = daemon.run("seq -w 0 1999", max_output=0)
+    assert nothing.stdout == b""
+    assert nothing.gaps == [{"stream": 1, "omitted": len(lines)}]
+    assert nothing.exit["stdout_omitted"] == len(lines)
+    unlimited = daemon.run("seq -w 0 1999", max_output=None)
+    assert (unlimited.stdout, unlimited.gaps) == (lines, [])
+
+
+def test_on_limit_kill_stops_the_command(daemon: Daemon) -> None:
+    started = time.monotonic()
+    result = daemon.run(["yes"], max_output=1000, on_limit="kill", timeout=20)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == -signal.SIGKILL
+    assert result.exit["limit_exceeded"] is True
+    assert result.exit["timed_out"] is False
+    assert len(result.stdout) <= 1000
+    assert result.stdout.startswith(b"y\ny\n")
+    assert result.exit["stdout_omitted"] > 0
+    within = daemon.run("echo fits", max_output=1000, on_limit="kill")
+    assert (within.stdout, within.exit_code, within.exit["limit_exceeded"]) == (
+        b"fits\n",
+        0,
+        False,
     )
-    assert raw_status(raw) == 413
-    assert b"Connection: close" in raw
-    assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "payload_too_large"
 
 
 def test_timeout_kills_the_whole_process_group(daemon: Daemon) -> None:
@@ -531,27 +1048,251 @@ def test_timeout_kills_the_whole_process_group(daemon: Daemon) -> None:
         env={"CLTEST_MARKER": marker},
     )
     assert time.monotonic() - started < 5
-    assert result["timed_out"] is True
-    assert result["exit_code"] == -signal.SIGKILL
-    assert base64.b64decode(result["stdout"]) == b"started\n"
-    assert 0.5 <= result["duration"] < 5
+    assert result.exit["timed_out"] is True
+    assert result.exit_code == -signal.SIGKILL
+    assert result.stdout == b"started\n"
+    assert 0.5 <= result.exit["duration"] < 5
     assert wait_for(lambda: not sleepers_with(marker), timeout=3), sleepers_with(marker)
 
 
 def test_long_command_does_not_block_other_requests(daemon: Daemon) -> None:
-    run = BackgroundRun(daemon, {"command": "sleep 1.5; echo done"})
-    time.sleep(0.3)
+    run = BackgroundExec(daemon, {"command": "sleep 1; echo done"})
+    time.sleep(0.2)
     started = time.monotonic()
     assert daemon.request("GET", "/health").status == 200
-    assert daemon.run("echo quick")["exit_code"] == 0
+    assert daemon.run("echo quick").exit_code == 0
     assert time.monotonic() - started < 0.7
     assert run.alive()
     run.join()
     assert run.error is None
     assert run.response is not None
-    result = run.response.json()
-    assert base64.b64decode(result["stdout"]) == b"done\n"
-    assert result["duration"] >= 1.5
+    result = frames_of(run.response)
+    assert result.stdout == b"done\n"
+    assert result.exit["duration"] >= 1
+
+
+def test_client_disconnect_kills_a_foreground_command(daemon: Daemon, tmp_path: Path) -> None:
+    sentinel = tmp_path / "sentinel"
+    marker = secrets.token_hex(8)
+    started = time.monotonic()
+    stream = daemon.stream(
+        {
+            "command": f"sleep 300 & echo running; sleep 1; touch {sentinel}",
+            "env": {"CLTEST_MARKER": marker},
+        }
+    )
+    stream.until_stdout(b"running\n")
+    assert wait_for(lambda: bool(sleepers_with(marker)), timeout=2)
+    stream.close()
+    assert wait_for(lambda: not sleepers_with(marker), timeout=3), sleepers_with(marker)
+    # Past the moment the command would have written its sentinel.
+    time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+    assert not sentinel.exists()
+    assert "POST /exec: client went away" in daemon.log()
+    assert daemon.healthy()
+
+
+def test_user_unsupported_when_the_daemon_is_not_root(daemon: Daemon) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("the daemon runs as root here, and root may switch users")
+    resp = daemon.exec({"argv": ["id", "-u"], "user": "root"})
+    assert (resp.status, resp.json()["error"]) == (400, "user_unsupported")
+    # Its own user is fine, by name or uid.
+    me = pwd.getpwuid(os.geteuid())
+    assert daemon.run(["id", "-u"], user=me.pw_name).stdout == f"{me.pw_uid}\n".encode()
+    assert daemon.run(["id", "-u"], user=me.pw_uid).stdout == f"{me.pw_uid}\n".encode()
+
+
+def test_root_daemon_runs_commands_as_another_user(daemon: Daemon) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only a root daemon can switch users")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    result = daemon.run('id -u; id -g; echo "$HOME $USER"', user="nobody")
+    assert result.stdout.decode().split("\n")[:3] == [
+        str(nobody.pw_uid),
+        str(nobody.pw_gid),
+        f"{nobody.pw_dir} nobody",
+    ]
+    assert daemon.run(["id", "-u"], user=str(nobody.pw_uid)).stdout == f"{nobody.pw_uid}\n".encode()
+    assert daemon.run(["id", "-u"], user=0).stdout == b"0\n"
+    # A bare uid without an account works too (its own group, no home).
+    assert daemon.run(["id", "-u"], user=54_321).stdout == b"54321\n"
+
+
+# ------------------------------------------------------- background processes
+
+
+def process_info(daemon: Daemon, pid_id: str) -> dict[str, Any] | None:
+    resp = daemon.request("GET", "/processes")
+    assert resp.status == 200
+    listed: list[dict[str, Any]] = resp.json()
+    return next((p for p in listed if p["id"] == pid_id), None)
+
+
+def start_background(daemon: Daemon, payload: dict[str, Any], first_output: bytes) -> str:
+    """Start a background command, read its first output, then hang up; its id."""
+    gone_before = daemon.log().count("POST /exec: client went away")
+    stream = daemon.stream({**payload, "background": True})
+    pid_id: str = json.loads(stream.frame()[1])["id"]
+    stream.until_stdout(first_output)
+    stream.close()
+    # The daemon has noticed the client leaving (and must not have killed the process).
+    assert wait_for(
+        lambda: daemon.log().count("POST /exec: client went away") > gone_before, timeout=5
+    )
+    return pid_id
+
+
+def test_background_process_outlives_its_request(daemon: Daemon) -> None:
+    marker = secrets.token_hex(8)
+    command = "echo started; echo err >&2; exec sleep 300"
+    pid_id = start_background(
+        daemon, {"command": command, "env": {"CLTEST_MARKER": marker}}, b"started\n"
+    )
+    assert wait_for(lambda: bool(sleepers_with(marker)), timeout=2)
+    info = process_info(daemon, pid_id)
+    assert info is not None
+    assert info["argv"] == ["/bin/sh", "-c", command]
+    assert (info["background"], info["running"], info["exit_code"]) == (True, True, None)
+    single = daemon.request("GET", f"/processes/{pid_id}")
+    assert (single.status, single.json()["id"]) == (200, pid_id)
+
+    # Attach: what it printed so far, then (once killed) its exit.
+    attached = FrameStream(daemon.port, "GET", f"/processes/{pid_id}/output")
+    assert json.loads(attached.frame()[1])["id"] == pid_id
+    while b"".join(p for k, p in attached.frames if k == b"2") != b"err\n":
+        attached.frame()
+    killed = daemon.request("DELETE", f"/processes/{pid_id}")
+    assert (killed.status, killed.json()["id"]) == (200, pid_id)
+    result = attached.finish()
+    assert result.stdout == b"started\n"
+    assert result.stderr == b"err\n"
+    assert result.exit_code == -signal.SIGKILL
+    assert wait_for(lambda: not sleepers_with(marker), timeout=3), sleepers_with(marker)
+    assert process_info(daemon, pid_id) is None
+    gone = daemon.request("GET", f"/processes/{pid_id}/output")
+    assert (gone.status, gone.json()["error"]) == (404, "no_such_process")
+
+
+def test_background_process_signal(daemon: Daemon) -> None:
+    marker = secrets.token_hex(8)
+    pid_id = start_background(
+        daemon, {"command": "echo up; exec sleep 300", "env": {"CLTEST_MARKER": marker}}, b"up\n"
+    )
+    for bad in ["0", "65", "TERM", "-1", ""]:
+        resp = daemon.request("POST", f"/processes/{pid_id}/signal?signal={bad}")
+        assert (resp.status, resp.json()["error"]) == (400, "bad_request"), bad
+    sent = daemon.request("POST", f"/processes/{pid_id}/signal?signal={int(signal.SIGTERM)}")
+    assert sent.status == 200
+    result = FrameStream(daemon.port, "GET", f"/processes/{pid_id}/output").finish()
+    assert result.stdout == b"up\n"
+    assert result.exit_code == -signal.SIGTERM
+    info = process_info(daemon, pid_id)
+    assert info is not None
+    assert (info["running"], info["exit_code"]) == (False, -signal.SIGTERM)
+    assert daemon.request("DELETE", f"/processes/{pid_id}").status == 200
+    assert process_info(daemon, pid_id) is None
+    assert not sleepers_with(marker)
+
+
+def test_background_process_stdin_and_timeout(daemon: Daemon) -> None:
+    echoed = daemon.exec({"argv": ["cat"], "background": True}, b"to the background")
+    assert frames_of(echoed).stdout == b"to the background"
+    timed = frames_of(daemon.exec({"argv": ["sleep", "300"], "background": True, "timeout": 0.3}))
+    assert timed.exit["timed_out"] is True
+    assert timed.exit_code == -signal.SIGKILL
+
+
+def test_background_output_keeps_the_last_bytes_and_says_what_was_lost(daemon: Daemon) -> None:
+    total = 2 * SERVER.RING_BYTES + 12_345
+    stream = daemon.stream(
+        {"command": f"head -c {total - 3} /dev/zero | tr '\\0' x; printf end", "background": True}
+    )
+    pid_id = json.loads(stream.frame()[1])["id"]
+    stream.close()
+
+    def finished() -> bool:
+        info = process_info(daemon, pid_id)
+        return info is not None and not info["running"]
+
+    assert wait_for(finished, timeout=10)
+    result = FrameStream(daemon.port, "GET", f"/processes/{pid_id}/output").finish()
+    assert result.exit_code == 0
+    assert len(result.gaps) == 1
+    assert result.gaps[0]["stream"] == 1
+    assert result.frames[1][0] == b"G"  # before any of the stream's bytes
+    assert result.gaps[0]["omitted"] + len(result.stdout) == total
+    assert len(result.stdout) >= SERVER.RING_BYTES
+    assert result.stdout.endswith(b"xxxend")
+    assert set(result.stdout[:-3]) == {ord("x")}
+    assert daemon.request("DELETE", f"/processes/{pid_id}").status == 200
+
+
+def test_running_background_processes_are_limited(spawn_daemon: Callable[..., Daemon]) -> None:
+    daemon = spawn_daemon()
+    marker = secrets.token_hex(8)
+    sleeper = {"argv": ["sleep", "300"], "env": {"CLTEST_MARKER": marker}, "background": True}
+
+    def start(payload: dict[str, Any]) -> str:
+        stream = daemon.stream(payload)
+        pid_id: str = json.loads(stream.frame()[1])["id"]
+        stream.close()
+        return pid_id
+
+    def refused() -> bool:
+        resp = daemon.exec(sleeper, timeout=5)  # accepted, it would stream for 300 s
+        assert resp.status == 503, resp.status
+        body = resp.json()
+        return (body["error"], body["limit"]) == ("resource_exhausted", "processes")
+
+    def finished(pid_id: str) -> bool:
+        info = process_info(daemon, pid_id)
+        return info is not None and not info["running"]
+
+    ids = [start(sleeper) for _ in range(SERVER.MAX_BACKGROUND)]
+    assert refused()
+    # Foreground commands are not counted.
+    assert daemon.run(["echo", "foreground"]).stdout == b"foreground\n"
+    # A finished one makes room: the oldest finished ones are forgotten.
+    signal_url = f"/processes/{ids[0]}/signal?signal={int(signal.SIGKILL)}"
+    assert daemon.request("POST", signal_url).status == 200
+    assert wait_for(lambda: finished(ids[0]), timeout=5)
+    quick = start({"argv": ["true"], "background": True})
+    assert process_info(daemon, ids[0]) is None
+    assert wait_for(lambda: finished(quick), timeout=5)
+    ids.append(start(sleeper))  # in the place of the finished `true`
+    assert process_info(daemon, quick) is None
+    assert refused()
+    # So does a deleted one.
+    assert daemon.request("DELETE", f"/processes/{ids[1]}").status == 200
+    ids.append(start(sleeper))
+    assert refused()
+    assert wait_for(lambda: len(sleepers_with(marker)) == SERVER.MAX_BACKGROUND, timeout=3)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=5) == 0
+    assert wait_for(lambda: not sleepers_with(marker), timeout=3), len(sleepers_with(marker))
+
+
+def test_process_endpoints_errors(daemon: Daemon) -> None:
+    missing = daemon.request("GET", "/processes/p999999/output")
+    assert (missing.status, missing.json()["error"]) == (404, "no_such_process")
+    stream = daemon.stream({"command": "echo fg; exec sleep 300"})
+    pid_id = json.loads(stream.frame()[1])["id"]
+    stream.until_stdout(b"fg\n")
+    info = process_info(daemon, pid_id)
+    assert info is not None
+    assert (info["background"], info["running"]) == (False, True)
+    attach = daemon.request("GET", f"/processes/{pid_id}/output")
+    assert (attach.status, attach.json()["error"]) == (409, "not_background")
+    unknown = daemon.request("GET", f"/processes/{pid_id}/bogus")
+    assert (unknown.status, unknown.json()["error"]) == (404, "not_found")
+    # Deleting a foreground process kills it; its own request then reports the exit.
+    assert daemon.request("DELETE", f"/processes/{pid_id}").status == 200
+    assert stream.finish().exit_code == -signal.SIGKILL
+    assert wait_for(lambda: process_info(daemon, pid_id) is None, timeout=3)
 
 
 # ---------------------------------------------------------------------- files
@@ -572,6 +1313,8 @@ def test_file_round_trip_with_mode(daemon: Daemon, tmp_path: Path) -> None:
     assert get.headers["content-type"] == "application/octet-stream"
     assert get.headers["content-length"] == str(len(data))
     assert get.body == data
+    head = daemon.request("HEAD", files_url(target))
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", str(len(data)))
 
 
 def test_put_replaces_a_file_and_keeps_its_mode(daemon: Daemon, tmp_path: Path) -> None:
@@ -588,37 +1331,118 @@ def test_put_replaces_a_file_and_keeps_its_mode(daemon: Daemon, tmp_path: Path) 
     assert daemon.request("GET", files_url(tmp_path / "empty")).body == b""
 
 
+def test_put_with_a_chunked_body(daemon: Daemon, tmp_path: Path) -> None:
+    data = os.urandom(1_000_003)
+    target = tmp_path / "chunked.bin"
+    pieces = [data[i : i + 65_537] for i in range(0, len(data), 65_537)]
+    put = daemon.request("PUT", files_url(target), pieces, chunked=True)
+    assert (put.status, put.json()["size"]) == (200, len(data))
+    assert target.read_bytes() == data
+    assert daemon.request("GET", files_url(target)).body == data
+
+
+def test_put_with_a_malformed_chunked_body(daemon: Daemon, tmp_path: Path) -> None:
+    target = tmp_path / "dir" / "bad-chunks"
+    for body in [b"5\r\nhello\r\nzz\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n"]:
+        reply = daemon.raw(
+            f"PUT {files_url(target)} HTTP/1.1\r\nHost: x\r\n".encode()
+            + AUTH_LINE
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + body
+        )
+        assert (reply.status, reply.json()["error"]) == (400, "bad_request"), body
+    assert listing(target.parent) == []  # neither the file nor a temporary one
+
+
+def test_relative_file_paths_resolve_against_the_working_directory(daemon: Daemon) -> None:
+    name = f"rel-{secrets.token_hex(4)}/file.txt"
+    put = daemon.request("PUT", files_url(name), b"relative")
+    assert put.status == 200
+    assert put.json()["path"] == str(daemon.workdir / name)
+    assert (daemon.workdir / name).read_bytes() == b"relative"
+    assert daemon.request("GET", files_url(name)).body == b"relative"
+    assert daemon.run(["cat", name]).stdout == b"relative"
+
+
+def test_get_file_refuses_a_file_above_max_size(daemon: Daemon, tmp_path: Path) -> None:
+    target = tmp_path / "big"
+    target.write_bytes(b"b" * 1000)
+    refused = daemon.request("GET", files_url(target, max_size="999"))
+    assert refused.status == 413
+    body = refused.json()  # JSON only: not one byte of the file
+    assert (body["error"], body["size"], body["path"]) == ("file_too_large", 1000, str(target))
+    assert b"bbb" not in refused.body
+    allowed = daemon.request("GET", files_url(target, max_size="1000"))
+    assert (allowed.status, allowed.body) == (200, b"b" * 1000)
+    # A pseudo file has no size: it is read up to the limit.
+    pseudo = daemon.request("GET", files_url("/proc/version", max_size="5"))
+    assert (pseudo.status, pseudo.json()["error"], pseudo.json()["size"]) == (
+        413,
+        "file_too_large",
+        None,
+    )
+    version = daemon.request("GET", files_url("/proc/version"))
+    assert version.status == 200
+    assert version.body == Path("/proc/version").read_bytes()
+
+
+def test_stat_and_list(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_bytes(b"abc")
+    (tmp_path / "b.txt").chmod(0o640)
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "link").symlink_to("b.txt")
+    info = daemon.request("GET", files_url(tmp_path / "b.txt", "/files/stat")).json()
+    assert info["path"] == str(tmp_path / "b.txt")
+    assert (info["type"], info["size"], info["mode"]) == ("file", 3, 0o640)
+    assert (info["uid"], info["gid"]) == (os.getuid(), os.getgid())
+    assert info["mtime"] == pytest.approx((tmp_path / "b.txt").stat().st_mtime)
+    directory = daemon.request("GET", files_url(tmp_path / "a_dir", "/files/stat")).json()
+    assert directory["type"] == "directory"
+
+    listed = daemon.request("GET", files_url(tmp_path, "/files/list")).json()
+    assert listed["path"] == str(tmp_path)
+    assert listed["truncated"] is False
+    entries = {e["name"]: e for e in listed["entries"]}
+    assert [e["name"] for e in listed["entries"]] == ["a_dir", "b.txt", "link"]
+    assert (entries["a_dir"]["type"], entries["b.txt"]["type"]) == ("directory", "file")
+    assert entries["link"]["type"] == "symlink"  # not followed
+    assert (entries["b.txt"]["size"], entries["b.txt"]["mode"]) == (3, 0o640)
+
+
 def test_file_errors(daemon: Daemon, tmp_path: Path) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_bytes(b"x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     cases = [
         ("GET", files_url(tmp_path / "missing"), None, 404, "not_found"),
         ("GET", files_url(tmp_path), None, 400, "is_a_directory"),
-        ("GET", files_url("relative/path"), None, 400, "bad_path"),
+        ("GET", files_url(fifo), None, 400, "not_a_regular_file"),
+        ("GET", files_url(a_file / "below"), None, 400, "not_a_directory"),
+        ("GET", files_url("relative/missing"), None, 404, "not_found"),
         ("GET", "/files", None, 400, "bad_path"),
-        ("PUT", files_url("relative/path"), b"x", 400, "bad_path"),
+        ("GET", "/files?path=", None, 400, "bad_path"),
+        ("GET", files_url("a\x00b"), None, 400, "bad_path"),
+        ("GET", files_url(a_file, max_size="-1"), None, 400, "bad_request"),
+        ("GET", files_url(a_file, max_size="x"), None, 400, "bad_request"),
+        ("GET", f"/files?path={a_file}&path={a_file}", None, 400, "bad_request"),
         ("PUT", files_url(tmp_path), b"x", 400, "is_a_directory"),
-        ("PUT", files_url(a_file / "below"), b"x", 400, "bad_path"),
+        ("PUT", files_url(f"{tmp_path}/new/"), b"x", 400, "is_a_directory"),
         ("PUT", files_url(tmp_path / "f", mode="999"), b"x", 400, "bad_mode"),
         ("PUT", files_url(tmp_path / "f", mode="u+x"), b"x", 400, "bad_mode"),
+        ("PUT", files_url(tmp_path / "f", mode="77777"), b"x", 400, "bad_mode"),
+        ("GET", files_url(tmp_path / "missing", "/files/stat"), None, 404, "not_found"),
+        ("GET", files_url(tmp_path / "missing", "/files/list"), None, 404, "not_found"),
+        ("GET", files_url(a_file, "/files/list"), None, 400, "not_a_directory"),
     ]
     for method, url, body, status, error in cases:
         resp = daemon.request(method, url, body)
         assert (url, resp.status, resp.json()["error"]) == (url, status, error)
+    below = daemon.request("PUT", files_url(a_file / "below"), b"x")
+    assert below.status == 400
+    assert below.json()["error"] in ("not_a_directory", "bad_path")
     assert not (tmp_path / "f").exists()
-
-
-def test_put_requires_content_length(daemon: Daemon, tmp_path: Path) -> None:
-    target = tmp_path / "f"
-    request_line = f"PUT {files_url(target)} HTTP/1.1\r\n".encode()
-    headers = f"Host: x\r\nAuthorization: {AUTH}\r\n".encode()
-    no_length = daemon.raw(request_line + headers + b"\r\n")
-    assert raw_status(no_length) == 411
-    chunked = daemon.raw(
-        request_line + headers + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-    )
-    assert raw_status(chunked) == 411
-    assert not target.exists()
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "fifo"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions")
@@ -629,26 +1453,44 @@ def test_file_permission_denied(daemon: Daemon, tmp_path: Path) -> None:
     (locked / "f").chmod(0)
     locked.chmod(0o500)
     try:
-        assert daemon.request("GET", files_url(locked / "f")).json()["error"] == "permission_denied"
+        get = daemon.request("GET", files_url(locked / "f"))
+        assert (get.status, get.json()["error"]) == (403, "permission_denied")
         put = daemon.request("PUT", files_url(locked / "g"), b"x")
         assert (put.status, put.json()["error"]) == (403, "permission_denied")
     finally:
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions")
+def test_put_over_a_read_only_file_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    target = tmp_path / "read-only"
+    target.write_bytes(b"keep me")
+    target.chmod(0o444)
+    put = daemon.request("PUT", files_url(target), b"overwritten")
+    assert (put.status, put.json()["error"]) == (403, "permission_denied")
+    assert target.read_bytes() == b"keep me"
+    assert os.listdir(tmp_path) == ["read-only"]
+
+
 def test_put_disconnect_mid_body_removes_temp_file(daemon: Daemon, tmp_path: Path) -> None:
     target = tmp_path / "dir" / "partial"
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
-        sock.sendall(
-            f"PUT {files_url(target)} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n".encode()
-            + b"Content-Length: 10000000\r\n\r\n"
-            + b"x" * 100_000
-        )
-        # The upload has started once the temporary file exists.
-        assert wait_for(lambda: bool(listing(target.parent)), timeout=5)
-    assert wait_for(lambda: listing(target.parent) == [], timeout=5), listing(target.parent)
-    assert not target.exists()
-    assert daemon.request("GET", "/health").status == 200
+    for framing, first in [
+        (b"Content-Length: 10000000\r\n", b"x" * 100_000),
+        (b"Transfer-Encoding: chunked\r\n", b"186a0\r\n" + b"x" * 100_000 + b"\r\n"),
+    ]:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            sock.sendall(
+                f"PUT {files_url(target)} HTTP/1.1\r\nHost: x\r\n".encode()
+                + AUTH_LINE
+                + framing
+                + b"\r\n"
+                + first
+            )
+            # The upload has started once the temporary file exists.
+            assert wait_for(lambda: bool(listing(target.parent)), timeout=5)
+        assert wait_for(lambda: listing(target.parent) == [], timeout=5), listing(target.parent)
+        assert not target.exists()
+    assert daemon.healthy()
 
 
 # ----------------------------------------------------------------- robustness
@@ -660,37 +1502,173 @@ def test_put_disconnect_mid_body_removes_temp_file(daemon: Daemon, tmp_path: Pat
         (b"GARBAGE\r\n\r\n", 400),
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\xff\xfe\r\n\r\n", 400),
         (b"\x00\xff\xfe junk here\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1.1\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1\r\nAUTH\r\nContent-Length: -5\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1\r\nAUTH\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1\r\nAUTH\r\nContent-Length: 1.5\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1\r\nAUTH\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
-        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /health HTTP1.1\r\n\r\n", 400),
+        (b"GET  /health HTTP/1.1\r\n\r\n", 400),
+        (b"GET /health HTTP/2.0\r\n\r\n", 505),
+        (b"GET /health HTTP/1.1\r\nAUTH\r\n folded: header\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nAUTH\r\nBad Name: x\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nAUTH\r\nno colon\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000, 431),
         (b"GET /health HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n", 431),
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /" + b"a" * 70_000, 431),
     ],
 )
 def test_malformed_requests_get_4xx_and_server_keeps_serving(
     daemon: Daemon, raw: bytes, status: int
 ) -> None:
-    reply = daemon.raw(raw.replace(b"AUTH", f"Authorization: {AUTH}".encode()))
-    assert raw_status(reply) == status
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert re.search(rb"(?im)^content-length: *%d\r?$" % len(body), head)
-    assert "error" in json.loads(body)
-    assert daemon.request("GET", "/health").status == 200
+    reply = daemon.raw(raw.replace(b"AUTH", AUTH_LINE[:-2]))
+    assert reply.status == status
+    assert reply.headers["content-length"] == str(len(reply.body))
+    assert reply.headers["connection"] == "close"
+    assert "error" in reply.json()
+    assert daemon.healthy()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(b"Content-Length: -5\r\n", id="negative"),
+        pytest.param(b"Content-Length: abc\r\n", id="letters"),
+        pytest.param(b"Content-Length: 1.5\r\n", id="fraction"),
+        pytest.param(b"Content-Length: 1\r\nContent-Length: 2\r\n", id="conflicting"),
+        pytest.param(b"Content-Length: 99999999999999999999\r\n", id="huge"),
+        pytest.param(b"Content-Length: \xb2\r\n", id="superscript-two"),
+        pytest.param(b"Transfer-Encoding: gzip\r\n", id="gzip"),
+        pytest.param(b"Transfer-Encoding: gzip, chunked\r\n", id="gzip-chunked"),
+        pytest.param(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", id="both"),
+    ],
+)
+def test_malformed_body_framing_gets_400(daemon: Daemon, framing: bytes) -> None:
+    reply = daemon.raw(b"POST /exec HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + framing + b"\r\nhello")
+    assert reply.status == 400
+    assert reply.json()["error"] in ("bad_request", "bad_content_length")
+    assert daemon.healthy()
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        pytest.param(b"GET /files?path=x&max_size=%C2%B2", id="max_size"),
+        pytest.param(b"POST /processes/PID/signal?signal=%C2%B2", id="signal"),
+    ],
+)
+def test_unicode_digits_in_numeric_parameters_are_refused(
+    daemon: Daemon, request_line: bytes
+) -> None:
+    (daemon.workdir / "x").write_text("x")
+    stream = daemon.stream({"argv": ["sleep", "300"], "background": True})
+    pid_id = json.loads(stream.frame()[1])["id"]
+    try:
+        line = request_line.replace(b"PID", pid_id.encode())
+        reply = daemon.raw(line + b" HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"\r\n")
+        assert (reply.status, reply.json()["error"]) == (400, "bad_request")
+    finally:
+        stream.close()
+        daemon.request("DELETE", f"/processes/{pid_id}")
+
+
+def test_unicode_digit_user_is_refused(daemon: Daemon) -> None:
+    for user in ["\u00b2", "a\x00b"]:
+        resp = daemon.exec({"argv": ["true"], "user": user})
+        assert resp.status == 400, (user, resp.body)
+        assert resp.json()["error"] in ("bad_request", "no_such_user")
+
+
+def test_request_ends_at_its_first_blank_line(daemon: Daemon) -> None:
+    # Bare LF line ends are accepted; a later CRLF CRLF must not extend the first request.
+    lf_auth = AUTH_LINE.replace(b"\r\n", b"\n")
+    with RawClient(daemon.port) as client:
+        client.send(
+            b"GET /nope HTTP/1.1\n" + lf_auth + b"\nGET /health HTTP/1.1\r\n" + AUTH_LINE + b"\r\n"
+        )
+        assert client.response().status == 404
+        assert client.response().status == 200
+
+
+def test_many_pipelined_health_requests(spawn_daemon: Callable[..., Daemon]) -> None:
+    daemon = spawn_daemon()
+    count = 3000
+    received = bytearray()
+    with RawClient(daemon.port) as client:
+
+        def read() -> None:
+            with_timeout = client.sock
+            try:
+                while received.count(b"HTTP/1.1 200 OK") < count:
+                    data = with_timeout.recv(1 << 20)
+                    if not data:
+                        return
+                    received.extend(data)
+            except OSError:
+                return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with_auth = b"GET /health HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"\r\n"
+        with contextlib.suppress(OSError):  # the daemon may be gone
+            client.send(with_auth * count)
+        reader.join(15)
+    answered = received.count(b"HTTP/1.1 200 OK")
+    try:
+        alive = daemon.healthy()
+    except OSError:
+        alive = False
+    assert (answered, alive) == (count, True), (
+        f"exit status {daemon.proc.poll()}; log tail:\n{daemon.log()[-600:]}"
+    )
+
+
+def test_idle_unauthenticated_connections_get_no_thread(daemon: Daemon) -> None:
+    daemon.healthy()
+    threads = thread_count(daemon.proc.pid)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=5))
+        partial = RawClient(daemon.port)
+        idle.append(partial.sock)
+        partial.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+        sent = time.monotonic()
+        # Every socket has been accepted by now: the daemon answers in order.
+        started = time.monotonic()
+        assert daemon.request("GET", "/health", timeout=2).status == 200
+        assert daemon.run("echo still serving").stdout == b"still serving\n"
+        assert time.monotonic() - started < 1
+        assert thread_count(daemon.proc.pid) <= threads + 1  # at most one more worker
+        # The incomplete request is dropped once its header deadline passes.
+        deadline = SERVER.HEADER_DEADLINE
+        assert not partial.closed_within(max(0.0, sent + deadline - 1 - time.monotonic()))
+        assert partial.closed_within(sent + deadline + 2 - time.monotonic())
+        assert time.monotonic() - sent >= deadline - 1
+        # And so are the connections that never sent a byte.
+        for sock in idle[:-1]:
+            sock.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    assert daemon.healthy()
 
 
 def test_log_has_one_terse_line_per_request_and_never_the_token(daemon: Daemon) -> None:
+    unique = secrets.token_hex(6)
     assert daemon.request("GET", f"/health?token={TOKEN}").status == 200
-    assert daemon.request("GET", "/health", token="x" * 20).status == 401
+    assert daemon.request("GET", f"/nope-{unique}?token={TOKEN}").status == 404
+    assert daemon.request("GET", f"/denied-{unique}", token="x" * 20).status == 401
     bearer = {"Authorization": "Bearer " + "y" * 20}
     assert daemon.request("GET", "/health", headers=bearer, token=None).status == 401
+    assert daemon.run(f"echo {unique}-exec").exit_code == 0
     log = daemon.log()
     assert "commandlab daemon listening on 127.0.0.1:" in log
     assert '"GET /health" 200' not in log  # not the stdlib format
     assert re.search(r"127\.0\.0\.1 GET /health 200$", log, re.MULTILINE)
     assert re.search(r"127\.0\.0\.1 GET /health 401$", log, re.MULTILINE)
+    assert re.search(r"127\.0\.0\.1 POST /exec 200$", log, re.MULTILINE)
+    assert len(re.findall(rf"^\S+ 127\.0\.0\.1 GET /nope-{unique} 404$", log, re.MULTILINE)) == 1
+    assert len(re.findall(rf"^\S+ 127\.0\.0\.1 GET /denied-{unique} 401$", log, re.MULTILINE)) == 1
+    assert f"{unique}-exec" not in log  # commands are not logged
     assert TOKEN not in log
     assert TOKEN_SHA256 not in log
     assert "x" * 20 not in log
@@ -703,12 +1681,17 @@ def test_log_has_one_terse_line_per_request_and_never_the_token(daemon: Daemon) 
 
 
 def test_ttl_expiry_kills_commands_and_exits(spawn_daemon: Callable[..., Daemon]) -> None:
-    daemon = spawn_daemon(COMMANDLAB_TTL="1")
+    daemon = spawn_daemon(COMMANDLAB_TTL="1.5")
     expires_in = daemon.request("GET", "/health").json()["expires_in"]
-    assert 0 < expires_in <= 1
+    assert 0 < expires_in <= 1.5
     marker = secrets.token_hex(8)
-    run = BackgroundRun(daemon, {"command": "sleep 300", "env": {"CLTEST_MARKER": marker}})
-    assert wait_for(lambda: bool(sleepers_with(marker)), timeout=2)
+    run = BackgroundExec(daemon, {"command": "sleep 300", "env": {"CLTEST_MARKER": marker}})
+    background = daemon.stream(
+        {"command": "exec sleep 300", "env": {"CLTEST_MARKER": marker}, "background": True}
+    )
+    background.frame()
+    background.close()
+    assert wait_for(lambda: len(sleepers_with(marker)) == 2, timeout=2)
     assert daemon.proc.wait(timeout=5) == 0
     assert "ttl" in daemon.log()
     run.join()
@@ -720,8 +1703,13 @@ def test_ttl_expiry_kills_commands_and_exits(spawn_daemon: Callable[..., Daemon]
 def test_sigterm_kills_commands_and_exits_zero(spawn_daemon: Callable[..., Daemon]) -> None:
     daemon = spawn_daemon()
     marker = secrets.token_hex(8)
-    run = BackgroundRun(daemon, {"command": "sleep 300", "env": {"CLTEST_MARKER": marker}})
-    assert wait_for(lambda: bool(sleepers_with(marker)), timeout=2)
+    run = BackgroundExec(daemon, {"command": "sleep 300", "env": {"CLTEST_MARKER": marker}})
+    background = daemon.stream(
+        {"command": "exec sleep 300", "env": {"CLTEST_MARKER": marker}, "background": True}
+    )
+    background.frame()
+    background.close()
+    assert wait_for(lambda: len(sleepers_with(marker)) == 2, timeout=2)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=3) == 0
     run.join()
@@ -770,7 +1758,12 @@ def start_daemon_expecting_failure(env: dict[str, str | None]) -> str:
             "SHA-256 of an empty token",
         ),
         ({"COMMANDLAB_TTL": "soon"}, "COMMANDLAB_TTL"),
+        ({"COMMANDLAB_TTL": "0"}, "COMMANDLAB_TTL"),
+        ({"COMMANDLAB_TTL": "-1"}, "COMMANDLAB_TTL"),
+        ({"COMMANDLAB_TTL": "inf"}, "COMMANDLAB_TTL"),
+        ({"COMMANDLAB_TTL": "nan"}, "COMMANDLAB_TTL"),
         ({"COMMANDLAB_PORT": "http"}, "COMMANDLAB_PORT"),
+        ({"COMMANDLAB_PORT": "65536"}, "COMMANDLAB_PORT"),
     ],
 )
 def test_refuses_to_start_with_bad_configuration(env: dict[str, str | None], message: str) -> None:

@@ -38,7 +38,7 @@ async def test_happy_path_runs_commands_and_moves_files() -> None:
 async def test_run_options_and_exact_bytes() -> None:
     async with provision(DockerSpec(env={"GREETING": "hi"})) as computer:
         r = await computer.run(["printf", "\\377\\376%s", "$GREETING"])
-        assert r.stdout_bytes == b"\xff\xfe$GREETING"  # a list is quoted: no expansion
+        assert r.stdout_bytes == b"\xff\xfe$GREETING"  # a list is an argv: no shell
         assert r.stdout == "\ufffd\ufffd$GREETING"  # invalid UTF-8 is replaced, never raised
         r = await computer.run(
             'echo "$GREETING $EXTRA"; pwd; cat', cwd="/tmp", env={"EXTRA": "there"}, stdin="piped"

@@ -1,179 +1,174 @@
-"""commandlab sandbox daemon: a tiny HTTP/1.1 server that runs commands and moves files.
+"""commandlab sandbox daemon: a small HTTP/1.1 server that runs commands and moves files.
 
-This module is deliberately self-contained (standard library only, Python >= 3.9)
-so that it can be copied alone into a container and started with
-``python3 /opt/commandlab/daemon.py``.
+Standard library only, Python >= 3.9, one file: copy it into any image with python3
+and start it with ``python3 -I -S /opt/commandlab/daemon.py``.
 
 Configuration (environment variables)
 -------------------------------------
-``COMMANDLAB_TOKEN_SHA256``  required: the SHA-256 digest of the client's token
-                      (the token encoded as UTF-8), as 64 hexadecimal digits
-                      (upper or lower case).  The daemon never receives the
-                      token itself: it hashes the token each request presents
-                      and compares digests.  The variable is removed from the
-                      daemon's own environment and never passed to commands.
-                      If it is missing or malformed the daemon prints a
-                      message on stderr and exits with status 2.
-``COMMANDLAB_TOKEN``  must NOT be set: a daemon that finds it (a client that
-                      still hands the raw token to the sandbox) prints a
-                      message on stderr and exits with status 2.
-``COMMANDLAB_PORT``   TCP port, default 8000 (0 picks a free port; the startup
-                      line reports the real one).
+``COMMANDLAB_TOKEN_SHA256``  required: SHA-256 of the client's token (UTF-8) as 64
+    hex digits.  The daemon never sees the token itself; it hashes what each request
+    presents and compares in constant time.  Removed from the environment commands get.
+    Missing or malformed: a message on stderr and exit status 2.
+``COMMANDLAB_TOKEN``  must NOT be set (a client handing the raw token to the sandbox):
+    refused with exit status 2.
+``COMMANDLAB_PORT``   TCP port, default 8000 (0 picks one; the startup line says which).
 ``COMMANDLAB_HOST``   bind address, default ``0.0.0.0`` (IPv6 literals work).
-``COMMANDLAB_TTL``    optional lifetime in seconds (float > 0).  Absent or empty
-                      means no expiry.  At expiry every command process group
-                      still running is SIGKILLed and the process exits with
-                      status 0, which stops the container.
+``COMMANDLAB_TTL``    optional lifetime in seconds: at expiry every process group we
+    started is SIGKILLed and the daemon exits 0, which stops the container.
 
-The sandbox holds only the digest, which cannot be presented as a token.  Tokens
-still pass through the daemon's memory while requests are read, so the daemon
-marks itself non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``, best effort): commands
-running as the same user cannot read its memory through ``/proc``.
+Startup prints ``commandlab daemon listening on <host>:<port>`` on stderr.  SIGTERM and
+SIGINT kill every process group and exit 0.  One terse log line per request (client,
+method, path without query, status); headers are never logged.  The daemon marks
+itself non-dumpable so commands running as the same user cannot read its memory.
 
-On startup one line ``commandlab daemon listening on <host>:<port>`` is written
-to stderr.  SIGTERM and SIGINT kill running command process groups and exit
-with status 0.  Every request is logged as one terse line on stderr
-(timestamp, client address, method, path without query string, status); no
-header is ever logged.
+Why it is shaped like this
+--------------------------
+A sandbox is worth more than any one request, so nothing a client sends or a command
+prints may grow the daemon's memory without bound or exhaust its processes:
+
+* One thread (the *loop*) accepts connections and reads request headers without
+  blocking.  Headers must arrive within ``HEADER_DEADLINE`` seconds and fit in
+  ``MAX_HEADER_BYTES``; idle keep-alive connections close after ``IDLE_TIMEOUT``.
+  Authentication happens there, so an unauthenticated client costs one socket and
+  never a thread.  At most ``MAX_CONNECTIONS`` are open; past that the oldest
+  unauthenticated one is dropped.
+* Authenticated requests (except ``/health``, answered by the loop) go to a bounded
+  pool of ``MAX_WORKERS`` threads; more wait in a queue.
+* Output, stdin and files are streamed with back-pressure in bounded chunks.
 
 Protocol
 --------
-HTTP/1.1 with keep-alive; every response carries ``Content-Length``.  Request
-bodies must be framed with ``Content-Length`` (``Transfer-Encoding`` is not
-supported).  When a request body is left unread (e.g. the request was rejected
-before it was read) the response carries ``Connection: close``.
-``Expect: 100-continue`` is honoured: ``100 Continue`` is only sent once the
-request was authenticated and validated and the body is about to be read.
-
-Authentication: every request, whatever its path or method, must carry the
-token in ``X-CommandLab-Token: <token>`` or, only when that header is absent,
-in ``Authorization: Bearer <token>``.  When ``X-CommandLab-Token`` is present
-any ``Authorization`` header is ignored; a repeated ``X-CommandLab-Token`` (or,
-when it is absent, a repeated ``Authorization``) is refused.  The SHA-256 of
-the presented token is compared in constant time with the configured digest.
-Otherwise the reply is ``401 {"error": "unauthorized", ...}``.  After
-authentication an unknown path gets ``404 not_found`` and a known path with
-the wrong method gets ``405 method_not_allowed`` (with an ``Allow`` header).
-A malformed ``Content-Length`` (negative, non-numeric, conflicting duplicates)
-gets ``400 bad_content_length``.
-
-Errors are JSON: ``{"error": "<code>", "message": "<text>"}``.
+Every request carries the token in ``X-CommandLab-Token`` (or, only when that header
+is absent, ``Authorization: Bearer``); otherwise ``401`` and the connection closes.
+Request bodies are framed by ``Content-Length`` or ``Transfer-Encoding: chunked``.
+Relative paths resolve against the daemon's working directory (``/health`` reports
+it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable codes:
+``not_found`` 404, ``permission_denied`` 403, ``is_a_directory`` 400,
+``not_a_directory`` 400, ``file_too_large`` 413 (with ``size``), ``exec_format_error``
+400, ``resource_exhausted`` 503 (with ``limit``: ``pids``, ``memory``, ``processes``),
+``user_unsupported`` 400, ``no_such_user`` 400, ``no_such_process`` 404,
+``bad_request`` 400, ``unauthorized`` 401, ``shutting_down`` 503.
 
 ``GET /health``
-    200 ``{"version": "2", "uptime": <float s>, "pid": <int>,
-    "expires_in": <float s or null>}``.
+    ``{"version", "uptime", "pid", "expires_in", "cwd", "uid", "limits"}``.
 
-``POST /run``  (``Content-Type: application/json`` or none; body <= 64 MiB)
-    Body: ``{"command": str, "cwd": str|null, "env": {str: str}|null,
-    "stdin": <base64 str>|null, "timeout": <number > 0>|null}``; only
-    ``command`` is required, unknown keys are ignored.  The command runs as
-    ``/bin/sh -c <command>`` in a new session (its own process group) with the
-    daemon environment (minus ``COMMANDLAB_TOKEN_SHA256``) overlaid by
-    ``env``.  Without ``stdin`` the command's stdin is empty (EOF).  On
-    timeout the whole process group is SIGKILLed and whatever output was
-    produced is returned.
-    200 ``{"exit_code": <int, -N when killed by signal N>, "stdout": <base64>,
-    "stderr": <base64>, "duration": <float s>, "timed_out": <bool>}``.
-    Errors: 400 ``bad_json`` (unparseable body), 400 ``bad_request`` (wrong
-    shape or types), 400 ``bad_cwd`` (cwd missing / not a directory /
-    unusable), 411 ``length_required``, 413 ``payload_too_large`` (decided from
-    Content-Length, the body is not read), 415 ``unsupported_media_type``,
-    503 ``shutting_down``.
+``POST /exec``
+    Body: one JSON object on the first line, then stdin as raw bytes until the body
+    ends (end of body closes the command's stdin).  JSON keys: ``argv`` (list of
+    strings, run directly) or ``command`` (string, run by ``/bin/sh -c``); ``cwd``,
+    ``env`` (overlaid on the daemon's), ``user`` (name or uid; needs a root daemon),
+    ``timeout`` (seconds, <= ``MAX_TIMEOUT``), ``max_output`` (bytes kept per stream:
+    the first half is streamed, then the last half is kept and sent at the end after a
+    gap frame; null: stream everything), ``on_limit`` (``truncate`` or ``kill``),
+    ``background`` (the process outlives this request).
+    Reply: 200, chunked, a sequence of frames ``<kind: 1 byte><length: 4 bytes BE>
+    <payload>``: ``S`` JSON ``{"id", "pid"}`` first; ``1``/``2`` stdout/stderr bytes;
+    ``G`` JSON ``{"stream": 1|2, "omitted": n}`` before a stream's kept tail; ``X``
+    JSON ``{"exit_code", "duration", "timed_out", "limit_exceeded", "stdout_omitted",
+    "stderr_omitted"}`` last.  A foreground command's whole process group is killed
+    when the client goes away before it ends; a background command keeps running,
+    its output going to a ring of the last ``RING_BYTES`` per stream.
 
-``PUT /files?path=<absolute path>[&mode=<octal, e.g. 644>]``
-    Raw body (Content-Length required, else 411 ``length_required``) is
-    streamed in 1 MiB chunks into a temporary file next to the target, which
-    is then atomically renamed onto ``path``; missing parent directories are
-    created.  Without ``mode`` an existing file keeps its mode (and, when
-    possible, its owner); a new file gets ``0666 & ~umask``.
-    200 ``{"path": <path as given>, "size": <int bytes written>}``.
-    Errors: 400 ``bad_path`` (missing / relative / names a directory entry
-    whose parent is not a directory), 400 ``bad_mode``, 400 ``is_a_directory``,
-    403 ``permission_denied``, 507 ``insufficient_storage``, 500 ``io_error``.
-    If the client disconnects mid-body the temporary file is removed and no
-    response is sent.
+``GET /processes``  ``[{"id", "pid", "argv", "background", "running", "exit_code"}]``.
+``GET /processes/<id>/output``  a background process's frames from its ring (a ``G``
+    frame says what was lost), then live ones, then ``X``.
+``POST /processes/<id>/signal?signal=<n>``  signals the process group.
+``DELETE /processes/<id>``  kills the process group and forgets the process.
 
-``GET /files?path=<absolute path>``
-    200 ``application/octet-stream`` with Content-Length, streamed in 1 MiB
-    chunks.  Regular files only.  Files that report size 0 (e.g. ``/proc``
-    pseudo files) are read (up to 64 MiB) before replying.
-    Errors: 400 ``bad_path``, 404 ``not_found``, 400 ``is_a_directory``,
-    400 ``not_a_regular_file``, 403 ``permission_denied``, 413
-    ``file_too_large`` (pseudo files only), 500 ``io_error``.
-
-Malformed requests (bad request line, oversized header lines, too many headers,
-invalid ``Content-Length``) get a 4xx JSON reply and the connection is closed;
-the server keeps serving other connections.  Each connection is handled in its
-own thread, so a long-running command does not block other requests.
+``GET /files?path=<p>[&max_size=<n>]``  the file, streamed; ``file_too_large`` before
+    any byte is sent when it is bigger than ``max_size``.
+``PUT /files?path=<p>[&mode=<octal>]``  the body becomes the file (written aside and
+    renamed, parents created).  An existing file keeps its mode and owner and must be
+    writable.  ``{"path", "size"}``.
+``GET /files/stat?path=<p>``  ``{"path", "type", "size", "mode", "mtime", "uid", "gid"}``.
+``GET /files/list?path=<p>``  ``{"path", "entries": [{"name", "type", "size", "mode",
+    "mtime"}], "truncated"}`` (at most ``MAX_LIST_ENTRIES``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import hashlib
 import hmac
-import io
 import json
-import math
 import os
-import re
+import selectors
 import signal
 import socket
-import socketserver
 import stat
-import subprocess
+import struct
 import sys
-import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from email.message import Message
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
-from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
+from collections import deque
 
-DAEMON_VERSION = "2"
+# typing is not imported at run time: every import counts in a sandbox's start cost.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable, Mapping
+    from typing import Any, NoReturn
+
+    Buffer = bytes | bytearray | memoryview
+
+DAEMON_VERSION = "3"
 
 TOKEN_SHA256_ENV = "COMMANDLAB_TOKEN_SHA256"
-# The raw token must never be configured: its presence is refused (see load_config).
 LEGACY_TOKEN_ENV = "COMMANDLAB_TOKEN"
 PORT_ENV = "COMMANDLAB_PORT"
 HOST_ENV = "COMMANDLAB_HOST"
 TTL_ENV = "COMMANDLAB_TTL"
-
-TOKEN_HEADER = "X-CommandLab-Token"
+TOKEN_HEADER = "x-commandlab-token"
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "0.0.0.0"
 
-MAX_RUN_BODY = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 100
+HEADER_DEADLINE = 10.0  # seconds to send a request's headers
+IDLE_TIMEOUT = 30.0  # an idle keep-alive connection is closed after this
+IO_TIMEOUT = 300.0  # a client that stalls a transfer this long is dropped
+LINGER_SECONDS = 2.0  # drain unread input this long before closing, so replies arrive
+MAX_CONNECTIONS = 4096
+MAX_WORKERS = 128
+MAX_BACKGROUND = 64
+MAX_EXEC_HEADER = 8 * 1024 * 1024  # the JSON line of /exec (argv can be large)
+MAX_JSON_BODY = 1024 * 1024
+MAX_TIMEOUT = 1_000_000.0  # seconds; larger values are refused rather than overflowed
+MAX_LIST_ENTRIES = 10_000
 MAX_PSEUDO_FILE = 64 * 1024 * 1024
-CHUNK_SIZE = 1024 * 1024
-# Unread request bodies up to this size are discarded to keep the connection alive.
-MAX_DISCARD_BODY = 64 * 1024
-# After rejecting a request whose body was not read, keep reading (and
-# discarding) for at most this long before closing, so the client sees the
-# response instead of a connection reset.
-LINGER_SECONDS = 2.0
-# After killing a timed-out process group, wait at most this long for the pipes.
-KILL_GRACE_SECONDS = 5.0
-# Idle / stalled connections are dropped after this many seconds.
-SOCKET_TIMEOUT = 300.0
+RING_BYTES = 1024 * 1024
+CHUNK = 256 * 1024
+STDIN_HIGH_WATER = 1024 * 1024
+KILL_GRACE = 5.0  # after killing a group, wait this long for its pipes to close
 UPLOAD_PREFIX = ".commandlab-upload-"
+F_SETPIPE_SZ = 1031
 
-_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
-_MODE_RE = re.compile(r"[0-7]{1,4}")
-_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
-_UNPRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
-# socket.timeout is only an alias of TimeoutError from Python 3.10 on.
-_NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.timeout)
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_HEX = frozenset("0123456789abcdefABCDEF")
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+    507: "Insufficient Storage",
+}
 
 
 # --------------------------------------------------------------------------
@@ -184,22 +179,19 @@ class ConfigError(ValueError):
     """The daemon configuration (environment) is invalid."""
 
 
-@dataclass(frozen=True)
 class Config:
-    token_sha256: bytes  # SHA-256 digest (32 raw bytes) of the client's token
-    host: str
-    port: int
-    ttl: float | None
+    def __init__(self, token_sha256: bytes, host: str, port: int, ttl: float | None) -> None:
+        self.token_sha256 = token_sha256
+        self.host = host
+        self.port = port
+        self.ttl = ttl
 
 
 def parse_token_sha256(text: str) -> bytes:
-    """Decode the configured token digest (64 hex digits) to its 32 raw bytes.
-
-    The value is never echoed in errors: it may be a raw token set by mistake.
-    """
+    """Decode the configured digest; never echo it (it may be a raw token set by mistake)."""
     if not text:
         raise ConfigError(f"{TOKEN_SHA256_ENV} is not set")
-    if not _SHA256_HEX_RE.fullmatch(text):
+    if len(text) != 64 or not set(text) <= _HEX:
         raise ConfigError(
             f"{TOKEN_SHA256_ENV} must be the SHA-256 of the client's token as exactly"
             f" 64 hexadecimal digits (got {len(text)} characters"
@@ -220,10 +212,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
             f" the token out of the sandbox"
         )
     token_sha256 = parse_token_sha256(environ.get(TOKEN_SHA256_ENV, ""))
-
     host = environ.get(HOST_ENV, "").strip() or DEFAULT_HOST
-
     port_text = environ.get(PORT_ENV, "").strip()
+    port = DEFAULT_PORT
     if port_text:
         try:
             port = int(port_text)
@@ -231,9 +222,6 @@ def load_config(environ: Mapping[str, str]) -> Config:
             raise ConfigError(f"{PORT_ENV} must be an integer, got {port_text!r}") from None
         if not 0 <= port <= 65535:
             raise ConfigError(f"{PORT_ENV} must be between 0 and 65535, got {port}")
-    else:
-        port = DEFAULT_PORT
-
     ttl_text = environ.get(TTL_ENV, "").strip()
     ttl: float | None = None
     if ttl_text:
@@ -241,55 +229,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
             ttl = float(ttl_text)
         except ValueError:
             raise ConfigError(f"{TTL_ENV} must be a number of seconds, got {ttl_text!r}") from None
-        if not math.isfinite(ttl) or ttl <= 0:
+        if not (0 < ttl < float("inf")):
             raise ConfigError(f"{TTL_ENV} must be a positive finite number, got {ttl_text!r}")
-
-    return Config(token_sha256=token_sha256, host=host, port=port, ttl=ttl)
-
-
-# --------------------------------------------------------------------------
-# authentication
-
-
-def presented_token(headers: Message) -> bytes | None:
-    """The token a request presents, as raw bytes; None when absent or ambiguous.
-
-    The client sends ``X-CommandLab-Token`` rather than ``Authorization``: the
-    Kubernetes API server's pod proxy strips ``Authorization``, and Cloud Run's
-    IAM reads ``Authorization`` itself (unless ``X-Serverless-Authorization`` is
-    used).  So when ``X-CommandLab-Token`` is present it alone counts: an
-    ``Authorization`` header beside it may carry someone else's credential (for
-    a proxy or gateway in front of the sandbox) and is ignored.  Only when it is
-    absent is ``Authorization: Bearer <token>`` accepted.  A repeated header that
-    would be used is refused rather than guessed at.  Neither header is ever
-    logged.
-    """
-    tokens = headers.get_all(TOKEN_HEADER)
-    if tokens is not None:
-        if len(tokens) != 1:
-            return None
-        value = str(tokens[0]).strip()
-    else:
-        authorizations = headers.get_all("Authorization") or []
-        if len(authorizations) != 1:
-            return None
-        scheme, _, credential = str(authorizations[0]).strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        value = credential.strip()
-    if not value:
-        return None
-    # Header values were decoded as latin-1: this recovers the raw bytes (the
-    # UTF-8 encoding of the token, as the client sent it).
-    return value.encode("latin-1", "replace")
-
-
-def authenticate(headers: Message, token_sha256: bytes) -> bool:
-    """Whether the request presents the token whose SHA-256 is ``token_sha256``."""
-    token = presented_token(headers)
-    if token is None:
-        return False
-    return hmac.compare_digest(hashlib.sha256(token).digest(), token_sha256)
+    return Config(token_sha256, host, port, ttl)
 
 
 # --------------------------------------------------------------------------
@@ -297,819 +239,1847 @@ def authenticate(headers: Message, token_sha256: bytes) -> bool:
 
 
 class RequestError(Exception):
-    """An error answered with a JSON ``{"error", "message"}`` body."""
+    """Answered as ``{"error": code, "message": message, **extra}`` with ``status``."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.headers: Mapping[str, str] = headers or {}
+        self.extra = extra
 
 
 class ClientGone(Exception):
-    """The client disconnected or stalled while we were reading its request."""
+    """The client disconnected or stalled."""
 
 
-class ShuttingDown(Exception):
-    """The daemon is exiting; no new commands may be started."""
-
-
-def _os_error(exc: OSError, path: str, *, missing_is_404: bool = False) -> RequestError:
-    """Map a filesystem error on ``path`` to a RequestError."""
-    if isinstance(exc, PermissionError):
-        return RequestError(403, "permission_denied", f"permission denied: {path}")
-    if isinstance(exc, IsADirectoryError):
-        return RequestError(400, "is_a_directory", f"is a directory: {path}")
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-        if missing_is_404:
-            return RequestError(404, "not_found", f"no such file: {path}")
-        return RequestError(400, "bad_path", f"{exc.strerror}: {path}")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RequestError(507, "insufficient_storage", f"{exc.strerror}: {path}")
-    if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):
-        return RequestError(400, "bad_path", f"{exc.strerror}: {path}")
-    if exc.errno == errno.EROFS:
-        return RequestError(403, "permission_denied", f"read-only file system: {path}")
-    return RequestError(500, "io_error", f"{exc.strerror or exc}: {path}")
+def os_error(exc: OSError, path: str) -> RequestError:
+    """The typed reply for a filesystem error on ``path``."""
+    code = exc.errno
+    text = exc.strerror or str(exc)
+    if code == errno.ENOENT:
+        return RequestError(404, "not_found", f"no such file or directory: {path}", path=path)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RequestError(403, "permission_denied", f"{text}: {path}", path=path)
+    if code == errno.EISDIR:
+        return RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
+    if code == errno.ENOTDIR:
+        return RequestError(400, "not_a_directory", f"not a directory: {path}", path=path)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return RequestError(507, "insufficient_storage", f"{text}: {path}", path=path)
+    if code in (errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST, errno.EINVAL):
+        return RequestError(400, "bad_path", f"{text}: {path}", path=path)
+    return RequestError(500, "io_error", f"{text}: {path}", path=path)
 
 
 # --------------------------------------------------------------------------
-# process groups
+# HTTP: parsing requests
 
 
-def kill_process_group(pgid: int) -> None:
-    """SIGKILL a whole process group, ignoring groups that are already gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+class Request:
+    def __init__(
+        self, method: str, target: str, version: str, headers: dict[str, list[str]]
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        path, _, query = target.partition("?")
+        self.path = path
+        self.query = query
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {
+            t.strip().lower() for v in self.headers.get("connection", []) for t in v.split(",")
+        }
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
 
 
-class ProcessRegistry:
-    """Tracks the process groups of running commands so they can be killed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._groups: set[int] = set()
-        self._closed = False
-
-    def spawn(
-        self, command: str, cwd: str | None, env: Mapping[str, str]
-    ) -> subprocess.Popen[bytes]:
-        # The lock is held across the fork so that kill_all() can never miss a
-        # freshly started group.
-        with self._lock:
-            if self._closed:
-                raise ShuttingDown("daemon is shutting down")
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-            )
-            self._groups.add(proc.pid)
-            return proc
-
-    def release(self, pgid: int) -> None:
-        with self._lock:
-            self._groups.discard(pgid)
-
-    def kill_all(self) -> int:
-        """Kill every tracked group and refuse new ones; returns how many."""
-        with self._lock:
-            self._closed = True
-            groups = sorted(self._groups)
-            self._groups.clear()
-        for pgid in groups:
-            kill_process_group(pgid)
-        return len(groups)
+def head_end(buf: bytearray) -> tuple[int, int] | None:
+    """(where the head ends, length of the blank line) at its first blank line, if any."""
+    found = [(buf.find(mark), len(mark)) for mark in (b"\r\n\r\n", b"\n\n", b"\n\r\n")]
+    return min(((i, n) for i, n in found if i >= 0), default=None)
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    command: str
-    cwd: str | None
-    env: dict[str, str] | None
-    stdin: bytes
-    timeout: float | None
+def decimal(text: str) -> int | None:
+    """The value of a plain ASCII decimal number, else None (``str.isdigit`` accepts '²')."""
+    if not text or len(text) > 18 or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
-def parse_run_request(payload: object) -> RunRequest:
-    """Validate a decoded ``POST /run`` body."""
-    if not isinstance(payload, dict):
-        raise RequestError(400, "bad_request", "body must be a JSON object")
-
-    command = payload.get("command")
-    if not isinstance(command, str):
-        raise RequestError(400, "bad_request", "'command' must be a string")
-    if "\x00" in command:
-        raise RequestError(400, "bad_request", "'command' must not contain NUL")
-
-    cwd = payload.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise RequestError(400, "bad_request", "'cwd' must be a string or null")
-
-    env_value = payload.get("env")
-    env: dict[str, str] | None = None
-    if env_value is not None:
-        if not isinstance(env_value, dict):
-            raise RequestError(400, "bad_request", "'env' must be an object or null")
-        env = {}
-        for key, value in env_value.items():
-            if not isinstance(value, str):
-                raise RequestError(400, "bad_request", f"'env' value for {key!r} must be a string")
-            if not key or "=" in key or "\x00" in key or "\x00" in value:
-                raise RequestError(400, "bad_request", f"invalid environment variable {key!r}")
-            env[key] = value
-
-    stdin_value = payload.get("stdin")
-    stdin = b""
-    if stdin_value is not None:
-        if not isinstance(stdin_value, str):
-            raise RequestError(400, "bad_request", "'stdin' must be a base64 string or null")
-        try:
-            stdin = base64.b64decode(stdin_value, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError(400, "bad_request", "'stdin' is not valid base64") from None
-
-    timeout_value = payload.get("timeout")
-    timeout: float | None = None
-    if timeout_value is not None:
-        if isinstance(timeout_value, bool) or not isinstance(timeout_value, (int, float)):
-            raise RequestError(400, "bad_request", "'timeout' must be a number or null")
-        try:
-            timeout = float(timeout_value)
-        except OverflowError:
-            raise RequestError(400, "bad_request", "'timeout' is out of range") from None
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise RequestError(400, "bad_request", "'timeout' must be a positive finite number")
-
-    return RunRequest(command=command, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+def parse_head(data: bytes) -> Request:
+    """Parse a request line and headers (without the final blank line)."""
+    text = data.decode("latin-1")
+    lines = text.split("\n")
+    parts = lines[0].rstrip("\r").split(" ")
+    if len(parts) != 3:
+        raise RequestError(400, "bad_request", "malformed request line")
+    method, target, version = parts
+    if not method or not set(method) <= _TOKEN_CHARS:
+        raise RequestError(400, "bad_request", "malformed method")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        if version.startswith("HTTP/"):
+            raise RequestError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+        raise RequestError(400, "bad_request", "malformed request line")
+    if not target.startswith("/") or any(c in target for c in "\x00\r\t"):
+        raise RequestError(400, "bad_request", "malformed request target")
+    headers: dict[str, list[str]] = {}
+    if len(lines) - 1 > MAX_HEADER_COUNT:
+        raise RequestError(431, "headers_too_large", "too many headers")
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        if line[0] in " \t":
+            raise RequestError(400, "bad_request", "folded headers are not supported")
+        name, sep, value = line.partition(":")
+        if not sep or not name or not set(name) <= _TOKEN_CHARS:
+            raise RequestError(400, "bad_request", "malformed header line")
+        headers.setdefault(name.lower(), []).append(value.strip(" \t"))
+    return Request(method, target, version, headers)
 
 
-def run_command(
-    registry: ProcessRegistry, base_env: Mapping[str, str], request: RunRequest
-) -> dict[str, Any]:
-    """Run one command to completion (or timeout) and build the reply."""
-    cwd = request.cwd
-    if cwd is not None and not os.path.isdir(cwd):
-        raise RequestError(400, "bad_cwd", f"working directory does not exist: {cwd}")
-    env = dict(base_env)
-    if request.env:
-        env.update(request.env)
+def presented_token(headers: Mapping[str, list[str]]) -> bytes | None:
+    """The token a request presents, as raw bytes; None when absent or ambiguous.
 
-    started = time.monotonic()
-    try:
-        proc = registry.spawn(request.command, cwd, env)
-    except ShuttingDown:
-        raise RequestError(503, "shutting_down", "the daemon is shutting down") from None
-    except ValueError as exc:
-        raise RequestError(400, "bad_request", f"cannot start command: {exc}") from None
-    except OSError as exc:
-        if cwd is not None:
-            raise RequestError(
-                400, "bad_cwd", f"cannot use working directory {cwd}: {exc.strerror}"
-            ) from None
-        raise RequestError(500, "spawn_failed", f"cannot start /bin/sh: {exc}") from None
-
-    timed_out = False
-    try:
-        try:
-            stdout, stderr = proc.communicate(request.stdin, request.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            kill_process_group(proc.pid)
-            try:
-                stdout, stderr = proc.communicate(timeout=KILL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired as exc:
-                # Something that left the process group still holds the pipes.
-                stdout = exc.output or b""
-                stderr = exc.stderr or b""
-                for pipe in (proc.stdout, proc.stderr):
-                    if pipe is not None:
-                        pipe.close()
-                proc.wait()
-    finally:
-        if proc.returncode is None:
-            kill_process_group(proc.pid)
-            proc.wait()
-        registry.release(proc.pid)
-    duration = time.monotonic() - started
-
-    return {
-        "exit_code": proc.returncode,
-        "stdout": base64.b64encode(stdout).decode("ascii"),
-        "stderr": base64.b64encode(stderr).decode("ascii"),
-        "duration": duration,
-        "timed_out": timed_out,
-    }
+    ``X-CommandLab-Token`` wins: the Kubernetes API server's proxy strips
+    ``Authorization`` and Cloud Run's IAM reads it, so an ``Authorization`` beside our
+    header may carry someone else's credential and is ignored.  A repeated header that
+    would be used is refused rather than guessed at.
+    """
+    tokens = headers.get(TOKEN_HEADER)
+    if tokens is not None:
+        if len(tokens) != 1:
+            return None
+        value = tokens[0].strip()
+    else:
+        authorizations = headers.get("authorization") or []
+        if len(authorizations) != 1:
+            return None
+        scheme, _, credential = authorizations[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        value = credential.strip()
+    # Header bytes were decoded as latin-1: this recovers the client's UTF-8 bytes.
+    return value.encode("latin-1", "replace") if value else None
 
 
-# --------------------------------------------------------------------------
-# helpers for /files
+def authenticate(headers: Mapping[str, list[str]], token_sha256: bytes) -> bool:
+    token = presented_token(headers)
+    if token is None:
+        return False
+    return hmac.compare_digest(hashlib.sha256(token).digest(), token_sha256)
 
 
 def parse_query(query: str) -> dict[str, str]:
-    """Parse a query string; non-UTF-8 escapes survive as surrogates (like os.fsdecode)."""
+    from urllib.parse import parse_qsl  # lazy: not needed to answer /health
+
     result: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+    except ValueError as exc:
+        raise RequestError(400, "bad_request", f"malformed query: {exc}") from None
+    for key, value in pairs:
         if key in result:
             raise RequestError(400, "bad_request", f"query parameter {key!r} given twice")
         result[key] = value
     return result
 
 
-def require_path(params: Mapping[str, str]) -> str:
-    path = params.get("path")
-    if not path:
-        raise RequestError(400, "bad_path", "missing 'path' query parameter")
-    if "\x00" in path:
-        raise RequestError(400, "bad_path", "path must not contain NUL")
-    if not os.path.isabs(path):
-        raise RequestError(400, "bad_path", f"path must be absolute: {path}")
-    return path
+def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append("Cache-Control: no-store")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def parse_mode(text: str) -> int:
-    if not _MODE_RE.fullmatch(text):
-        raise RequestError(400, "bad_mode", f"mode must be an octal number like 644, got {text!r}")
-    return int(text, 8)
+def json_response(
+    status: int, payload: object, *, close: bool, extra: list[tuple[str, str]] | None = None
+) -> bytes:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers.extend(extra or [])
+    if close:
+        headers.append(("Connection", "close"))
+    return response_head(status, headers) + body
 
 
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def error_payload(exc: RequestError) -> dict[str, Any]:
+    payload: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    payload.update(exc.extra)
+    return payload
 
 
 # --------------------------------------------------------------------------
-# HTTP
+# connections and request bodies
 
 
-def _log(text: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    try:
-        sys.stderr.write(f"{stamp} {text}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+class Conn:
+    """One client connection: owned by the loop between requests, by one worker during one."""
 
+    __slots__ = ("authenticated", "buf", "deadline", "draining", "peer", "sock")
 
-def _printable(text: str, limit: int = 200) -> str:
-    text = _UNPRINTABLE_RE.sub("?", text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.buf = bytearray()  # received, not yet consumed
+        self.deadline = time.monotonic() + HEADER_DEADLINE
+        self.draining = False  # replied and half-closed: discard input until EOF
+        self.authenticated = False
 
-
-class DaemonServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        config: Config,
-        registry: ProcessRegistry,
-        base_env: Mapping[str, str],
-        umask: int,
-    ) -> None:
-        if ":" in config.host:
-            self.address_family = socket.AF_INET6
-        self.config = config
-        self.registry = registry
-        self.base_env: dict[str, str] = dict(base_env)
-        self.umask = umask
-        self.started = time.monotonic()
-        self.deadline: float | None = None if config.ttl is None else self.started + config.ttl
-        super().__init__((config.host, config.port), DaemonHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind() does a reverse DNS lookup (getfqdn), which can
-        # hang in a sandbox without DNS; we do not need it.
-        socketserver.TCPServer.server_bind(self)
-        address = self.server_address
-        self.server_name = str(address[0])
-        self.server_port = int(address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, _NETWORK_ERRORS):
-            _log(f"{_printable(str(client_address))} connection error: {exc!r}")
-        else:
-            _log(f"{_printable(str(client_address))} unhandled error:\n{traceback.format_exc()}")
-
-
-class Exchange:
-    """One request and its response: all per-request state, and the body/response I/O.
-
-    DaemonHandler creates a fresh Exchange for every request on a connection and
-    passes it to the endpoint (see ROUTES).  Endpoints read the body with
-    ``require_length``/``read_chunk`` and answer with ``send_json`` or
-    ``begin_response`` + ``write``.
-    """
-
-    def __init__(self, handler: DaemonHandler) -> None:
-        self.handler = handler
-        self.body_remaining = 0  # bytes still unread; -1 when unknown (unframed)
-        self.has_length = False
-        self.body_error: str | None = None
-        self.expect_continue = False
-        self.continue_sent = False
-        self.authorized = False
-        self.response_started = False
-        # The connection closes after this response with body bytes still unread:
-        # drain them for a while first (DaemonHandler.finish).
-        self.linger = False
-
-    @property
-    def daemon(self) -> DaemonServer:
-        return self.handler.daemon
-
-    @property
-    def method(self) -> str:
-        return self.handler.command
-
-    @property
-    def headers(self) -> Message:
-        return self.handler.headers
-
-    def log(self, text: str) -> None:
-        self.handler.log_message("%s", text)
-
-    def close_after_response(self) -> None:
-        self.handler.close_connection = True
-
-    # -- request body ------------------------------------------------------
-
-    def prepare_body(self) -> None:
-        """Work out the body framing from the headers (nothing is read yet)."""
-        transfer_encoding = self.headers.get_all("Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length")
-        if transfer_encoding:
-            self.body_remaining = -1
-            return
-        if not lengths:
-            return
-        values = {str(value).strip() for value in lengths}
-        value = values.pop()
-        if values or not _CONTENT_LENGTH_RE.fullmatch(value):
-            self.body_remaining = -1
-            self.body_error = "invalid Content-Length header"
-            return
-        self.body_remaining = int(value)
-        self.has_length = True
-
-    def require_length(self) -> int:
-        if not self.has_length:
-            raise RequestError(
-                411,
-                "length_required",
-                "a Content-Length header is required (chunked bodies are not supported)",
-            )
-        return self.body_remaining
-
-    def _send_continue(self) -> None:
-        if self.expect_continue and not self.continue_sent:
-            self.continue_sent = True
-            self.handler.send_response_only(HTTPStatus.CONTINUE)
-            self.handler.end_headers()
-
-    def read_chunk(self, limit: int) -> bytes:
-        """Read up to ``limit`` bytes of the body (exactly, unless it ends first)."""
-        want = min(limit, self.body_remaining)
-        if want <= 0:
-            return b""
-        self._send_continue()
+    def fill(self) -> None:
+        """Receive more bytes into ``buf`` (blocking, with the socket's timeout)."""
         try:
-            data = self.handler.rfile.read(want)
-        except OSError as exc:
-            self.body_remaining = -1
-            raise ClientGone(f"error while reading the body: {exc!r}") from None
-        self.body_remaining -= len(data)
-        if len(data) < want:
-            self.body_remaining = -1
-            raise ClientGone("connection closed in the middle of the body")
-        return data
+            data = self.sock.recv(CHUNK)
+        except (OSError, ValueError) as exc:
+            raise ClientGone(f"receive failed: {exc!r}") from None
+        if not data:
+            raise ClientGone("connection closed by the client")
+        self.buf += data
 
-    def _settle_body(self) -> None:
-        """Before responding: drain a small unread body, or plan to close."""
-        if self.body_remaining == 0:
-            return
-        if (
-            0 < self.body_remaining <= MAX_DISCARD_BODY
-            and self.authorized
-            and not (self.expect_continue and not self.continue_sent)
-        ):
-            try:
-                while self.body_remaining > 0:
-                    self.read_chunk(self.body_remaining)
-                return
-            except ClientGone:
-                self.close_after_response()
-                return
-        self.close_after_response()
-        self.linger = True
-
-    # -- response ----------------------------------------------------------
-
-    def begin_response(
-        self,
-        status: int,
-        content_type: str,
-        length: int,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        """Send the status line and headers; exactly ``length`` bytes must follow."""
-        self._settle_body()
-        handler = self.handler
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(length))
-        handler.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        if handler.close_connection:
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        self.response_started = True
-
-    def write(self, data: bytes) -> None:
-        """Send (part of) the response body; a reply to HEAD has none."""
-        if self.method != "HEAD":
-            self.handler.wfile.write(data)
-
-    def send_json(
-        self, status: int, payload: object, headers: Mapping[str, str] | None = None
-    ) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-        self.begin_response(status, "application/json", len(body), headers)
-        self.write(body)
-
-    def send_error(self, exc: RequestError) -> None:
-        self.send_json(exc.status, {"error": exc.code, "message": exc.message}, exc.headers)
-
-
-# An endpoint answers one request: it gets the exchange and the raw query string.
-Endpoint = Callable[[Exchange, str], None]
-
-
-class DaemonHandler(BaseHTTPRequestHandler):
-    """The stdlib's per-connection handler: parses requests, then dispatches via ROUTES."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in two writes: with Nagle's algorithm on, the body waits
-    # for the client's delayed ACK (~40 ms) on every keep-alive round trip.
-    disable_nagle_algorithm = True
-    # Garbage request lines are answered with a real status line (the stdlib
-    # default, HTTP/0.9, would send a bare body).
-    default_request_version = "HTTP/1.0"
-    server_version = "commandlab-daemon/" + DAEMON_VERSION
-    sys_version = ""
-    timeout = SOCKET_TIMEOUT
-
-    exchange: Exchange  # the request being handled; a fresh one per request
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    # -- plumbing ----------------------------------------------------------
-
-    @property
-    def daemon(self) -> DaemonServer:
-        server = self.server
-        assert isinstance(server, DaemonServer)
-        return server
-
-    def setup(self) -> None:
-        super().setup()
-        self.exchange = Exchange(self)
-
-    def handle_one_request(self) -> None:
-        self.exchange = Exchange(self)
-        super().handle_one_request()
-
-    def handle_expect_100(self) -> bool:
-        # Defer "100 Continue" until the request was authenticated and validated.
-        self.exchange.expect_continue = True
-        return True
-
-    def finish(self) -> None:
+    def send(self, data: bytes) -> None:
         try:
-            super().finish()
-        finally:
-            if self.exchange.linger:
-                self._linger_close()
+            self.sock.sendall(data)
+        except (OSError, ValueError) as exc:
+            raise ClientGone(f"send failed: {exc!r}") from None
 
-    def _linger_close(self) -> None:
-        """Half-close and drain the unread body for a while before closing."""
-        sock = self.connection
-        unread = self.exchange.body_remaining
-        remaining: int | None = unread if unread > 0 else None
+    def send_parts(self, parts: list[Buffer]) -> None:
+        """Send several buffers in order with scatter-gather writes (no joining copy)."""
+        views = [memoryview(part) for part in parts if len(part)]
+        try:
+            while views:
+                sent = self.sock.sendmsg(views[:512])
+                while sent:
+                    if sent >= len(views[0]):
+                        sent -= len(views.pop(0))
+                    else:
+                        views[0] = views[0][sent:]
+                        sent = 0
+        except (OSError, ValueError) as exc:
+            raise ClientGone(f"send failed: {exc!r}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def linger_close(self) -> None:
+        """Half-close, discard input for a while (so the peer reads our reply), close."""
         deadline = time.monotonic() + LINGER_SECONDS
         try:
-            sock.shutdown(socket.SHUT_WR)
+            self.sock.shutdown(socket.SHUT_WR)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                sock.settimeout(left)
-                data = sock.recv(65536)
-                if not data:
+                self.sock.settimeout(left)
+                if not self.sock.recv(CHUNK):
                     break
-                if remaining is not None:
-                    remaining -= len(data)
-                    if remaining <= 0:
-                        break
         except OSError:
             pass
+        self.close()
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        status = int(code) if isinstance(code, int) else code
-        self.log_message("%s %s", self._target(), status)
 
-    def _target(self) -> str:
-        """Method and path (never the query string) of the current request, for logs."""
-        if not self.command:
-            return "<malformed request>"
-        return _printable(f"{self.command} {urlsplit(self.path).path}")
+class Body:
+    """A request body, decoded from ``Content-Length`` or chunked framing, in pieces."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        host = self.client_address[0] if self.client_address else "-"
-        _log(f"{host} {_printable(format % args, 2000)}")
+    def __init__(self, conn: Conn, request: Request) -> None:
+        self.conn = conn
+        self.chunked = False
+        self.remaining = 0  # Content-Length bytes left, or bytes left in the current chunk
+        self.state = "data"  # chunked: size, data, crlf, trailer, done
+        encodings = request.headers.get("transfer-encoding")
+        lengths = request.headers.get("content-length")
+        if encodings:
+            if [e.strip().lower() for e in ",".join(encodings).split(",")] != [
+                "chunked"
+            ] or lengths:
+                raise RequestError(
+                    400, "bad_request", "only 'Transfer-Encoding: chunked' is supported"
+                )
+            self.chunked = True
+            self.state = "size"
+        elif lengths:
+            values = {v.strip() for v in lengths}
+            value = values.pop()
+            length = decimal(value)
+            if values or length is None:
+                raise RequestError(400, "bad_content_length", "invalid Content-Length header")
+            self.remaining = length
+        self.done = not self.chunked and self.remaining == 0
+        self.expect_continue = (request.header("expect") or "").lower() == "100-continue"
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Used by the stdlib for malformed requests: answer JSON and close."""
+    def _continue(self) -> None:
+        if self.expect_continue:
+            self.expect_continue = False
+            self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def take(self, limit: int) -> bytes:
+        """Decode up to ``limit`` body bytes from what was already received (may be b"")."""
+        buf = self.conn.buf
+        while not self.done:
+            if self.state == "data":
+                n = min(limit, self.remaining, len(buf))
+                if n == 0:
+                    return b""
+                data = bytes(buf[:n])
+                del buf[:n]
+                self.remaining -= n
+                if self.remaining == 0:
+                    if self.chunked:
+                        self.state = "crlf"
+                    else:
+                        self.done = True
+                return data
+            if self.state == "crlf":
+                if len(buf) < 2:
+                    return b""
+                if buf[:2] != b"\r\n":
+                    raise RequestError(400, "bad_request", "malformed chunked body")
+                del buf[:2]
+                self.state = "size"
+                continue
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > 4096:
+                    raise RequestError(400, "bad_request", "malformed chunked body")
+                return b""
+            line = bytes(buf[:end]).rstrip(b"\r")
+            del buf[: end + 1]
+            if self.state == "trailer":
+                if not line:
+                    self.done = True
+                continue
+            size_text = line.split(b";", 1)[0].strip()
+            if not size_text or len(size_text) > 15 or not set(size_text.decode("latin-1")) <= _HEX:
+                raise RequestError(400, "bad_request", "malformed chunk size")
+            self.remaining = int(size_text, 16)
+            self.state = "data" if self.remaining else "trailer"
+        return b""
+
+    def read(self, limit: int = CHUNK) -> bytes:
+        """Up to ``limit`` bytes of the body, blocking; b"" at its end."""
+        self._continue()
+        while True:
+            data = self.take(limit)
+            if data or self.done:
+                return data
+            self.conn.fill()
+
+    def discard(self, budget: float) -> bool:
+        """Read and drop the rest of the body for up to ``budget`` s; whether it ended."""
+        deadline = time.monotonic() + budget
         try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "Error"
-        error = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_") or "error"
-        body = json.dumps({"error": error, "message": message or phrase}).encode("utf-8")
-        self.close_connection = True
-        # Whatever the client sent after the bad part is still unread: drain it
-        # briefly so the client gets this reply rather than a connection reset.
-        self.exchange.linger = True
-        self.send_response(code)
-        self.send_header("Connection", "close")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.exchange.response_started = True
-        if self.command != "HEAD":
-            self.wfile.write(body)
+            while not self.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.conn.sock.settimeout(left)
+                if not self.take(CHUNK):
+                    if self.done:
+                        break
+                    self.conn.fill()
+        except (ClientGone, RequestError):
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                self.conn.sock.settimeout(IO_TIMEOUT)
+        return True
 
-    # -- dispatch ----------------------------------------------------------
 
-    def do_GET(self) -> None:
-        self._dispatch()
+class Exchange:
+    """One authenticated request handled by a worker, and its reply."""
 
-    def do_POST(self) -> None:
-        self._dispatch()
+    def __init__(self, server: Server, conn: Conn, request: Request) -> None:
+        self.server = server
+        self.conn = conn
+        self.request = request
+        self.body = Body(conn, request)
+        self.started = False  # response headers sent
+        self.close = not request.keep_alive
+        self.status = 0
 
-    def do_PUT(self) -> None:
-        self._dispatch()
+    def send_json(
+        self, status: int, payload: object, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.status = status
+        self.started = True
+        self.settle()
+        data = json_response(status, payload, close=self.close, extra=extra)
+        if self.request.method == "HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self.conn.send(data)
 
-    def do_HEAD(self) -> None:
-        self._dispatch()
+    def settle(self) -> None:
+        """Before replying: finish reading a small unread body, or plan to close."""
+        if not self.body.done and not self.body.expect_continue and self.body.discard(0.5):
+            return
+        if not self.body.done:
+            self.close = True
 
-    def do_DELETE(self) -> None:
-        self._dispatch()
+    def begin(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.started = True
+        if self.close:
+            headers = [*headers, ("Connection", "close")]
+        self.conn.send(response_head(status, headers))
 
-    def do_PATCH(self) -> None:
-        self._dispatch()
+    def begin_chunked(self, content_type: str) -> None:
+        """Start a streamed reply: chunked, or for HTTP/1.0 ended by closing."""
+        if self.request.version == "HTTP/1.0":
+            self.close = True
+            self.begin(200, [("Content-Type", content_type)])
+        else:
+            self.begin(200, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")])
 
-    def do_OPTIONS(self) -> None:
-        self._dispatch()
+    def send_chunk(self, parts: list[Buffer]) -> None:
+        """Send ``parts`` as one HTTP chunk, without copying them together."""
+        size = sum(len(part) for part in parts)
+        if not size:
+            return
+        if self.request.version == "HTTP/1.0":
+            self.conn.send_parts(parts)
+        else:
+            self.conn.send_parts([b"%x\r\n" % size, *parts, b"\r\n"])
 
-    def _dispatch(self) -> None:
-        """Authenticate (before anything else), look the endpoint up in ROUTES, run it."""
-        exchange = self.exchange
-        try:
-            exchange.prepare_body()
-            if not authenticate(self.headers, self.daemon.config.token_sha256):
-                raise RequestError(401, "unauthorized", "missing or invalid token")
-            exchange.authorized = True
-            if exchange.body_error is not None:
-                raise RequestError(400, "bad_content_length", exchange.body_error)
-            target = urlsplit(self.path)
-            endpoint = find_endpoint(self.command, target.path)
-            endpoint(exchange, target.query)
-        except RequestError as exc:
-            if exchange.response_started:
-                self.close_connection = True
-            else:
-                exchange.send_error(exc)
-        except ClientGone as exc:
-            self.close_connection = True
-            self.log_message("%s: client went away (%s)", self._target(), exc)
-        except _NETWORK_ERRORS as exc:
-            self.close_connection = True
-            self.log_message("%s: connection error (%r)", self._target(), exc)
-        except Exception as exc:
-            # Answer 500 if still possible, then let socketserver log the
-            # traceback (DaemonServer.handle_error) and drop the connection.
-            self.close_connection = True
-            if not exchange.response_started:
-                with contextlib.suppress(OSError):
-                    exchange.send_json(
-                        500,
-                        {"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
-                    )
-            raise
+    def end_chunked(self) -> None:
+        if self.request.version != "HTTP/1.0":
+            self.conn.send(b"0\r\n\r\n")
+
+
+STREAM_KINDS = (b"1", b"2")  # frame kinds of stdout and stderr
+
+
+def frame(kind: bytes, payload: Buffer) -> list[Buffer]:
+    """A frame as parts to send: its 5-byte head, then the payload itself (not copied)."""
+    return [kind + struct.pack(">I", len(payload)), payload]
+
+
+def json_frame(kind: bytes, payload: object) -> list[Buffer]:
+    return frame(kind, json.dumps(payload, separators=(",", ":")).encode())
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class Ring:
+    """The last ``size`` bytes (or a little more) of a stream, as the chunks that came.
+
+    Whole chunks are kept and dropped (no copying, no growing buffer), so it holds at
+    most ``size`` plus one chunk. Offsets are absolute positions in the stream.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.chunks: deque[bytes] = deque()
+        self.held = 0
+        self.start = 0  # absolute offset of the first byte held
+        self.eof = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.held
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+        while self.held - len(self.chunks[0]) >= self.size:
+            dropped = len(self.chunks.popleft())
+            self.held -= dropped
+            self.start += dropped
+
+    def tail(self, size: int) -> list[Buffer]:
+        """The last ``size`` bytes held, as views of the chunks."""
+        skip = max(0, self.held - size)
+        views: list[Buffer] = []
+        for chunk in self.chunks:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            views.append(memoryview(chunk)[skip:])
+            skip = 0
+        return views
+
+    def read(self, offset: int, limit: int) -> tuple[int, bytes]:
+        """(bytes lost before ``offset`` could be read, up to ``limit`` bytes from there)."""
+        lost = max(0, self.start - offset)
+        position = self.start
+        wanted = max(offset, self.start)
+        parts: list[bytes] = []
+        got = 0
+        for chunk in self.chunks:
+            if got >= limit:
+                break
+            if position + len(chunk) > wanted:
+                piece = chunk[max(0, wanted - position) :][: limit - got]
+                parts.append(piece)
+                got += len(piece)
+                wanted += len(piece)
+            position += len(chunk)
+        return lost, b"".join(parts)
+
+
+class Process:
+    """A command the daemon started."""
+
+    def __init__(
+        self, pid_id: str, popen: subprocess.Popen[bytes], argv: list[str], background: bool
+    ) -> None:
+        self.id = pid_id
+        self.popen = popen
+        self.argv = argv
+        self.background = background
+        self.started = time.monotonic()
+        self.timed_out = False
+        self.exit_code: int | None = None
+        self.duration: float | None = None
+        # Background processes only: output rings fed by a pump thread.
+        self.cond = threading.Condition()
+        self.rings = (Ring(RING_BYTES), Ring(RING_BYTES))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pid": self.popen.pid,
+            "argv": self.argv[:64],
+            "background": self.background,
+            "running": self.exit_code is None,
+            "exit_code": self.exit_code,
+        }
+
+    def finish(self, returncode: int) -> None:
+        with self.cond:
+            if self.exit_code is None:
+                self.exit_code = returncode
+                self.duration = time.monotonic() - self.started
+            self.cond.notify_all()
+
+    def exit_payload(
+        self, stdout_omitted: int = 0, stderr_omitted: int = 0, limit_exceeded: bool = False
+    ) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "duration": self.duration,
+            "timed_out": self.timed_out,
+            "limit_exceeded": limit_exceeded,
+            "stdout_omitted": stdout_omitted,
+            "stderr_omitted": stderr_omitted,
+        }
+
+
+class Registry:
+    """Every process we started, so that expiry, shutdown and clients can kill them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processes: dict[str, Process] = {}
+        self.closed = False
+        self.counter = 0
+
+    def spawn(
+        self,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        user: RunAs | None,
+        background: bool,
+    ) -> Process:
+        import subprocess  # lazy: not needed to answer /health
+
+        extra: dict[str, Any] = {}
+        if user is not None:
+            extra = {"user": user.uid, "group": user.gid, "extra_groups": user.groups}
+        # The lock spans the fork so that kill_all() never misses a new group.
+        with self.lock:
+            if self.closed:
+                raise RequestError(503, "shutting_down", "the daemon is shutting down")
+            if background and not self._room_for_background():
+                raise RequestError(
+                    503,
+                    "resource_exhausted",
+                    f"at most {MAX_BACKGROUND} background processes may run at once",
+                    limit="processes",
+                )
+            popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                **extra,
+            )
+            self.counter += 1
+            process = Process(f"p{self.counter}", popen, argv, background)
+            self.processes[process.id] = process
+            return process
+
+    def _room_for_background(self) -> bool:
+        """Whether another background process fits; forgets the oldest finished ones."""
+        background = [p for p in self.processes.values() if p.background]
+        finished = [p for p in background if p.exit_code is not None]
+        while len(background) >= MAX_BACKGROUND and finished:
+            oldest = finished.pop(0)
+            background.remove(oldest)
+            del self.processes[oldest.id]
+        return len(background) < MAX_BACKGROUND
+
+    def get(self, pid_id: str) -> Process:
+        with self.lock:
+            process = self.processes.get(pid_id)
+        if process is None:
+            raise RequestError(404, "no_such_process", f"no such process: {pid_id}")
+        return process
+
+    def forget(self, process: Process) -> None:
+        with self.lock:
+            self.processes.pop(process.id, None)
+
+    def list(self) -> list[Process]:
+        with self.lock:
+            return list(self.processes.values())
+
+    def kill_all(self) -> int:
+        with self.lock:
+            self.closed = True
+            groups = [p.popen.pid for p in self.processes.values() if p.exit_code is None]
+        for pgid in groups:
+            kill_group(pgid)
+        return len(groups)
+
+
+def spawn_failure(exc: OSError, program: str, cwd: str) -> RequestError:
+    """A typed reply for a command that could not start."""
+    if exc.errno == errno.EAGAIN:
+        return RequestError(
+            503,
+            "resource_exhausted",
+            "cannot start a process: the sandbox's process limit (pids) is reached",
+            limit="pids",
+        )
+    if exc.errno == errno.ENOMEM:
+        return RequestError(
+            503,
+            "resource_exhausted",
+            "cannot start a process: the sandbox is out of memory",
+            limit="memory",
+        )
+    if exc.errno == errno.EMFILE or exc.errno == errno.ENFILE:
+        return RequestError(
+            503, "resource_exhausted", "cannot start a process: too many open files", limit="files"
+        )
+    if exc.errno == errno.ENOEXEC:
+        return RequestError(
+            400, "exec_format_error", f"not an executable format: {program}", path=program
+        )
+    where = cwd if getattr(exc, "filename", None) == cwd else program
+    if exc.errno == errno.ENOENT and where == program:
+        return RequestError(404, "not_found", f"no such program: {program}", path=program)
+    return os_error(exc, where)
+
+
+class RunAs:
+    """Another user to run a command as (only a root daemon can switch)."""
+
+    def __init__(self, name: str, uid: int, gid: int, groups: list[int], home: str) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.home = home
+
+
+def resolve_user(value: object) -> RunAs | None:
+    """The user ``value`` names; None when it is the daemon's own user (or not given)."""
+    if value is None:
+        return None
+    import pwd  # lazy
+
+    uid: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        uid = value
+    elif isinstance(value, str) and decimal(value) is not None:
+        uid = decimal(value)
+    elif not isinstance(value, str) or not value:
+        raise RequestError(400, "bad_request", "'user' must be a user name or uid")
+    if uid == os.geteuid():
+        return None
+    try:
+        entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(str(value))
+    except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
+        if uid is None or not 0 <= uid < 2**32:
+            raise RequestError(
+                400, "no_such_user", f"no such user in the sandbox: {value}"
+            ) from None
+        entry = None
+    if entry is not None and entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise RequestError(
+            400,
+            "user_unsupported",
+            f"cannot run as {value}: the daemon runs as uid {os.geteuid()}, not root"
+            " (create the sandbox with run_as_root=True to switch users)",
+        )
+    if entry is None:  # a bare uid with no account: its own group, no home
+        assert uid is not None
+        return RunAs(str(uid), uid, uid, [], "/")
+    import grp  # lazy
+
+    groups = [g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem]
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+class ExecRequest:
+    def __init__(self, payload: object, workdir: str) -> None:
+        if not isinstance(payload, dict):
+            raise RequestError(400, "bad_request", "the first line must be a JSON object")
+        argv = payload.get("argv")
+        command = payload.get("command")
+        if (argv is None) == (command is None):
+            raise RequestError(400, "bad_request", "give exactly one of 'argv' and 'command'")
+        if command is not None:
+            if not isinstance(command, str) or "\x00" in command:
+                raise RequestError(400, "bad_request", "'command' must be a string without NUL")
+            argv = ["/bin/sh", "-c", command]
+        if (
+            not isinstance(argv, list)
+            or not argv
+            or not all(isinstance(a, str) and "\x00" not in a for a in argv)
+        ):
+            raise RequestError(
+                400, "bad_request", "'argv' must be a non-empty list of strings without NUL"
+            )
+        self.argv: list[str] = argv
+        cwd = payload.get("cwd")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
+            raise RequestError(400, "bad_request", "'cwd' must be a non-empty string or null")
+        self.cwd = os.path.join(workdir, cwd) if cwd else workdir
+        env = payload.get("env")
+        if env is not None and not isinstance(env, dict):
+            raise RequestError(400, "bad_request", "'env' must be an object or null")
+        self.env: dict[str, str] = {}
+        for key, value in (env or {}).items():
+            if (
+                not isinstance(value, str)
+                or not key
+                or "=" in key
+                or "\x00" in key
+                or "\x00" in value
+            ):
+                raise RequestError(400, "bad_request", f"invalid environment variable {key!r}")
+            self.env[key] = value
+        self.timeout = number(payload.get("timeout"), "timeout", MAX_TIMEOUT)
+        max_output = payload.get("max_output")
+        if max_output is not None and (
+            isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0
+        ):
+            raise RequestError(
+                400, "bad_request", "'max_output' must be a non-negative integer or null"
+            )
+        self.max_output: int | None = max_output
+        self.on_limit = payload.get("on_limit", "truncate")
+        if self.on_limit not in ("truncate", "kill"):
+            raise RequestError(400, "bad_request", "'on_limit' must be 'truncate' or 'kill'")
+        self.background = payload.get("background", False)
+        if not isinstance(self.background, bool):
+            raise RequestError(400, "bad_request", "'background' must be a boolean")
+        self.user = payload.get("user")
+
+
+def number(value: object, name: str, maximum: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, "bad_request", f"'{name}' must be a number or null")
+    try:
+        result = float(value)
+    except OverflowError:
+        result = float("inf")
+    if not (0 < result <= maximum):
+        raise RequestError(
+            400,
+            "bad_request",
+            f"'{name}' must be > 0 and at most {maximum:g} seconds, got {value!r}",
+        )
+    return result
 
 
 # --------------------------------------------------------------------------
 # endpoints
 
 
-def handle_health(exchange: Exchange, query: str) -> None:
-    daemon = exchange.daemon
-    now = time.monotonic()
-    expires_in = None if daemon.deadline is None else max(0.0, daemon.deadline - now)
-    exchange.send_json(
-        200,
-        {
-            "version": DAEMON_VERSION,
-            "uptime": now - daemon.started,
-            "pid": os.getpid(),
-            "expires_in": expires_in,
-        },
-    )
-
-
-def handle_run(exchange: Exchange, query: str) -> None:
-    length = exchange.require_length()
-    content_type = exchange.headers.get("Content-Type")
-    if content_type is not None:
-        media_type = str(content_type).split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
+def handle_exec(ex: Exchange) -> None:
+    server = ex.server
+    body = ex.body
+    if body.done:
+        raise RequestError(400, "bad_request", "the body must start with a JSON line")
+    # The JSON line, then stdin.
+    line = bytearray()
+    while True:
+        data = body.read()
+        if not data:
+            raise RequestError(400, "bad_request", "the body must start with one JSON line")
+        end = data.find(b"\n")
+        if end >= 0:
+            line += data[:end]
+            pending = data[end + 1 :]
+            break
+        line += data
+        if len(line) > MAX_EXEC_HEADER:
             raise RequestError(
-                415, "unsupported_media_type", "Content-Type must be application/json"
+                413, "payload_too_large", f"the JSON line exceeds {MAX_EXEC_HEADER} bytes"
             )
-    if length > MAX_RUN_BODY:
-        raise RequestError(413, "payload_too_large", f"request body exceeds {MAX_RUN_BODY} bytes")
-    raw = exchange.read_chunk(length)
     try:
-        payload = json.loads(raw)
+        payload = json.loads(line)
     except (ValueError, RecursionError) as exc:
-        raise RequestError(400, "bad_json", f"malformed JSON body: {exc}") from None
-    request = parse_run_request(payload)
-    daemon = exchange.daemon
-    result = run_command(daemon.registry, daemon.base_env, request)
-    exchange.send_json(200, result)
+        raise RequestError(400, "bad_json", f"malformed JSON line: {exc}") from None
+    req = ExecRequest(payload, server.workdir)
+    user = resolve_user(req.user)
+    env = dict(server.base_env)
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    env.update(req.env)
+    try:
+        process = server.registry.spawn(req.argv, req.cwd, env, user, req.background)
+    except OSError as exc:
+        raise spawn_failure(exc, req.argv[0], req.cwd) from None
+    except (ValueError, TypeError) as exc:
+        raise RequestError(400, "bad_request", f"cannot start the command: {exc}") from None
+    if req.background:
+        try:
+            feed_background(process, req.timeout)
+        except RuntimeError:  # no thread for its output: the sandbox is out of pids
+            process.background = False  # so that the cleanup below kills it
+    try:
+        if req.background and not process.background:
+            raise RequestError(
+                503,
+                "resource_exhausted",
+                "cannot start a thread: the sandbox's process limit (pids) is reached",
+                limit="pids",
+            )
+        ex.begin_chunked("application/x-commandlab-frames")
+        ex.send_chunk(json_frame(b"S", {"id": process.id, "pid": process.popen.pid}))
+        if req.background:
+            stream_background(ex, process, bytes(pending), stdin=True)
+        else:
+            run_foreground(ex, process, req, bytes(pending))
+    finally:
+        if not process.background:
+            if process.exit_code is None:
+                kill_group(process.popen.pid)
+                process.finish(process.popen.wait())
+            close_pipes(process.popen)
+            server.registry.forget(process)
 
 
-def handle_put_file(exchange: Exchange, query: str) -> None:
-    params = parse_query(query)
-    path = require_path(params)
+def close_pipes(popen: subprocess.Popen[bytes]) -> None:
+    for pipe in (popen.stdin, popen.stdout, popen.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+def widen_pipe(fd: int) -> None:
+    """Bigger pipes mean fewer, larger reads for chatty commands (best effort)."""
+    with contextlib.suppress(OSError, ImportError):
+        import fcntl
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, 1024 * 1024)
+
+
+class Limiter:
+    """Keeps the first half of ``max_output`` bytes streaming and the last half aside."""
+
+    def __init__(self, max_output: int | None) -> None:
+        self.head = None if max_output is None else max_output - max_output // 2
+        self.tail_size = 0 if max_output is None else max_output // 2
+        self.sent = 0
+        self.tail = Ring(max(self.tail_size, 1))
+        self.overflow = 0  # bytes past the head
+
+    def feed(self, data: bytes) -> bytes:
+        """What to stream now; the rest is kept in the tail ring."""
+        if self.head is None:
+            return data
+        room = max(0, self.head - self.sent)
+        now, rest = data[:room], data[room:]
+        self.sent += len(now)
+        if rest:
+            self.overflow += len(rest)
+            if self.tail_size:
+                self.tail.append(rest)
+        return now
+
+    def kept_tail(self) -> tuple[int, list[Buffer]]:
+        """(bytes omitted, the tail kept: views, not copies)."""
+        kept = self.tail.tail(self.tail_size) if self.overflow and self.tail_size else []
+        return self.overflow - sum(len(view) for view in kept), kept
+
+
+class StdinFeed:
+    """Copies the request body into a command's stdin without blocking, then closes it."""
+
+    def __init__(self, sel: selectors.BaseSelector, popen: subprocess.Popen[bytes], first: bytes):
+        assert popen.stdin is not None
+        self.sel = sel
+        self.pipe = popen.stdin
+        self.fd: int | None = self.pipe.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = bytearray(first)
+        self.registered = False
+
+    @property
+    def full(self) -> bool:
+        return len(self.buf) >= STDIN_HIGH_WATER
+
+    def pull(self, body: Body) -> None:
+        """Take decoded body bytes already received; close stdin at the body's end."""
+        if self.fd is None:
+            body.take(1 << 62)  # the command closed its stdin: decode and drop
+            return
+        if not self.full and not body.done:
+            self.buf += body.take(STDIN_HIGH_WATER)
+        if not self.buf and body.done:
+            self.close()
+            return
+        if bool(self.buf) != self.registered:
+            if self.buf:
+                self.sel.register(self.fd, selectors.EVENT_WRITE, "stdin")
+            else:
+                self.sel.unregister(self.fd)
+            self.registered = bool(self.buf)
+
+    def push(self) -> None:
+        """The pipe has room: write what we can."""
+        if self.fd is None:
+            return
+        try:
+            written = os.write(self.fd, self.buf[:CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the command closed its stdin; drop what is left
+            self.close()
+            return
+        del self.buf[:written]
+
+    def close(self) -> None:
+        if self.fd is not None and self.registered:
+            self.sel.unregister(self.fd)
+        self.registered = False
+        self.fd = None
+        self.buf.clear()
+        with contextlib.suppress(OSError):
+            self.pipe.close()
+
+
+def run_foreground(ex: Exchange, process: Process, req: ExecRequest, stdin_data: bytes) -> None:
+    """Stream a command's output to the client, feed it stdin, kill it if the client goes."""
+    popen = process.popen
+    conn = ex.conn
+    body = ex.body
+    assert popen.stdout is not None
+    assert popen.stderr is not None
+    deadline = None if req.timeout is None else process.started + req.timeout
+    limiters = (Limiter(req.max_output), Limiter(req.max_output))
+    limit_exceeded = False
+    sel = selectors.DefaultSelector()
+    pidfd = open_pidfd(popen.pid)
+    try:
+        for index, pipe in enumerate((popen.stdout, popen.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            widen_pipe(pipe.fileno())
+            sel.register(pipe.fileno(), selectors.EVENT_READ, index)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ, "exit")
+        stdin = StdinFeed(sel, popen, stdin_data)
+        watch_client = True  # False once the client pipelined its next request
+        client_registered = False
+        open_streams = 2
+        killed_at: float | None = None
+        while True:
+            stdin.pull(body)
+            # Read from the client while it sends stdin we have room for, and after
+            # that to notice it going away (the sign to kill the command).
+            want_client = watch_client and (body.done or not stdin.full)
+            if want_client != client_registered:
+                if want_client:
+                    sel.register(conn.sock, selectors.EVENT_READ, "client")
+                else:
+                    sel.unregister(conn.sock)
+                client_registered = want_client
+            exited = popen.poll() is not None
+            if exited and open_streams == 0:
+                break
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and killed_at is None:
+                process.timed_out = True
+                kill_group(popen.pid)
+                killed_at = now
+            if killed_at is not None and now - killed_at > KILL_GRACE:
+                break  # something that left the group holds the pipes: stop waiting
+            # Without a pidfd, poll for the exit of a command whose pipes are closed.
+            wait = 1.0 if pidfd is not None and not exited else 0.05
+            if deadline is not None and killed_at is None:
+                wait = min(wait, max(0.0, deadline - now))
+            if killed_at is not None:
+                wait = min(wait, 0.1)
+            output: list[Buffer] = []
+            for key, _ in sel.select(wait):
+                tag = key.data
+                if tag == "exit":
+                    sel.unregister(key.fd)
+                elif tag == "client":
+                    if not body.done:
+                        conn.fill()  # ClientGone when the client went away mid-body
+                        continue
+                    seen = peek_client(conn)
+                    if seen == "gone":
+                        raise ClientGone("client went away")
+                    if seen == "data":
+                        watch_client = False  # the next request is pipelined behind
+                elif tag == "stdin":
+                    stdin.push()
+                else:
+                    try:
+                        data = os.read(key.fd, CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        sel.unregister(key.fd)
+                        open_streams -= 1
+                        continue
+                    streamed = limiters[tag].feed(data)
+                    if streamed:
+                        output += frame(STREAM_KINDS[tag], streamed)
+                    if limiters[tag].overflow and req.on_limit == "kill" and not limit_exceeded:
+                        limit_exceeded = True
+                        kill_group(popen.pid)
+                        killed_at = time.monotonic()
+            if output:
+                ex.send_chunk(output)
+        stdin.close()
+        if popen.poll() is None:
+            kill_group(popen.pid)
+        process.finish(popen.wait())
+        omitted = [0, 0]
+        last: list[Buffer] = []
+        for index, limiter in enumerate(limiters):
+            omitted[index], kept = limiter.kept_tail()
+            if omitted[index]:
+                last += json_frame(b"G", {"stream": index + 1, "omitted": omitted[index]})
+            size = sum(len(view) for view in kept)
+            if size:
+                last += [STREAM_KINDS[index] + struct.pack(">I", size), *kept]
+        last += json_frame(b"X", process.exit_payload(omitted[0], omitted[1], limit_exceeded))
+        ex.send_chunk(last)
+        ex.end_chunked()
+        if not body.done and not body.discard(LINGER_SECONDS):
+            ex.close = True
+    finally:
+        if pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(pidfd)
+        sel.close()
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux >= 5.3), if any."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+        return fd
+    except OSError:
+        return None
+
+
+def feed_background(process: Process, timeout: float | None) -> None:
+    """Start the thread that drains a background process's output into its rings."""
+
+    def pump() -> None:
+        popen = process.popen
+        assert popen.stdout is not None
+        assert popen.stderr is not None
+        sel = selectors.DefaultSelector()
+        for index, pipe in enumerate((popen.stdout, popen.stderr)):
+            widen_pipe(pipe.fileno())
+            sel.register(pipe.fileno(), selectors.EVENT_READ, index)
+        deadline = None if timeout is None else process.started + timeout
+        try:
+            while sel.get_map():
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = sel.select(wait)
+                if deadline is not None and time.monotonic() >= deadline and not process.timed_out:
+                    process.timed_out = True
+                    kill_group(popen.pid)
+                    deadline = time.monotonic() + KILL_GRACE
+                elif deadline is not None and process.timed_out and time.monotonic() >= deadline:
+                    break
+                for key, _ in events:
+                    data = os.read(key.fd, CHUNK)
+                    with process.cond:
+                        ring = process.rings[key.data]
+                        if data:
+                            ring.append(data)
+                        else:
+                            ring.eof = True
+                            sel.unregister(key.fd)
+                        process.cond.notify_all()
+        finally:
+            sel.close()
+            process.finish(popen.wait())
+            with process.cond:
+                for ring in process.rings:
+                    ring.eof = True
+                process.cond.notify_all()
+            with contextlib.suppress(OSError):
+                popen.stdout.close()
+                popen.stderr.close()
+
+    threading.Thread(target=pump, name=f"pump-{process.id}", daemon=True).start()
+
+
+def stream_background(ex: Exchange, process: Process, stdin_data: bytes, *, stdin: bool) -> None:
+    """Stream a background process's rings to this client (and this body to its stdin)."""
+    popen = process.popen
+    body = ex.body
+    offsets = [0, 0]
+    writer: threading.Thread | None = None
+    if stdin and popen.stdin is not None:
+        writer = threading.Thread(target=feed_stdin, args=(popen, body, stdin_data), daemon=True)
+        try:
+            writer.start()
+        except RuntimeError:  # out of pids: the process gets no stdin
+            writer = None
+            with contextlib.suppress(OSError):
+                popen.stdin.close()
+    while True:
+        with process.cond:
+            ready = [process.rings[i].end > offsets[i] for i in (0, 1)]
+            finished = process.exit_code is not None and all(r.eof for r in process.rings)
+            if not any(ready) and not finished:
+                process.cond.wait(1.0)
+                ready = [process.rings[i].end > offsets[i] for i in (0, 1)]
+            pieces: list[Buffer] = []
+            for i in (0, 1):
+                if ready[i]:
+                    lost, data = process.rings[i].read(offsets[i], CHUNK)
+                    if lost:
+                        pieces += json_frame(b"G", {"stream": i + 1, "omitted": lost})
+                    offsets[i] += lost + len(data)
+                    pieces += frame(STREAM_KINDS[i], data)
+            done = finished and not any(ready)
+        if pieces:
+            ex.send_chunk(pieces)
+        elif (writer is None or not writer.is_alive()) and peek_client(ex.conn) == "gone":
+            raise ClientGone("client went away")
+        if done:
+            ex.send_chunk(json_frame(b"X", process.exit_payload()))
+            ex.end_chunked()
+            break
+    if writer is not None:
+        writer.join(LINGER_SECONDS)
+        if writer.is_alive():
+            ex.close = True
+
+
+def feed_stdin(popen: subprocess.Popen[bytes], body: Body, first: bytes) -> None:
+    """Copy the request body into a background process's stdin, then close it."""
+    assert popen.stdin is not None
+    try:
+        data = first
+        while True:
+            if data:
+                popen.stdin.write(data)
+                popen.stdin.flush()
+            data = body.read()
+            if not data:
+                break
+    except (OSError, ClientGone, RequestError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            popen.stdin.close()
+
+
+def peek_client(conn: Conn) -> str:
+    """``gone`` when the peer closed its end, ``data`` when it sent more, else ``idle``."""
+    try:
+        conn.sock.setblocking(False)
+        return "data" if conn.sock.recv(1, socket.MSG_PEEK) else "gone"
+    except (BlockingIOError, InterruptedError):
+        return "idle"
+    except OSError:
+        return "gone"
+    finally:
+        with contextlib.suppress(OSError):
+            conn.sock.settimeout(IO_TIMEOUT)
+
+
+def handle_processes(ex: Exchange) -> None:
+    parts = ex.request.path.split("/")  # "", "processes", [id], [action]
+    registry = ex.server.registry
+    method = ex.request.method
+    if len(parts) == 2:
+        require_method(ex, "GET")
+        ex.send_json(200, [p.info() for p in registry.list()])
+        return
+    process = registry.get(parts[2])
+    action = parts[3] if len(parts) == 4 else None
+    if len(parts) > 4 or action not in (None, "output", "signal"):
+        raise RequestError(404, "not_found", "no such endpoint")
+    if action is None:
+        require_method(ex, "GET", "DELETE")
+        if method == "DELETE":
+            if process.exit_code is None:
+                kill_group(process.popen.pid)
+            if not process.background:
+                ex.send_json(200, process.info())
+                return
+            registry.forget(process)
+        ex.send_json(200, process.info())
+    elif action == "signal":
+        require_method(ex, "POST")
+        text = parse_query(ex.request.query).get("signal", "15")
+        signum = decimal(text)
+        if signum is None or not 0 < signum < 65:
+            raise RequestError(400, "bad_request", "'signal' must be a signal number")
+        if process.exit_code is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.popen.pid, signum)
+        ex.send_json(200, process.info())
+    else:
+        require_method(ex, "GET")
+        if not process.background:
+            raise RequestError(
+                409, "not_background", "only background processes can be attached to"
+            )
+        ex.begin_chunked("application/x-commandlab-frames")
+        ex.send_chunk(json_frame(b"S", {"id": process.id, "pid": process.popen.pid}))
+        stream_background(ex, process, b"", stdin=False)
+
+
+def require_method(ex: Exchange, *methods: str) -> None:
+    if ex.request.method not in methods:
+        raise RequestError(
+            405,
+            "method_not_allowed",
+            f"{ex.request.method} is not allowed here",
+            allow=list(methods),
+        )
+
+
+def resolve_path(ex: Exchange, params: Mapping[str, str]) -> str:
+    path = params.get("path")
+    if not path:
+        raise RequestError(400, "bad_path", "missing 'path' query parameter")
+    if "\x00" in path:
+        raise RequestError(400, "bad_path", "path must not contain NUL")
+    return os.path.join(ex.server.workdir, path)
+
+
+def file_type(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def handle_get_file(ex: Exchange) -> None:
+    params = parse_query(ex.request.query)
+    path = resolve_path(ex, params)
+    max_size: int | None = None
+    if "max_size" in params:
+        max_size = decimal(params["max_size"])
+        if max_size is None:
+            raise RequestError(400, "bad_request", "'max_size' must be a non-negative integer")
+    try:  # O_NONBLOCK: opening a FIFO must not hang the request
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
+        raise RequestError(400, "not_a_regular_file", f"not a regular file: {path}", path=path)
+    with open(fd, "rb", buffering=0) as source:
+        size = info.st_size
+        if max_size is not None and size > max_size:
+            raise RequestError(
+                413,
+                "file_too_large",
+                f"{path} is {size} bytes, more than the limit of {max_size}",
+                path=path,
+                size=size,
+            )
+        if size == 0:  # maybe a pseudo file (/proc, /sys) whose size is unknown
+            cap = MAX_PSEUDO_FILE if max_size is None else min(max_size, MAX_PSEUDO_FILE)
+            try:
+                data = source.read(cap + 1)
+            except OSError as exc:
+                raise os_error(exc, path) from None
+            if len(data) > cap:
+                raise RequestError(
+                    413,
+                    "file_too_large",
+                    f"{path} has no size and is longer than {cap} bytes",
+                    path=path,
+                    size=None,
+                )
+            ex.begin(
+                200,
+                [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))],
+            )
+            if ex.request.method != "HEAD":
+                ex.conn.send(data)
+            return
+        ex.begin(200, [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+        if ex.request.method == "HEAD":
+            return
+        try:
+            sent = ex.conn.sock.sendfile(source, 0, size)
+        except (OSError, ValueError) as exc:
+            raise ClientGone(f"send failed: {exc!r}") from None
+        if sent < size:  # the file shrank: the announced length cannot be honoured
+            ex.close = True
+
+
+def handle_put_file(ex: Exchange) -> None:
+    import tempfile  # lazy
+
+    params = parse_query(ex.request.query)
+    path = resolve_path(ex, params)
     mode_text = params.get("mode")
-    mode = None if mode_text is None else parse_mode(mode_text)
-    exchange.require_length()
+    mode: int | None = None
+    if mode_text is not None:
+        if not mode_text or len(mode_text) > 4 or not set(mode_text) <= set("01234567"):
+            raise RequestError(
+                400, "bad_mode", f"mode must be an octal number like 644, got {mode_text!r}"
+            )
+        mode = int(mode_text, 8)
     if path.endswith("/"):
-        raise RequestError(400, "bad_path", f"path must name a file: {path}")
-
+        raise RequestError(400, "is_a_directory", f"path names a directory: {path}", path=path)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise _os_error(exc, parent) from None
-    if os.path.isdir(path):
-        raise RequestError(400, "is_a_directory", f"is a directory: {path}")
-    existing: os.stat_result | None
+        raise os_error(exc, parent if exc.errno != errno.EEXIST else path) from None
+    existing: os.stat_result | None = None
     try:
         existing = os.stat(path)
-    except OSError:
-        existing = None
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    if existing is not None:
+        if stat.S_ISDIR(existing.st_mode):
+            raise RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
+        # The file is replaced by a rename, which its own permissions would not stop:
+        # honour them the way an in-place write would.
+        if not os.access(path, os.W_OK):
+            raise RequestError(403, "permission_denied", f"permission denied: {path}", path=path)
     if mode is None:
-        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~exchange.daemon.umask
-
+        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~ex.server.umask
+    in_place = False
     try:
         fd, temp_path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=parent)
+    except PermissionError:
+        if existing is None:
+            raise os_error(PermissionError(errno.EACCES, "permission denied"), path) from None
+        # A writable file in a directory we cannot write: overwrite it in place.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(exc, path) from None
+        temp_path, in_place = path, True
     except OSError as exc:
-        raise _os_error(exc, parent) from None
+        raise os_error(exc, parent) from None
     size = 0
     try:
-        with os.fdopen(fd, "wb") as out:
-            while exchange.body_remaining > 0:
-                chunk = exchange.read_chunk(CHUNK_SIZE)
+        with open(fd, "wb", buffering=0) as out:
+            while True:
+                chunk = ex.body.read(CHUNK)
+                if not chunk:
+                    break
                 try:
                     out.write(chunk)
                 except OSError as exc:
-                    raise _os_error(exc, path) from None
+                    raise os_error(exc, path) from None
                 size += len(chunk)
+        if not in_place:
             try:
-                out.flush()
+                if existing is not None and mode_text is None:
+                    with contextlib.suppress(OSError):
+                        os.chown(temp_path, existing.st_uid, existing.st_gid)
+                os.chmod(temp_path, mode)
+                os.replace(temp_path, path)
             except OSError as exc:
-                raise _os_error(exc, path) from None
-        try:
-            if existing is not None and mode_text is None and hasattr(os, "chown"):
-                with contextlib.suppress(OSError):
-                    os.chown(temp_path, existing.st_uid, existing.st_gid)
-            os.chmod(temp_path, mode)
-            os.replace(temp_path, path)
-        except OSError as exc:
-            raise _os_error(exc, path) from None
+                raise os_error(exc, path) from None
     except BaseException:
-        _remove_quietly(temp_path)
+        if not in_place:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_path)
         raise
-    exchange.send_json(200, {"path": path, "size": size})
+    ex.send_json(200, {"path": path, "size": size})
 
 
-def handle_get_file(exchange: Exchange, query: str) -> None:
-    path = require_path(parse_query(query))
-    # O_NONBLOCK: opening a FIFO must not hang the request.
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+def stat_payload(path: str, info: os.stat_result) -> dict[str, Any]:
+    return {
+        "path": path,
+        "type": file_type(info.st_mode),
+        "size": info.st_size,
+        "mode": stat.S_IMODE(info.st_mode),
+        "mtime": info.st_mtime,
+        "uid": info.st_uid,
+        "gid": info.st_gid,
+    }
+
+
+def handle_stat(ex: Exchange) -> None:
+    path = resolve_path(ex, parse_query(ex.request.query))
     try:
-        fd = os.open(path, flags)
+        info = os.stat(path)
     except OSError as exc:
-        raise _os_error(exc, path, missing_is_404=True) from None
+        raise os_error(exc, path) from None
+    ex.send_json(200, stat_payload(path, info))
+
+
+def handle_list(ex: Exchange) -> None:
+    path = resolve_path(ex, parse_query(ex.request.query))
+    entries: list[dict[str, Any]] = []
+    truncated = False
     try:
-        info = os.fstat(fd)
+        with os.scandir(path) as listing:
+            for entry in listing:
+                if len(entries) >= MAX_LIST_ENTRIES:
+                    truncated = True
+                    break
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                entries.append(
+                    {
+                        "name": os.fsdecode(entry.name)
+                        if isinstance(entry.name, bytes)
+                        else entry.name,
+                        "type": file_type(info.st_mode),
+                        "size": info.st_size,
+                        "mode": stat.S_IMODE(info.st_mode),
+                        "mtime": info.st_mtime,
+                    }
+                )
     except OSError as exc:
-        os.close(fd)
-        raise _os_error(exc, path) from None
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RequestError(400, "is_a_directory", f"is a directory: {path}")
-        raise RequestError(400, "not_a_regular_file", f"not a regular file: {path}")
-    with open(fd, "rb", buffering=0) as source:
-        size = info.st_size
-        if size == 0:
-            # Possibly a pseudo file (/proc, /sys) whose size is unknown.
-            data = _read_pseudo_file(source, path)
-            exchange.begin_response(200, "application/octet-stream", len(data))
-            exchange.write(data)
-            return
-        exchange.begin_response(200, "application/octet-stream", size)
-        remaining = size
-        while remaining > 0:
-            chunk = source.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                break
-            exchange.write(chunk)
-            remaining -= len(chunk)
-        if remaining:
-            # The file shrank while we were sending it: the announced length
-            # cannot be honoured, so the connection must be dropped.
-            exchange.close_after_response()
-            exchange.log("GET /files: file shrank during transfer, closing connection")
+        raise os_error(exc, path) from None
+    entries.sort(key=lambda e: str(e["name"]))
+    ex.send_json(200, {"path": path, "entries": entries, "truncated": truncated})
 
 
-def _read_pseudo_file(source: io.FileIO, path: str) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        try:
-            chunk = source.read(CHUNK_SIZE)
-        except OSError as exc:
-            raise _os_error(exc, path) from None
-        if not chunk:
-            return b"".join(parts)
-        total += len(chunk)
-        if total > MAX_PSEUDO_FILE:
-            raise RequestError(
-                413,
-                "file_too_large",
-                f"file of unknown size exceeds {MAX_PSEUDO_FILE} bytes: {path}",
-            )
-        parts.append(chunk)
+def handle_health(ex: Exchange) -> None:
+    # The loop answers GET and HEAD itself; this row exists so others get 405.
+    ex.send_json(200, ex.server.health_payload())
 
 
-# Every endpoint: path -> method -> function.  A new endpoint is one row here.
-# Authentication happens before the lookup; an unknown path is answered 404 and
-# a method missing from a row 405 (with the row's methods in ``Allow``).
-ROUTES: dict[str, dict[str, Endpoint]] = {
-    "/health": {"GET": handle_health},
-    "/run": {"POST": handle_run},
-    "/files": {"GET": handle_get_file, "PUT": handle_put_file},
+ROUTES: dict[str, dict[str, Callable[[Exchange], None]]] = {
+    "/health": {"GET": handle_health, "HEAD": handle_health},
+    "/exec": {"POST": handle_exec},
+    "/files": {"GET": handle_get_file, "HEAD": handle_get_file, "PUT": handle_put_file},
+    "/files/stat": {"GET": handle_stat},
+    "/files/list": {"GET": handle_list},
 }
 
 
-def find_endpoint(method: str, path: str) -> Endpoint:
-    """The endpoint for ``method`` on ``path``, or a 404 / 405 RequestError."""
-    methods = ROUTES.get(path)
+def find_endpoint(request: Request) -> Callable[[Exchange], None]:
+    if request.path == "/processes" or request.path.startswith("/processes/"):
+        return handle_processes
+    methods = ROUTES.get(request.path)
     if methods is None:
-        raise RequestError(404, "not_found", f"no such endpoint: {_printable(path)}")
-    endpoint = methods.get(method)
+        raise RequestError(404, "not_found", "no such endpoint")
+    endpoint = methods.get(request.method)
     if endpoint is None:
         raise RequestError(
             405,
             "method_not_allowed",
-            f"{_printable(method)} is not allowed on {_printable(path)}",
-            {"Allow": ", ".join(sorted(methods))},
+            f"{request.method} is not allowed on {request.path}",
+            allow=sorted(methods),
         )
     return endpoint
 
 
 # --------------------------------------------------------------------------
+# the server: one loop thread for connections and headers, a bounded worker pool
+
+
+def _log(text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{stamp} {text}\n")
+        sys.stderr.flush()
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    text = "".join(c if " " <= c <= "~" else "?" for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        base_env: Mapping[str, str],
+        umask: int,
+        workdir: str,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.base_env = dict(base_env)
+        self.umask = umask
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self.deadline = None if config.ttl is None else self.started + config.ttl
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((config.host, config.port))
+        self.listener.listen(1024)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.conns: dict[int, Conn] = {}  # owned by the loop, registered in the selector
+        self.returned: deque[Conn] = deque()  # handed back by workers
+        self.lock = threading.Lock()
+        self.jobs: deque[tuple[Conn, Request]] = deque()
+        self.jobs_ready = threading.Condition(self.lock)
+        self.workers = 0
+        self.idle = 0
+        self.busy_conns = 0  # connections held by workers or queued
+
+    # -- loop side ---------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        next_sweep = time.monotonic() + 0.5
+        while True:
+            for key, _ in self.selector.select(0.5):
+                if key.fileobj is self.listener:
+                    self.accept()
+                elif key.fileobj is self.wake_r:
+                    self.take_returned()
+                else:
+                    self.readable(key.data)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + 0.5
+                for conn in [c for c in self.conns.values() if c.deadline <= now]:
+                    self.drop(conn)
+
+    def accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: retry on the next event
+                _log(f"accept failed: {exc!r}")
+                return
+            if len(self.conns) + self.busy_conns >= MAX_CONNECTIONS:
+                victims = [c for c in self.conns.values() if not c.authenticated] or list(
+                    self.conns.values()
+                )
+                if victims:
+                    self.drop(min(victims, key=lambda c: c.deadline))
+                else:
+                    sock.close()
+                    continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(sock, str(address[0]) if isinstance(address, tuple) else "-")
+            self.watch(conn)
+
+    def watch(self, conn: Conn) -> None:
+        self.conns[conn.sock.fileno()] = conn
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def unwatch(self, conn: Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn.sock)
+
+    def drop(self, conn: Conn) -> None:
+        self.unwatch(conn)
+        conn.close()
+
+    def take_returned(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.wake_r.recv(4096):
+                pass
+        while True:
+            with self.lock:
+                if not self.returned:
+                    return
+                conn = self.returned.popleft()
+                self.busy_conns -= 1
+            conn.sock.setblocking(False)
+            conn.deadline = time.monotonic() + IDLE_TIMEOUT
+            self.watch(conn)
+            if conn.buf:
+                self.serve_buffered(conn)
+
+    def readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            data = None
+        except OSError:
+            data = b""
+        if data == b"":
+            self.drop(conn)
+            return
+        if conn.draining:
+            return
+        if data:
+            if not conn.buf:  # the first byte of a request starts its header deadline
+                conn.deadline = time.monotonic() + HEADER_DEADLINE
+            conn.buf += data
+        self.serve_buffered(conn)
+
+    def serve_buffered(self, conn: Conn) -> None:
+        """Serve the complete requests in ``conn.buf`` (a loop: pipelining cannot recurse)."""
+        while True:
+            while conn.buf[:2] == b"\r\n" or conn.buf[:1] == b"\n":  # allowed before a request
+                del conn.buf[: 2 if conn.buf[:1] == b"\r" else 1]
+            found = head_end(conn.buf)
+            if found is None:
+                if len(conn.buf) > MAX_HEADER_BYTES:
+                    self.reject(conn, RequestError(431, "headers_too_large", "headers too large"))
+                return
+            end, cut = found
+            if end > MAX_HEADER_BYTES:
+                self.reject(conn, RequestError(431, "headers_too_large", "headers too large"))
+                return
+            head = bytes(conn.buf[:end])
+            del conn.buf[: end + cut]
+            try:
+                request = parse_head(head)
+            except RequestError as exc:
+                self.reject(conn, exc)
+                return
+            if not authenticate(request.headers, self.config.token_sha256):
+                self.reject(
+                    conn, RequestError(401, "unauthorized", "missing or invalid token"), request
+                )
+                return
+            conn.authenticated = True
+            if request.path == "/health" and request.method in ("GET", "HEAD"):
+                if not self.health(conn, request):
+                    return
+                continue
+            self.unwatch(conn)
+            self.submit(conn, request)
+            return
+
+    def reject(self, conn: Conn, exc: RequestError, request: Request | None = None) -> None:
+        """Answer an error from the loop and close (the body, if any, is never read)."""
+        _log(f"{conn.peer} {self.target(request)} {exc.status}")
+        with contextlib.suppress(OSError):
+            conn.sock.send(json_response(exc.status, error_payload(exc), close=True))
+            conn.sock.shutdown(socket.SHUT_WR)
+        # Keep reading (and dropping) for a moment so the client sees the reply.
+        conn.draining = True
+        conn.buf.clear()
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+
+    def health_payload(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "version": DAEMON_VERSION,
+            "uptime": now - self.started,
+            "pid": os.getpid(),
+            "expires_in": None if self.deadline is None else max(0.0, self.deadline - now),
+            "cwd": self.workdir,
+            "uid": os.geteuid(),
+            "limits": {
+                "max_timeout": MAX_TIMEOUT,
+                "max_workers": MAX_WORKERS,
+                "max_background": MAX_BACKGROUND,
+            },
+        }
+
+    def health(self, conn: Conn, request: Request) -> bool:
+        """Answer ``/health`` from the loop; whether the connection stays open."""
+        close = not request.keep_alive or bool(
+            request.headers.get("content-length") or request.headers.get("transfer-encoding")
+        )
+        data = json_response(200, self.health_payload(), close=close)
+        if request.method == "HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        try:
+            sent = conn.sock.send(data)
+        except OSError:
+            sent = -1
+        _log(f"{conn.peer} {self.target(request)} 200")
+        if sent != len(data) or close:
+            self.drop(conn)
+            return False
+        conn.deadline = time.monotonic() + IDLE_TIMEOUT
+        return True
+
+    @staticmethod
+    def target(request: Request | None) -> str:
+        return (
+            "<malformed request>"
+            if request is None
+            else _printable(f"{request.method} {request.path}")
+        )
+
+    # -- worker side -------------------------------------------------------
+
+    def submit(self, conn: Conn, request: Request) -> None:
+        with self.lock:
+            self.busy_conns += 1
+            self.jobs.append((conn, request))
+            if self.idle > 0 or self.workers >= MAX_WORKERS:
+                self.jobs_ready.notify()
+                return
+            self.workers += 1
+        try:
+            threading.Thread(target=self.work, name="worker", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the sandbox is out of pids or memory
+            with self.lock:
+                self.workers -= 1
+                stranded = self.workers == 0 and self.jobs and self.jobs[-1][0] is conn
+                if stranded:
+                    self.jobs.pop()
+                    self.busy_conns -= 1
+            if stranded:  # nobody will ever take it: answer from here
+                self.watch(conn)
+                self.reject(
+                    conn,
+                    RequestError(
+                        503,
+                        "resource_exhausted",
+                        "cannot start a thread: the sandbox's process limit (pids) is reached",
+                        limit="pids",
+                    ),
+                    request,
+                )
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                while not self.jobs:
+                    self.idle += 1
+                    self.jobs_ready.wait()
+                    self.idle -= 1
+                conn, request = self.jobs.popleft()
+            keep = False
+            try:
+                keep = self.handle(conn, request)
+            except Exception:
+                _log(f"{conn.peer} unhandled error:\n{traceback.format_exc()}")
+            if keep:
+                with self.lock:
+                    self.returned.append(conn)
+                with contextlib.suppress(OSError):
+                    self.wake_w.send(b"x")
+            else:
+                with self.lock:
+                    self.busy_conns -= 1
+
+    def handle(self, conn: Conn, request: Request) -> bool:
+        """Serve one request; whether the connection can take another."""
+        conn.sock.settimeout(IO_TIMEOUT)
+        try:
+            ex = Exchange(self, conn, request)
+        except RequestError as exc:  # the body's framing is unusable: answer and close
+            _log(f"{conn.peer} {self.target(request)} {exc.status}")
+            with contextlib.suppress(ClientGone):
+                conn.send(json_response(exc.status, error_payload(exc), close=True))
+            conn.linger_close()
+            return False
+        try:
+            find_endpoint(request)(ex)
+        except RequestError as exc:
+            if ex.started:
+                conn.close()
+                _log(f"{conn.peer} {self.target(request)} {exc.status} (after the reply began)")
+                return False
+            extra = [("Allow", ", ".join(exc.extra["allow"]))] if "allow" in exc.extra else None
+            try:
+                ex.send_json(exc.status, error_payload(exc), extra)
+            except ClientGone:
+                conn.close()
+                return False
+        except ClientGone as exc:
+            _log(f"{conn.peer} {self.target(request)}: client went away ({exc})")
+            conn.close()
+            return False
+        except Exception as exc:
+            if not ex.started:
+                with contextlib.suppress(ClientGone):
+                    ex.close = True
+                    ex.send_json(
+                        500, {"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+                    )
+            conn.close()
+            raise
+        _log(f"{conn.peer} {self.target(request)} {ex.status}")
+        if ex.close or not ex.body.done:
+            if ex.body.done:
+                conn.close()
+            else:
+                conn.linger_close()
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------
 # entry point
+
+
+def make_undumpable() -> None:
+    """Best effort: keep commands of the same user out of our memory (tokens pass through it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"commandlab daemon: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def _exit_now(status: int) -> NoReturn:
@@ -1118,76 +2088,41 @@ def _exit_now(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _fail(message: str, status: int) -> NoReturn:
-    print(f"commandlab daemon: {message}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
-
-def make_undumpable() -> None:
-    """Best effort: make /proc/<pid>/{environ,mem,...} unreadable to our commands.
-
-    Tokens presented by clients pass through the daemon's memory.  Commands are
-    exec'ed, which makes them dumpable again.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
-    except (ImportError, OSError, AttributeError):
-        pass
-
-
 def main() -> None:
-    """Start the daemon from environment configuration and serve forever."""
+    """Start the daemon from its environment and serve until a signal or the TTL."""
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
         _fail(str(exc), 2)
     make_undumpable()
-    # Commands do not inherit the digest.  (The sandbox's init process still holds it
-    # in its environment, which is harmless: a digest cannot be presented as a token.)
+    # Commands do not inherit the digest (a digest cannot be presented as a token anyway).
     os.environ.pop(TOKEN_SHA256_ENV, None)
-    base_env = dict(os.environ)
     umask = os.umask(0)
     os.umask(umask)
-
-    registry = ProcessRegistry()
+    # Small thread stacks: a full worker pool must not cost the sandbox much memory.
+    with contextlib.suppress(ValueError, RuntimeError):
+        threading.stack_size(512 * 1024)
+    registry = Registry()
     try:
-        server = DaemonServer(config, registry, base_env, umask)
+        server = Server(config, registry, os.environ, umask, os.getcwd())
     except OSError as exc:
         _fail(f"cannot listen on {config.host}:{config.port}: {exc}", 1)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def stop(reason: str) -> NoReturn:
         killed = registry.kill_all()
-        _log(f"received signal {signum}; killed {killed} process group(s); exiting")
+        _log(f"{reason}; killed {killed} process group(s); exiting")
         _exit_now(0)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop(f"received signal {signum}"))
+    signal.signal(signal.SIGINT, lambda signum, frame: stop(f"received signal {signum}"))
     if config.ttl is not None:
-
-        def on_expiry() -> None:
-            killed = registry.kill_all()
-            _log(f"ttl of {config.ttl}s expired; killed {killed} process group(s); exiting")
-            _exit_now(0)
-
-        timer = threading.Timer(config.ttl, on_expiry)
+        timer = threading.Timer(config.ttl, stop, args=(f"ttl of {config.ttl}s expired",))
         timer.daemon = True
         timer.start()
-
     print(
-        f"commandlab daemon listening on {server.server_name}:{server.server_port}",
-        file=sys.stderr,
-        flush=True,
+        f"commandlab daemon listening on {config.host}:{server.port}", file=sys.stderr, flush=True
     )
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        server.server_close()
+    server.serve_forever()
 
 
 if __name__ == "__main__":
