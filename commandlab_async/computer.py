@@ -7,8 +7,8 @@ import io
 import json
 import math
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, NoReturn
 
 import aiohttp
@@ -182,13 +182,9 @@ class Computer:
         total = None if timeout is None else timeout + _REPLY_MARGIN
         async with self._exec(header, stdin, total) as response:
             collector = Collector()
-            try:
+            with self._unreachable("running a command"):
                 end = await collector.read(frames_of(response))
                 await response.content.read()  # the chunked terminator: keeps the connection
-            except (aiohttp.ClientError, ConnectionError) as exc:
-                raise DaemonUnreachableError(
-                    f"the connection broke while running a command: {exc!r}", sandbox=self._name
-                ) from exc
         result = collector.result()
         if end.timed_out:
             raise CommandTimeoutError(
@@ -313,7 +309,7 @@ class Computer:
 
         async def chunks() -> AsyncIterator[bytes]:
             seen = 0
-            try:
+            with self._unreachable(f"reading {path}"):
                 async for chunk in response.content.iter_chunked(1024 * 1024):
                     seen += len(chunk)
                     if max_size is not None and seen > max_size:  # the file grew meanwhile
@@ -324,10 +320,6 @@ class Computer:
                             size=None,
                         )
                     yield chunk
-            except (aiohttp.ClientError, ConnectionError) as exc:
-                raise DaemonUnreachableError(
-                    f"the connection broke while reading {path}: {exc!r}", sandbox=self._name
-                ) from exc
 
         try:
             yield chunks()
@@ -419,14 +411,13 @@ class Computer:
     ) -> Process:
         """Read the ``S`` frame of an exec or attach reply and wrap it in a Process."""
         try:
-            frame = await frames_of(response).next()
-            if frame is None or frame[0] != b"S":
-                raise ConnectionResetError("the daemon's reply did not start with a process")
+            with self._unreachable("starting a process"):
+                frame = await frames_of(response).next()
+                if frame is None or frame[0] != b"S":
+                    raise ConnectionResetError("the reply did not start with a process")
             started = json.loads(frame[1])
-        except BaseException as exc:
+        except BaseException:
             response.close()
-            if isinstance(exc, aiohttp.ClientError | ConnectionError):
-                raise DaemonUnreachableError(repr(exc), sandbox=self._name) from exc
             raise
         return Process(
             response=response,
@@ -453,18 +444,10 @@ class Computer:
         headers = self._headers
         if content_type is not None:
             headers = {**headers, "Content-Type": content_type}
-        try:
+        with self._unreachable(f"{method} {route}"):
             response = await self._session.request(
                 method, self._url + route, headers=headers, timeout=timeout, **kwargs
             )
-        except aiohttp.ClientError as exc:
-            raise DaemonUnreachableError(
-                f"{method} {route} failed: {exc!r}", sandbox=self._name
-            ) from exc
-        except TimeoutError as exc:
-            raise DaemonUnreachableError(
-                f"{method} {route}: no answer in time", sandbox=self._name
-            ) from exc
         if response.status != 200:
             try:
                 await self._raise_for(response)
@@ -484,17 +467,24 @@ class Computer:
             timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_TIMEOUT)
         response = await self._send(method, route, timeout=timeout, **kwargs)
         try:
-            return await response.json()
-        except (aiohttp.ClientError, ValueError) as exc:
+            with self._unreachable(f"{method} {route}"):
+                return await response.json()
+        except ValueError as exc:
             raise DaemonUnreachableError(
                 f"{method} {route}: bad reply: {exc!r}", sandbox=self._name
             ) from exc
-        except TimeoutError as exc:
-            raise DaemonUnreachableError(
-                f"{method} {route}: no answer in time", sandbox=self._name
-            ) from exc
         finally:
             response.release()
+
+    @contextmanager
+    def _unreachable(self, what: str) -> Iterator[None]:
+        """A broken connection or a timeout during ``what`` is a DaemonUnreachableError."""
+        try:
+            yield
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise DaemonUnreachableError(f"{what} failed: {exc!r}", sandbox=self._name) from exc
+        except TimeoutError as exc:
+            raise DaemonUnreachableError(f"{what}: no answer in time", sandbox=self._name) from exc
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status

@@ -131,6 +131,30 @@ class _Frames:
         return kind, payload
 
 
+async def read_output(frames: _Frames) -> AsyncIterator[OutputChunk | _Exit]:
+    """A reply's output chunks (a gap's size rides on its stream's next chunk), then its exit."""
+    gaps: dict[Stream, int] = {}
+    while True:
+        frame = await frames.next()
+        if frame is None:
+            raise ConnectionResetError("the daemon's reply ended before the exit status")
+        kind, payload = frame
+        stream = _STREAMS.get(kind)
+        if stream is not None:
+            omitted = gaps.pop(stream, 0)
+            if payload or omitted:
+                yield OutputChunk(stream, payload, omitted)
+        elif kind == b"G":
+            gap = json.loads(payload)
+            name: Stream = "stdout" if gap["stream"] == 1 else "stderr"
+            gaps[name] = gaps.get(name, 0) + int(gap["omitted"])
+        elif kind == b"X":
+            for name, omitted in gaps.items():  # a gap with no tail after it
+                yield OutputChunk(name, b"", omitted)
+            yield parse_exit(payload)
+            return
+
+
 def parse_exit(payload: bytes) -> _Exit:
     data = json.loads(payload)
     return _Exit(
@@ -174,7 +198,7 @@ class Process:
         """Its process id inside the sandbox (also its process group id)."""
         self.background = background
         self._exit: _Exit | None = None
-        self._pending_omitted: dict[Stream, int] = {}
+        self._events = read_output(self._frames)
 
     @property
     def exit_code(self) -> int | None:
@@ -195,24 +219,13 @@ class Process:
         moves output along: a process nobody reads from blocks once its pipes fill
         (background processes excepted: they write into a ring buffer).
         """
-        while self._exit is None:
-            frame = await self._frames.next()
-            if frame is None:
-                raise ConnectionResetError("the daemon's reply ended before the exit status")
-            kind, payload = frame
-            stream = _STREAMS.get(kind)
-            if stream is not None:
-                omitted = self._pending_omitted.pop(stream, 0)
-                if payload or omitted:
-                    yield OutputChunk(stream, payload, omitted)
-            elif kind == b"G":
-                gap = json.loads(payload)
-                name: Stream = "stdout" if gap["stream"] == 1 else "stderr"
-                self._pending_omitted[name] = self._pending_omitted.get(name, 0) + gap["omitted"]
-            elif kind == b"X":
-                self._exit = parse_exit(payload)
-                self._end_stdin()
-                await self._response.content.read()  # the end of the reply
+        async for item in self._events:
+            if isinstance(item, OutputChunk):
+                yield item
+                continue
+            self._exit = item
+            self._end_stdin()
+            await self._response.content.read()  # the end of the reply
 
     async def wait(self) -> int:
         """Wait for the process to end (reading and dropping its remaining output)."""
@@ -319,24 +332,18 @@ class Collector:
     """Builds a :class:`CommandResult` from frames, keeping at most what the daemon sent."""
 
     def __init__(self) -> None:
-        self.out = {"stdout": bytearray(), "stderr": bytearray()}
-        self.omitted = {"stdout": 0, "stderr": 0}
+        self.out: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self.omitted: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self.exit: _Exit | None = None
 
     async def read(self, frames: _Frames) -> _Exit:
-        while self.exit is None:
-            frame = await frames.next()
-            if frame is None:
-                raise ConnectionResetError("the daemon's reply ended before the exit status")
-            kind, payload = frame
-            stream = _STREAMS.get(kind)
-            if stream is not None:
-                self.out[stream] += payload
-            elif kind == b"G":
-                gap = json.loads(payload)
-                self.omitted["stdout" if gap["stream"] == 1 else "stderr"] += gap["omitted"]
-            elif kind == b"X":
-                self.exit = parse_exit(payload)
+        async for item in read_output(frames):
+            if isinstance(item, OutputChunk):
+                self.out[item.stream] += item.data
+                self.omitted[item.stream] += item.omitted
+            else:
+                self.exit = item
+        assert self.exit is not None
         return self.exit
 
     def result(self) -> CommandResult:

@@ -63,11 +63,13 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
     ``background`` (the process outlives this request).
     Reply: 200, chunked, a sequence of frames ``<kind: 1 byte><length: 4 bytes BE>
     <payload>``: ``S`` JSON ``{"id", "pid"}`` first; ``1``/``2`` stdout/stderr bytes;
-    ``G`` JSON ``{"stream": 1|2, "omitted": n}`` before a stream's kept tail; ``X``
-    JSON ``{"exit_code", "duration", "timed_out", "limit_exceeded", "stdout_omitted",
-    "stderr_omitted"}`` last.  A foreground command's whole process group is killed
-    when the client goes away before it ends; a background command keeps running,
-    its output going to a ring of the last ``RING_BYTES`` per stream.
+    ``G`` JSON ``{"stream": 1|2, "omitted": n}`` where ``n`` bytes were dropped (then
+    comes the stream's kept tail); ``X`` JSON ``{"exit_code", "duration", "timed_out",
+    "limit_exceeded", "stdout_omitted", "stderr_omitted"}`` last (HTTP/1.0 clients get
+    the frames unchunked, ended by closing).  A foreground command's whole process
+    group is killed when the client goes away before it ends: a client that closes
+    (or half-closes) its connection is taken as gone.  A background command keeps
+    running, its output going to a ring of the last ``RING_BYTES`` per stream.
 
 ``GET /processes``  ``[{"id", "pid", "argv", "background", "running", "exit_code"}]``.
 ``GET /processes/<id>/output``  a background process's frames from its ring (a ``G``
