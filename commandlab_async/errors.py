@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .computer import CommandResult
+    from .process import CommandResult
 
 __all__ = [
     "AuthenticationError",
