@@ -34,10 +34,10 @@ from .files import FileInfo, read_local
 from .process import (
     Collector,
     CommandResult,
+    Frames,
     Process,
     ProcessInfo,
     ProcessStart,
-    frames_of,
     stdin_body,
 )
 
@@ -183,7 +183,7 @@ class Computer:
         async with self._exec(header, stdin, total) as response:
             collector = Collector()
             with self._unreachable("running a command"):
-                end = await collector.read(frames_of(response))
+                end = await collector.read(Frames(response))
                 await response.content.read()  # the chunked terminator: keeps the connection
         result = collector.result()
         if end.timed_out:
@@ -412,7 +412,7 @@ class Computer:
         """Read the ``S`` frame of an exec or attach reply and wrap it in a Process."""
         try:
             with self._unreachable("starting a process"):
-                frame = await frames_of(response).next()
+                frame = await Frames(response).next()
                 if frame is None or frame[0] != b"S":
                     raise ConnectionResetError("the reply did not start with a process")
             started = json.loads(frame[1])

@@ -107,7 +107,7 @@ class _Exit:
     limit_exceeded: bool
 
 
-class _Frames:
+class Frames:
     """Reads frames off a response body."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -131,7 +131,7 @@ class _Frames:
         return kind, payload
 
 
-async def read_output(frames: _Frames) -> AsyncIterator[OutputChunk | _Exit]:
+async def read_output(frames: Frames) -> AsyncIterator[OutputChunk | _Exit]:
     """A reply's output chunks (a gap's size rides on its stream's next chunk), then its exit."""
     gaps: dict[Stream, int] = {}
     while True:
@@ -189,7 +189,7 @@ class Process:
         background: bool,
     ) -> None:
         self._response = response
-        self._frames = _Frames(response)
+        self._frames = Frames(response)
         self._stdin = stdin
         self._control = control
         self.id = id
@@ -336,7 +336,7 @@ class Collector:
         self.omitted: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self.exit: _Exit | None = None
 
-    async def read(self, frames: _Frames) -> _Exit:
+    async def read(self, frames: Frames) -> _Exit:
         async for item in read_output(frames):
             if isinstance(item, OutputChunk):
                 self.out[item.stream] += item.data
@@ -356,7 +356,3 @@ class Collector:
             stdout_omitted=self.omitted["stdout"],
             stderr_omitted=self.omitted["stderr"],
         )
-
-
-def frames_of(response: aiohttp.ClientResponse) -> _Frames:
-    return _Frames(response)

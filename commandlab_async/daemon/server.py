@@ -137,7 +137,6 @@ MAX_CONNECTIONS = 4096
 MAX_WORKERS = 128
 MAX_BACKGROUND = 64
 MAX_EXEC_HEADER = 8 * 1024 * 1024  # the JSON line of /exec (argv can be large)
-MAX_JSON_BODY = 1024 * 1024
 MAX_TIMEOUT = 1_000_000.0  # seconds; larger values are refused rather than overflowed
 MAX_LIST_ENTRIES = 10_000
 MAX_PSEUDO_FILE = 64 * 1024 * 1024
