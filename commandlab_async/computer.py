@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, NoReturn
@@ -31,6 +32,7 @@ from .errors import (
     UnsupportedOperationError,
 )
 from .files import FileInfo, read_local
+from .platforms.base import HeaderSource
 from .process import (
     Collector,
     CommandResult,
@@ -88,6 +90,8 @@ class Computer:
         token: str,
         session: aiohttp.ClientSession,
         platform: str,
+        ssl_context: ssl.SSLContext | None = None,
+        extra_headers: HeaderSource | None = None,
     ) -> None:
         self._name = name
         self._url = url.rstrip("/")
@@ -96,6 +100,10 @@ class Computer:
         self._headers = {"X-CommandLab-Token": token}
         self._session = session
         self._platform = platform
+        # Per request, so each platform's verification (or a pinned certificate) applies
+        # on the one connection pool every Computer of the process shares.
+        self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
+        self._extra_headers = extra_headers
         self._cwd: str | None = None
 
     @property
@@ -442,11 +450,18 @@ class Computer:
     ) -> aiohttp.ClientResponse:
         """Send a request; returns the 200 response (unread) or raises the typed error."""
         headers = self._headers
+        if self._extra_headers is not None:
+            headers = {**await self._extra_headers(), **headers}
         if content_type is not None:
             headers = {**headers, "Content-Type": content_type}
         with self._unreachable(f"{method} {route}"):
             response = await self._session.request(
-                method, self._url + route, headers=headers, timeout=timeout, **kwargs
+                method,
+                self._url + route,
+                headers=headers,
+                timeout=timeout,
+                ssl=self._ssl,
+                **kwargs,
             )
         if response.status != 200:
             try:
@@ -488,12 +503,17 @@ class Computer:
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status
+        body = b""
         try:
-            payload = json.loads(await response.read())
+            body = await response.read()
+            payload = json.loads(body)
             code = str(payload.get("error", "error"))
             message = str(payload.get("message", ""))
         except (ValueError, AttributeError, aiohttp.ClientError):
-            payload, code, message = {}, "error", f"HTTP {status}"
+            # Not the daemon's answer: a front end or proxy on the way (Cloud Run's IAM
+            # check, the Kubernetes API server...). Its own words say what went wrong.
+            words = " ".join(body.decode(errors="replace").split())[:200]
+            payload, code, message = {}, "error", f"HTTP {status}: {words}".rstrip(": ")
         raise _typed_error(self._name, status, code, message, payload)
 
 
@@ -503,6 +523,13 @@ def _typed_error(
     if status == 401:
         return AuthenticationError(
             "the daemon refused the token", sandbox=sandbox, status=401, code=code
+        )
+    if status == 403 and not payload:
+        return AuthenticationError(
+            f"the platform's front end refused the request ({message})",
+            sandbox=sandbox,
+            status=403,
+            code=code,
         )
     if code in _OS_ERRORS and (code != "not_found" or "path" in payload):
         cls, number = _OS_ERRORS[code]

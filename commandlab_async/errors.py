@@ -216,7 +216,8 @@ class DaemonUnreachableError(DaemonError):
 
 
 class AuthenticationError(DaemonError):
-    """The daemon refused the token (HTTP 401)."""
+    """The daemon refused the token (HTTP 401), or a front end on the way refused the
+    request (HTTP 403 not from the daemon, e.g. Cloud Run's IAM invoker check)."""
 
 
 class CommandTimeoutError(DaemonError, TimeoutError):

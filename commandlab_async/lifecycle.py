@@ -234,6 +234,8 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
                 token=identity.token,
                 session=http,
                 platform=str(driver.platform),
+                ssl_context=running.ssl,
+                extra_headers=running.headers,
             )
             await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
     except TimeoutError as exc:

@@ -51,8 +51,9 @@ async def wait_ready(
             progress.state = "ready"
             return
         except AuthenticationError as exc:
+            why = "the daemon refused the sandbox's token" if exc.status == 401 else str(exc)
             raise ProvisionError(
-                "the daemon refused the sandbox's token",
+                why,
                 sandbox=computer.name,
                 platform=str(driver.platform),
             ) from exc

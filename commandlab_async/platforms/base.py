@@ -10,6 +10,7 @@ before any SDK is imported.
 from __future__ import annotations
 
 import enum
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DockerPlatform",
     "EndpointResolver",
+    "HeaderSource",
     "KubernetesPlatform",
     "Platform",
     "PlatformOptions",
@@ -87,6 +89,15 @@ class RunningSandbox:
     """The driver's choice of base URL (None when it has none to offer)."""
     raw: Mapping[str, Any]
     """The backend's own description (container inspect, ECS task...)."""
+    ssl: ssl.SSLContext | None = None
+    """How to verify the daemon's HTTPS certificate (None: aiohttp's default)."""
+    headers: HeaderSource | None = None
+    """Extra headers for every request to the daemon, e.g. the identity token a
+    platform's front end requires (Cloud Run's ``X-Serverless-Authorization``)."""
+
+
+HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
+"""Async hook returning extra request headers; called per request, so it must cache."""
 
 
 EndpointResolver = Callable[[RunningSandbox], Awaitable[str]]
