@@ -43,7 +43,9 @@ REGISTRY: dict[Platform, PlatformEntry] = {
         EcsOptions, "commandlab_async.platforms.aws_ecs.driver:EcsDriver", ("aws",)
     ),
     DockerPlatform.AZURE_CONTAINER_INSTANCES: PlatformEntry(AciOptions, None, ("azure",)),
-    DockerPlatform.GCP_CLOUD_RUN: PlatformEntry(CloudRunOptions, None, ("gcp",)),
+    DockerPlatform.GCP_CLOUD_RUN: PlatformEntry(
+        CloudRunOptions, "commandlab_async.platforms.gcp_cloud_run.driver:CloudRunDriver", ("gcp",)
+    ),
     KubernetesPlatform.LOCAL: PlatformEntry(KubeconfigOptions, None, ("kubernetes",)),
     KubernetesPlatform.AWS_EKS: PlatformEntry(EksOptions, None, ("kubernetes", "aws")),
     KubernetesPlatform.AZURE_AKS: PlatformEntry(AksOptions, None, ("kubernetes", "azure")),
