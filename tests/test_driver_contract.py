@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiodocker
 import pytest
 from botocore.exceptions import ClientError
+from google.api_core.exceptions import GoogleAPICallError
+from google.protobuf.json_format import MessageToDict
 
 from commandlab_async import (
     AuthenticationError,
@@ -35,8 +38,17 @@ from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.pools import open_backend
 from tests.aws_support import Aws
+from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyProxy, Rule
+from tests.gcp_support import cloud_run_spec
+
+
+class Faults(Protocol):
+    """Where a backend's requests are seen and faults injected (a proxy, an emulator)."""
+
+    def add(self, rule: Rule) -> Rule: ...
+    def calls(self, pattern: str) -> list[Any]: ...
 
 
 @dataclass
@@ -46,7 +58,7 @@ class Backend:
     spec: Callable[..., DockerSpec]
     live: Callable[[], Awaitable[list[str]]]
     """Names of this process's sandboxes that still exist (or run) on the backend."""
-    proxy: FaultyProxy
+    proxy: Faults
     create_call: str
     """The proxy's name for the request that creates a sandbox."""
     throttled: Rule
@@ -128,10 +140,31 @@ def ecs_backend(aws: Aws) -> Backend:
     )
 
 
+@pytest.fixture
+def cloud_run_backend(cloud_run: CloudRunEmulator) -> Backend:
+    async def describe(name: str) -> Any:
+        (service,) = [s for s in cloud_run.services.values() if s.name.endswith(f"/{name}")]
+        return MessageToDict(service)
+
+    return Backend(
+        spec=cloud_run_spec,
+        live=lambda: asyncio.sleep(0, sorted(cloud_run.live())),
+        proxy=cloud_run,
+        create_call="CreateService",
+        throttled=Rule("CreateService", status=429, body={"reason": "RATE_LIMIT_EXCEEDED"}),
+        refused=Rule("CreateService", status=400, body={"message": "invalid template"}),
+        sdk_error=GoogleAPICallError,
+        exits=lambda: cloud_run_spec(image=EXITS_IMAGE),
+        exit_reason="failed to start and listen on the port",
+        describe=describe,
+    )
+
+
 @pytest.fixture(
     params=[
         pytest.param("docker", marks=pytest.mark.docker),
         pytest.param("ecs", marks=pytest.mark.aws),
+        pytest.param("cloud_run", marks=pytest.mark.docker),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> Backend:
@@ -251,6 +284,10 @@ async def test_backend_description_holds_nothing_that_authenticates(backend: Bac
                 token=candidate,
                 session=computer._session,
                 platform=computer.platform,
+                # Everything else the real client has: only the token differs.
+                ssl_context=computer._ssl if isinstance(computer._ssl, ssl.SSLContext) else None,
+                extra_headers=computer._extra_headers,
             )
-            with pytest.raises(AuthenticationError):
+            with pytest.raises(AuthenticationError) as refused:
                 await impostor.health()
+            assert refused.value.status == 401, "refused by the daemon, not on the way"

@@ -10,6 +10,8 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from commandlab_async import DockerSpec, provision, provision_many
 from tests.aws_support import Aws
+from tests.cloud_run_emulator import CloudRunEmulator
+from tests.gcp_support import cloud_run_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]
 
@@ -17,6 +19,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.aws]
 # other); import it up front so that only steady-state behaviour is checked.
 pytest.importorskip("commandlab_async.platforms.docker.driver")
 pytest.importorskip("commandlab_async.platforms.aws_ecs.driver")
+pytest.importorskip("commandlab_async.platforms.gcp_cloud_run.driver")
 
 
 @pytest.fixture
@@ -46,3 +49,13 @@ async def test_ecs_lifecycle_never_blocks(aws: Aws, blockbuster: BlockBuster) ->
     async with provision_many(aws.spec(), count=2) as fleet:
         for computer in fleet:
             assert (await computer.run("true")).exit_code == 0
+
+
+async def test_cloud_run_lifecycle_never_blocks(
+    cloud_run: CloudRunEmulator, blockbuster: BlockBuster
+) -> None:
+    # Private sandboxes: ID tokens come from google-auth's blocking fetch, in a thread.
+    async with provision_many(cloud_run_spec(), count=2) as fleet:
+        for computer in fleet:
+            assert (await computer.run("true")).exit_code == 0
+    assert cloud_run.id_tokens_issued == 2

@@ -1,0 +1,157 @@
+"""Cloud Run without a cloud: specs refused before any call, labels, ID-token caching."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from commandlab_async import CloudRunOptions, SpecError
+from commandlab_async.identity import SESSION_ID, new_identity
+from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver, gcp_labels
+from commandlab_async.platforms.gcp_cloud_run.id_tokens import IdTokens
+from commandlab_async.platforms.gcp_cloud_run.options import LABEL_KEY, LABEL_VALUE
+from tests.cloud_run_emulator import CloudRunEmulator
+from tests.gcp_support import cloud_run_spec
+
+pytestmark = pytest.mark.unit
+
+
+# -- specs: refused before any call -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"cpu": 0.5}, "cpu"),
+        ({"cpu": 3}, "cpu"),
+        ({"memory": 256}, "memory"),
+        ({"memory": 8192}, "memory"),  # 1 vCPU takes at most 4 GiB
+        ({"labels": {"Team": "a"}}, "labels"),
+        ({"labels": {"team": "A.B"}}, "labels"),
+        ({"env": {"PORT": "1"}}, "env"),
+        ({"run_as_root": True}, "run_as_root"),
+        ({"pids_limit": 10}, "pids_limit"),
+        ({"project_id": None}, "project_id"),
+        ({"region": None}, "region"),
+    ],
+)
+def test_bad_spec_is_refused_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        cloud_run_spec(**changes)
+    assert info.value.field == field
+
+
+def test_good_sizes_pass() -> None:
+    assert cloud_run_spec(cpu=2, memory=8192).memory == 8192
+    assert cloud_run_spec(cpu=8, memory=32768).cpu == 8
+
+
+def test_our_labels_fit_google_rules_and_keep_user_labels() -> None:
+    identity = new_identity(cloud_run_spec(labels={"team": "evals"}))
+    labels = {**identity.labels, "commandlab.host": "Build-Box.Example.COM"}
+    fitted = gcp_labels(labels)
+    assert fitted["team"] == "evals"
+    assert fitted["commandlab-session"] == SESSION_ID
+    assert fitted["commandlab-host"] == "build-box-example-com"
+    for key, value in fitted.items():
+        assert LABEL_KEY.fullmatch(key), key
+        assert LABEL_VALUE.fullmatch(value), value
+
+
+# -- ID tokens -----------------------------------------------------------------------------
+
+
+def _jwt(exp: float) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part({'exp': exp})}.sig"
+
+
+async def test_id_tokens_are_fetched_once_per_audience_and_refreshed_near_expiry() -> None:
+    fetched: list[str] = []
+    lifetime = [3600.0]
+
+    def fetch(audience: str) -> str:
+        time.sleep(0.05)  # a blocking fetch: it must run in a thread
+        fetched.append(audience)
+        return _jwt(time.time() + lifetime[0])
+
+    tokens = IdTokens(fetch)
+    first = await asyncio.gather(*(tokens.token("https://a") for _ in range(20)))
+    assert fetched == ["https://a"]
+    assert len(set(first)) == 1
+    await tokens.token("https://b")
+    assert fetched == ["https://a", "https://b"]
+    lifetime[0] = 60.0  # the next one expires within the refresh margin
+    tokens = IdTokens(fetch)
+    await tokens.token("https://a")
+    await tokens.token("https://a")
+    assert fetched.count("https://a") == 3
+
+
+async def test_a_failed_id_token_fetch_reaches_every_waiter_and_is_retried() -> None:
+    calls = 0
+
+    def fetch(audience: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("token endpoint down")
+        return _jwt(time.time() + 3600)
+
+    tokens = IdTokens(fetch)
+    results = await asyncio.gather(*(tokens.token("x") for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    assert await tokens.token("x")
+    assert calls == 2
+
+
+def test_gc_scope_needs_project_and_region() -> None:
+    with pytest.raises(SpecError, match="project_id"):
+        CloudRunOptions.target_from({"region": "us-central1"})
+    target = CloudRunOptions.target_from({"project_id": "p", "region": "r"})
+    assert str(target) == "gcp-cloud-run[project_id=p, region=r]"
+
+
+async def test_without_an_emulator_the_client_goes_to_google_with_default_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built, never called: a gRPC channel connects on its first call only."""
+    key = CloudRunEmulator().write_service_account(tmp_path / "key.json")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.delenv("CLOUD_RUN_EMULATOR_HOST", raising=False)
+    target = cloud_run_spec().target()
+    driver = CloudRunDriver(target)  # type: ignore[arg-type]
+    try:
+        client = await driver._client()
+        channel = client.transport.grpc_channel
+        assert channel.get_state() == grpc.ChannelConnectivity.IDLE
+        assert channel._channel.target == b"run.googleapis.com:443"
+    finally:
+        await driver.close()
+
+
+def test_without_the_gcp_extra_the_error_names_it() -> None:
+    code = (
+        "import sys, asyncio; sys.modules['google.cloud.run_v2'] = None\n"
+        "from commandlab_async import *\n"
+        "spec = DockerSpec(platform=DockerPlatform.GCP_CLOUD_RUN, project_id='p', region='r')\n"
+        "async def main():\n"
+        "    async with provision(spec): pass\n"
+        "try: asyncio.run(main())\n"
+        "except MissingExtraError as e: print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "pip install 'commandlab-async[gcp]'" in out
