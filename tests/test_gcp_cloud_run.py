@@ -16,7 +16,9 @@ from commandlab_async import (
     AuthenticationError,
     BackendError,
     Computer,
+    EventKind,
     FleetError,
+    LifecycleEvent,
     ReadyTimeoutError,
     SandboxExitedError,
     gc,
@@ -221,22 +223,34 @@ async def test_unavailable_on_get_operation_is_retried(cloud_run: CloudRunEmulat
     assert rule.times == 0
 
 
-async def test_cancel_at_each_step_leaves_nothing(cloud_run: CloudRunEmulator) -> None:
-    """Cancel while creating, while the operation is polled and while the daemon is probed."""
-    for step in ("CreateService", "GetOperation"):
+@pytest.mark.parametrize("step", ["CreateService", "GetOperation", "probing", "body"])
+async def test_cancel_at_each_step_leaves_nothing(cloud_run: CloudRunEmulator, step: str) -> None:
+    """Cancel while creating, while the operation is polled, while the daemon is probed
+    and while a command runs in the block: the service and its container are deleted."""
+    reached = asyncio.Event()
+    if step in ("CreateService", "GetOperation"):
         rule = cloud_run.add(Rule(step, delay_after=0.5, times=1))
+        reached = rule.seen
 
-        async def user() -> None:
-            async with provision(cloud_run_spec()):
-                pytest.fail("the body must not run")
+    def on_event(event: LifecycleEvent) -> None:
+        if step == "probing" and event.kind is EventKind.RUNNING:
+            reached.set()
 
-        task = asyncio.create_task(user())
-        await rule.seen.wait()
-        await asyncio.sleep(0.1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert cloud_run.live() == [], step
+    async def user() -> None:
+        async with provision(cloud_run_spec(), on_event=on_event) as computer:
+            if step == "body":
+                reached.set()
+                await computer.run("sleep 30")
+            pytest.fail("the body must not finish")
+
+    task = asyncio.create_task(user())
+    await reached.wait()
+    # The daemon answers its first probe within milliseconds: cancel at once.
+    await asyncio.sleep(0 if step == "probing" else 0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cloud_run.live() == []
 
 
 async def test_gc_deletes_expired_services_by_label(cloud_run: CloudRunEmulator) -> None:
