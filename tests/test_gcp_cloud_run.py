@@ -279,3 +279,15 @@ async def test_without_credentials_the_error_says_so_and_nothing_is_sent(
         async with provision(cloud_run_spec()):
             pytest.fail("the body must not run")
     assert not getattr(info.value, "__notes__", [])  # no cleanup failure on top
+
+
+async def test_a_refused_id_token_fails_fast_and_leaves_nothing(
+    cloud_run: CloudRunEmulator,
+) -> None:
+    cloud_run._sa_keys.clear()  # the token endpoint no longer knows the key (revoked)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match=r"could not get an ID token.*invalid_grant") as info:
+        async with provision(cloud_run_spec()):
+            pytest.fail("the body must not run")
+    assert info.value.transient is False
+    assert time.monotonic() - started < 30

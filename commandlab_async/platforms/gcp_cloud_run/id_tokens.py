@@ -22,6 +22,7 @@ from ..base import HeaderSource
 
 __all__ = ["IdTokens", "fetch_id_token"]
 
+_PLATFORM = "gcp-cloud-run"
 # Fetch a new token when the cached one has less than this left (they last an hour).
 _REFRESH_MARGIN = 300.0
 
@@ -45,7 +46,15 @@ def fetch_id_token(audience: str) -> str:
             "service account (GOOGLE_APPLICATION_CREDENTIALS, the metadata server) or make "
             "the sandbox public (CloudRunOptions(public=True))",
             sandbox=None,
-            platform="gcp-cloud-run",
+            platform=_PLATFORM,
+        ) from exc
+    except google.auth.exceptions.GoogleAuthError as exc:
+        # A refused refresh (a revoked key) or an unreachable token endpoint.
+        raise BackendError(
+            f"could not get an ID token for {audience}: {exc}",
+            sandbox=None,
+            platform=_PLATFORM,
+            transient=isinstance(exc, google.auth.exceptions.TransportError),
         ) from exc
     return token
 
