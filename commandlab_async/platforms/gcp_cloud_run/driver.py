@@ -283,12 +283,12 @@ class CloudRunDriver(Driver[CloudRunTarget]):
             error = op.operation.error
             raise self._exited(identity.name, f"{error.message} (code {error.code})") from exc
         done, failure = _terminal(service)
-        if failure is not None or not service.uri:
-            raise self._exited(identity.name, failure or "deployed without a URL")
-        return service if done else await self._deployed(identity)
+        if failure is not None:
+            raise self._exited(identity.name, failure)
+        return service if done and service.uri else await self._deployed(identity)
 
     async def _deployed(self, identity: SandboxIdentity) -> run_v2.Service:
-        """Poll the service until its terminal condition says deployed; it."""
+        """Poll the service until its terminal condition says it is deployed, with a URL."""
         delay = 0.05
         while True:
             service = await self._get(identity)
