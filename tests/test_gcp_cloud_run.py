@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -31,7 +32,14 @@ from commandlab_async.pools import open_backend
 from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE
 from tests.fault_proxy import Rule
-from tests.gcp_support import PARENT, cloud_run_spec, start_emulator, stop_emulator
+from tests.gcp_support import (
+    PARENT,
+    PROJECT,
+    REGION,
+    cloud_run_spec,
+    start_emulator,
+    stop_emulator,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -262,6 +270,20 @@ async def test_gc_deletes_expired_services_by_label(cloud_run: CloudRunEmulator)
         await driver.create(spec, stale)
         fresh = new_identity(spec)
         await driver.create(spec, fresh)
+        # The command line finds it too (the emulator is served by this loop: no blocking run).
+        args = ["gc", "--platform", "gcp-cloud-run", "--project", PROJECT, "--region", REGION]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "commandlab_async.integrations.cli",
+            *args,
+            "--dry-run",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        target = f"gcp-cloud-run[project_id={PROJECT}, region={REGION}]"
+        assert f"would delete {target} {stale.name}: expired" in out.decode(), err.decode()
         reaped = await gc(spec)
         assert [(r.name, r.reason) for r in reaped] == [(stale.name, "expired")]
         assert cloud_run.live() == [fresh.name]
