@@ -1,5 +1,6 @@
 """Sessions: unit (no engine, no emulator; seconds), integration (a Docker Engine, the images
-from scripts/build-images.sh, moto started by the tests), lint, typecheck.
+from scripts/build-images.sh, moto and the Cloud Run emulator started by the tests), lint,
+typecheck.
 ``scripts/test.sh`` runs all of it in one venv, as CI does."""
 
 from __future__ import annotations
