@@ -164,7 +164,6 @@ class CloudRunDriver(Driver[CloudRunTarget]):
         # name -> the create operation, until running() has read it. Only an
         # optimisation: a sandbox without one is followed through get_service.
         self._ops: dict[str, AsyncOperation] = {}
-        self._sent_create = False
         self._uris: dict[str, str] = {}  # name -> service URL, to drop its cached ID token
 
     @classmethod
@@ -221,7 +220,6 @@ class CloudRunDriver(Driver[CloudRunTarget]):
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         client = await self._client()
         service = _service(spec, identity)
-        self._sent_create = True
         try:
             self._ops[identity.name] = await self.call(
                 "create_service",
@@ -322,9 +320,8 @@ class CloudRunDriver(Driver[CloudRunTarget]):
         try:
             client = await self._client()
         except BackendError:
-            if self._sent_create:
-                raise
-            return  # no client, so no create ever left this driver: nothing to delete
+            # No credentials: this driver never had a client, so no create ever left it.
+            return
         self._ops.pop(sandbox.name, None)
         if uri := self._uris.pop(sandbox.name, None):
             self._id_tokens.forget(uri)

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from ...errors import BackendError
-from ..base import HeaderSource
+from ..base import DockerPlatform, HeaderSource
 
 __all__ = ["IdTokens", "fetch_id_token"]
 
-_PLATFORM = "gcp-cloud-run"
+_PLATFORM = DockerPlatform.GCP_CLOUD_RUN
 # Fetch a new token when the cached one has less than this left (they last an hour).
 _REFRESH_MARGIN = 300.0
 
