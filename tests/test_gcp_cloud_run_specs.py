@@ -62,6 +62,7 @@ def test_our_labels_fit_google_rules_and_keep_user_labels() -> None:
     assert fitted["team"] == "evals"
     assert fitted["commandlab-session"] == SESSION_ID
     assert fitted["commandlab-host"] == "build-box-example-com"
+    assert gcp_labels({"commandlab.host": "Zürich-1"}) == {"commandlab-host": "z-rich-1"}
     for key, value in fitted.items():
         assert LABEL_KEY.fullmatch(key), key
         assert LABEL_VALUE.fullmatch(value), value

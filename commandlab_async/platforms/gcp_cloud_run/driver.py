@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import string
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -54,6 +55,7 @@ _TRANSIENT = (
 # ErrorInfo reason of a quota on how many services may exist (1,000 per region), as
 # opposed to RATE_LIMIT_EXCEEDED: waiting does not help.
 _COUNT_QUOTA = "RESOURCE_QUOTA_EXCEEDED"
+_LABEL_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
 
 
 def gcp_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -67,7 +69,7 @@ def gcp_labels(labels: Mapping[str, str]) -> dict[str, str]:
         fitted[key.replace(".", "-")] = (
             value
             if LABEL_VALUE.fullmatch(value)
-            else "".join(c if c.isalnum() or c in "_-" else "-" for c in value.lower())[:63]
+            else "".join(c if c in _LABEL_CHARS else "-" for c in value.lower())[:63]
         )
     return fitted
 
