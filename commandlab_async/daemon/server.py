@@ -15,8 +15,18 @@ Configuration (environment variables)
 ``COMMANDLAB_HOST``   bind address, default ``0.0.0.0`` (IPv6 literals work).
 ``COMMANDLAB_TTL``    optional lifetime in seconds: at expiry every process group we
     started is SIGKILLed and the daemon exits 0, which stops the container.
+``COMMANDLAB_TLS_CERT`` and ``COMMANDLAB_TLS_KEY``  optional, both or neither: the PEM
+    text (not a path: some platforms can only hand a sandbox environment variables) of
+    the server certificate (or chain, leaf first) and of its unencrypted private key.
+    Given, the daemon serves HTTPS only (TLS >= 1.2, no client certificates).  Both are
+    removed from the environment commands get; the key passes through a private
+    temporary file (0600, in /dev/shm when there is one) that is deleted once loaded.
+    Only one set, a malformed PEM, a key that does not match the certificate or a
+    Python without ``ssl``: a message on stderr (never the key) and exit status 2.
 
-Startup prints ``commandlab daemon listening on <host>:<port>`` on stderr.  SIGTERM and
+Startup prints ``commandlab daemon listening on <host>:<port>`` on stderr (nothing
+follows the port on that line), then ``commandlab daemon: serving TLS (https)`` when
+TLS is on.  SIGTERM and
 SIGINT kill every process group and exit 0.  One terse log line per request (client,
 method, path without query, status); headers are never logged.  The daemon marks
 itself non-dumpable so commands running as the same user cannot read its memory.
@@ -50,7 +60,7 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
 ``bad_request`` 400, ``unauthorized`` 401, ``shutting_down`` 503.
 
 ``GET /health``
-    ``{"version", "uptime", "pid", "expires_in", "cwd", "uid", "limits"}``.
+    ``{"version", "uptime", "pid", "expires_in", "cwd", "uid", "limits", "tls"}``.
 
 ``POST /exec``
     Body: one JSON object on the first line, then stdin as raw bytes until the body
@@ -95,6 +105,7 @@ import hashlib
 import hmac
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -109,6 +120,8 @@ from collections import deque
 # typing is not imported at run time: every import counts in a sandbox's start cost.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import io
+    import ssl
     import subprocess
     from collections.abc import Callable, Mapping
     from typing import Any, NoReturn
@@ -122,6 +135,8 @@ LEGACY_TOKEN_ENV = "COMMANDLAB_TOKEN"
 PORT_ENV = "COMMANDLAB_PORT"
 HOST_ENV = "COMMANDLAB_HOST"
 TTL_ENV = "COMMANDLAB_TTL"
+TLS_CERT_ENV = "COMMANDLAB_TLS_CERT"
+TLS_KEY_ENV = "COMMANDLAB_TLS_KEY"
 TOKEN_HEADER = "x-commandlab-token"
 
 DEFAULT_PORT = 8000
@@ -181,11 +196,21 @@ class ConfigError(ValueError):
 
 
 class Config:
-    def __init__(self, token_sha256: bytes, host: str, port: int, ttl: float | None) -> None:
+    def __init__(
+        self,
+        token_sha256: bytes,
+        host: str,
+        port: int,
+        ttl: float | None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
         self.token_sha256 = token_sha256
         self.host = host
         self.port = port
         self.ttl = ttl
+        self.tls_cert = tls_cert  # PEM text, or None for plain HTTP
+        self.tls_key = tls_key
 
 
 def parse_token_sha256(text: str) -> bytes:
@@ -232,7 +257,102 @@ def load_config(environ: Mapping[str, str]) -> Config:
             raise ConfigError(f"{TTL_ENV} must be a number of seconds, got {ttl_text!r}") from None
         if not (0 < ttl < float("inf")):
             raise ConfigError(f"{TTL_ENV} must be a positive finite number, got {ttl_text!r}")
-    return Config(token_sha256, host, port, ttl)
+    tls_cert = environ.get(TLS_CERT_ENV, "").strip() or None
+    tls_key = environ.get(TLS_KEY_ENV, "").strip() or None
+    if (tls_cert is None) != (tls_key is None):
+        given, missing = (
+            (TLS_CERT_ENV, TLS_KEY_ENV) if tls_cert is not None else (TLS_KEY_ENV, TLS_CERT_ENV)
+        )
+        raise ConfigError(
+            f"{given} is set but {missing} is not: TLS needs both the certificate and its key"
+        )
+    return Config(token_sha256, host, port, ttl, tls_cert, tls_key)
+
+
+def _encrypted_key() -> bytes:
+    """The password callback of ``load_cert_chain``: only called for an encrypted key."""
+    raise ConfigError(f"{TLS_KEY_ENV} is an encrypted private key: give it unencrypted")
+
+
+def _private_dir() -> str:
+    """A new directory only we can read, in memory (/dev/shm) when possible."""
+    import tempfile  # lazy
+
+    if os.path.isdir("/dev/shm"):
+        with contextlib.suppress(OSError):
+            return tempfile.mkdtemp(prefix="commandlab-tls-", dir="/dev/shm")
+    return tempfile.mkdtemp(prefix="commandlab-tls-")
+
+
+def tls_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """A server context for the PEM certificate (chain) and unencrypted private key.
+
+    ``load_cert_chain`` only reads files: both go to a private temporary file that is
+    deleted as soon as they are loaded, whatever happens.  Errors never quote the key.
+    """
+    try:
+        import ssl
+    except ImportError:
+        raise ConfigError(
+            f"{TLS_CERT_ENV} and {TLS_KEY_ENV} are set, but this Python has no ssl module"
+        ) from None
+    if "-----BEGIN CERTIFICATE-----" not in cert_pem:
+        raise ConfigError(
+            f"{TLS_CERT_ENV} must be a PEM certificate (-----BEGIN CERTIFICATE-----...)"
+        )
+    if "PRIVATE KEY-----" not in key_pem or "-----BEGIN" not in key_pem:
+        raise ConfigError(
+            f"{TLS_KEY_ENV} must be a PEM private key (-----BEGIN PRIVATE KEY-----...)"
+        )
+    if "ENCRYPTED" in key_pem:
+        _encrypted_key()
+    try:  # the certificate alone, from memory: a clearer message than load_cert_chain's
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=cert_pem)
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(f"{TLS_CERT_ENV} does not hold a readable PEM certificate") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_NONE  # no client certificates: the token authenticates
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    paths: list[str] = []
+    try:
+        directory = _private_dir()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create a private temporary directory for the TLS key: {exc}"
+        ) from None
+    try:
+        for name, text in (("cert.pem", cert_pem), ("key.pem", key_pem)):
+            path = os.path.join(directory, name)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(path, flags, 0o600)
+            paths.append(path)
+            with open(fd, "wb") as out:
+                out.write(text.encode("utf-8", "surrogateescape"))
+        context.load_cert_chain(paths[0], paths[1], password=_encrypted_key)
+    except ConfigError:
+        raise
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or "").upper()
+        if "KEY_VALUES_MISMATCH" in reason:
+            explanation = f"the private key in {TLS_KEY_ENV} does not match the certificate"
+        else:
+            explanation = f"{TLS_KEY_ENV} does not hold a readable unencrypted PEM private key" + (
+                f" ({exc.reason})" if exc.reason else ""
+            )
+        raise ConfigError(f"cannot load the TLS certificate and key: {explanation}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate and key: {type(exc).__name__}"
+            f"{': ' + exc.strerror if isinstance(exc, OSError) and exc.strerror else ''}"
+        ) from None
+    finally:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+    return context
 
 
 # --------------------------------------------------------------------------
@@ -423,18 +543,171 @@ def error_payload(exc: RequestError) -> dict[str, Any]:
 # connections and request bodies
 
 
+class TLSSocket:
+    """A server-side TLS connection that behaves like the plain socket ``Conn`` holds.
+
+    OpenSSL forbids using one connection from two threads at once, and a background
+    command's stdin writer reads while the worker sends.  So the ``ssl.SSLSocket``
+    underneath never blocks: every OpenSSL call runs under a lock, and waiting for the
+    network happens outside it.  Timeouts behave like a socket's: 0 raises
+    ``ssl.SSLWantReadError``/``SSLWantWriteError``, a number raises ``TimeoutError``
+    after that long without progress.  ``shutdown`` only shuts the TCP side, so what the
+    peer still sends can be read (and discarded) as before.
+    """
+
+    __slots__ = ("closed", "lock", "shut", "ssl", "timeout")
+
+    def __init__(self, ssl_sock: ssl.SSLSocket) -> None:
+        ssl_sock.settimeout(0.0)
+        self.ssl = ssl_sock
+        self.lock = threading.Lock()
+        self.timeout: float | None = 0.0
+        self.closed = False
+        self.shut = False  # TCP write side shut: no close_notify any more
+
+    def fileno(self) -> int:
+        return self.ssl.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self.timeout = None if flag else 0.0
+
+    def pending(self) -> int:
+        """Decrypted bytes held inside OpenSSL (the descriptor does not show them)."""
+        with self.lock:
+            return 0 if self.closed else self.ssl.pending()
+
+    def attempt(self, op: Callable[..., Any], *args: Any) -> Any:
+        """One non-blocking OpenSSL call under the lock."""
+        with self.lock:
+            if self.closed:
+                raise OSError(errno.EBADF, "connection closed")
+            return op(*args)
+
+    def call(self, op: Callable[..., Any], *args: Any) -> Any:
+        """``op`` retried until it completes, waiting (outside the lock) per the timeout."""
+        import ssl
+
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.attempt(op, *args)
+            except ssl.SSLWantReadError:
+                if timeout == 0:
+                    raise
+                flag = select.POLLIN
+            except ssl.SSLWantWriteError:
+                if timeout == 0:
+                    raise
+                flag = select.POLLOUT
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            poller = select.poll()
+            poller.register(self.fileno(), flag)
+            poller.poll(min(left, 1.0) * 1000)  # slices: notice a close by another thread
+
+    def do_handshake(self) -> None:
+        self.call(self.ssl.do_handshake)
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self.call(self.ssl.recv, size)
+        return data
+
+    def recv_nowait(self, size: int) -> bytes:
+        """``recv`` that never waits, whatever the timeout (raises ``SSLWantReadError``)."""
+        data: bytes = self.attempt(self.ssl.recv, size)
+        return data
+
+    def send(self, data: Buffer) -> int:
+        sent: int = self.call(self.ssl.send, data)
+        return sent
+
+    def sendall(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            sent = self.send(view)  # a retry after SSLWantWrite passes the same bytes
+            view = view[sent:]
+
+    def sendfile(self, file: io.FileIO, offset: int = 0, count: int | None = None) -> int:
+        """Like ``socket.sendfile``, by reading and sending (the kernel cannot encrypt)."""
+        total = 0
+        while count is None or total < count:
+            size = CHUNK if count is None else min(CHUNK, count - total)
+            data = os.pread(file.fileno(), size, offset + total)
+            if not data:
+                break
+            self.sendall(data)
+            total += len(data)
+        return total
+
+    def shutdown(self, how: int) -> None:
+        with self.lock:
+            # SSLSocket.shutdown would also drop its TLS state, and later reads would
+            # then return raw records: shut the TCP side only.
+            socket.socket.shutdown(self.ssl, how)
+            self.shut = True
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if not self.shut:  # best effort close_notify, without waiting for the peer's
+                with contextlib.suppress(OSError, ValueError):
+                    self.ssl.unwrap()
+            self.ssl.close()
+
+
 class Conn:
     """One client connection: owned by the loop between requests, by one worker during one."""
 
-    __slots__ = ("authenticated", "buf", "deadline", "draining", "peer", "sock")
+    __slots__ = (
+        "authenticated",
+        "buf",
+        "deadline",
+        "draining",
+        "handshaking",
+        "peer",
+        "sock",
+        "tls",
+    )
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket | TLSSocket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
         self.buf = bytearray()  # received, not yet consumed
         self.deadline = time.monotonic() + HEADER_DEADLINE
         self.draining = False  # replied and half-closed: discard input until EOF
         self.authenticated = False
+        self.tls = isinstance(sock, TLSSocket)
+        self.handshaking = self.tls  # TLS: the handshake is not done yet
+
+    def pending(self) -> int:
+        """TLS: bytes decrypted but not read yet (selectors cannot see them); else 0."""
+        return self.sock.pending() if isinstance(self.sock, TLSSocket) else 0
+
+    def receive_nowait(self) -> str:
+        """TLS: receive what is there into ``buf`` without waiting: data, idle or gone."""
+        import ssl
+
+        assert isinstance(self.sock, TLSSocket)
+        try:
+            data = self.sock.recv_nowait(CHUNK)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return "idle"
+        except (OSError, ValueError):
+            return "gone"
+        if not data:
+            return "gone"
+        self.buf += data
+        return "data"
 
     def fill(self) -> None:
         """Receive more bytes into ``buf`` (blocking, with the socket's timeout)."""
@@ -454,10 +727,14 @@ class Conn:
 
     def send_parts(self, parts: list[Buffer]) -> None:
         """Send several buffers in order with scatter-gather writes (no joining copy)."""
+        sock = self.sock
+        if isinstance(sock, TLSSocket):  # no sendmsg: one write makes full TLS records
+            self.send(b"".join(parts))
+            return
         views = [memoryview(part) for part in parts if len(part)]
         try:
             while views:
-                sent = self.sock.sendmsg(views[:512])
+                sent = sock.sendmsg(views[:512])
                 while sent:
                     if sent >= len(views[0]):
                         sent -= len(views.pop(0))
@@ -1242,13 +1519,21 @@ def run_foreground(ex: Exchange, process: Process, req: ExecRequest, stdin_data:
             if killed_at is not None:
                 wait = min(wait, 0.1)
             output: list[Buffer] = []
-            for key, _ in sel.select(wait):
+            # TLS: bytes already decrypted inside OpenSSL never make the socket readable.
+            buffered = client_registered and conn.tls and conn.pending() > 0
+            events = sel.select(0.0 if buffered else wait)
+            if buffered and not any(key.data == "client" for key, _ in events):
+                events.append((sel.get_key(conn.sock), selectors.EVENT_READ))
+            for key, _ in events:
                 tag = key.data
                 if tag == "exit":
                     sel.unregister(key.fd)
                 elif tag == "client":
                     if not body.done:
-                        conn.fill()  # ClientGone when the client went away mid-body
+                        if not conn.tls:
+                            conn.fill()  # ClientGone when the client went away mid-body
+                        elif conn.receive_nowait() == "gone":  # a partial record: wait more
+                            raise ClientGone("connection closed by the client")
                         continue
                     seen = peek_client(conn)
                     if seen == "gone":
@@ -1423,6 +1708,9 @@ def feed_stdin(popen: subprocess.Popen[bytes], body: Body, first: bytes) -> None
 
 def peek_client(conn: Conn) -> str:
     """``gone`` when the peer closed its end, ``data`` when it sent more, else ``idle``."""
+    if conn.tls:  # no MSG_PEEK through TLS: receive into buf, which readers consume first
+        return "data" if len(conn.buf) >= MAX_HEADER_BYTES else conn.receive_nowait()
+    assert isinstance(conn.sock, socket.socket)
     try:
         conn.sock.setblocking(False)
         return "data" if conn.sock.recv(1, socket.MSG_PEEK) else "gone"
@@ -1733,6 +2021,19 @@ def find_endpoint(request: Request) -> Callable[[Exchange], None]:
 # the server: one loop thread for connections and headers, a bounded worker pool
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """A terse reason for a failed handshake; None for a peer that merely went away."""
+    import ssl
+
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
+        return None
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return _printable(str(exc.reason), 80)
+    if isinstance(exc, OSError) and exc.strerror:
+        return _printable(exc.strerror, 80)
+    return type(exc).__name__
+
+
 def _log(text: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with contextlib.suppress(OSError, ValueError):
@@ -1753,8 +2054,10 @@ class Server:
         base_env: Mapping[str, str],
         umask: int,
         workdir: str,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls  # None: plain HTTP
         self.registry = registry
         self.base_env = dict(base_env)
         self.umask = umask
@@ -1822,7 +2125,18 @@ class Server:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, str(address[0]) if isinstance(address, tuple) else "-")
+            peer = str(address[0]) if isinstance(address, tuple) else "-"
+            if self.tls is None:
+                conn = Conn(sock, peer)
+            else:  # the handshake is driven by the loop, within HEADER_DEADLINE
+                try:
+                    wrapped = self.tls.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except (OSError, ValueError):
+                    sock.close()
+                    continue
+                conn = Conn(TLSSocket(wrapped), peer)
             self.watch(conn)
 
     def watch(self, conn: Conn) -> None:
@@ -1833,6 +2147,11 @@ class Server:
         self.conns.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn.sock)
+
+    def want(self, conn: Conn, events: int) -> None:
+        """Wait for ``events`` on a watched connection (TLS may need to write to read)."""
+        if self.selector.get_key(conn.sock).events != events:
+            self.selector.modify(conn.sock, events, conn)
 
     def drop(self, conn: Conn) -> None:
         self.unwatch(conn)
@@ -1851,10 +2170,15 @@ class Server:
             conn.sock.setblocking(False)
             conn.deadline = time.monotonic() + IDLE_TIMEOUT
             self.watch(conn)
-            if conn.buf:
+            if conn.tls and conn.pending():
+                self.readable(conn)
+            elif conn.buf:
                 self.serve_buffered(conn)
 
     def readable(self, conn: Conn) -> None:
+        if conn.tls:
+            self.readable_tls(conn)
+            return
         try:
             data = conn.sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -1871,6 +2195,58 @@ class Server:
                 conn.deadline = time.monotonic() + HEADER_DEADLINE
             conn.buf += data
         self.serve_buffered(conn)
+
+    def readable_tls(self, conn: Conn) -> None:
+        """``readable`` for TLS: advance the handshake, then read what can be decrypted.
+
+        Nothing here waits.  The SSL would-block errors are OSErrors: caught first.
+        """
+        import ssl
+
+        sock = conn.sock
+        assert isinstance(sock, TLSSocket)
+        if conn.handshaking:
+            try:
+                sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self.want(conn, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self.want(conn, selectors.EVENT_WRITE)
+                return
+            except (OSError, ValueError) as exc:
+                reason = tls_failure(exc)
+                if reason:
+                    _log(f"{conn.peer} tls handshake failed: {reason}")
+                self.drop(conn)
+                return
+            conn.handshaking = False
+        while True:
+            try:
+                data = sock.recv(CHUNK)
+            except ssl.SSLWantReadError:
+                self.want(conn, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self.want(conn, selectors.EVENT_WRITE)
+                return
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                self.drop(conn)
+                return
+            self.want(conn, selectors.EVENT_READ)
+            # One record per recv: keep reading what OpenSSL already holds, but never
+            # past the socket's own data (an EOF behind a request must not cost it).
+            if not conn.draining:
+                if not conn.buf:  # the first byte of a request starts its header deadline
+                    conn.deadline = time.monotonic() + HEADER_DEADLINE
+                conn.buf += data
+                if sock.pending() and len(conn.buf) <= MAX_HEADER_BYTES:
+                    continue
+                self.serve_buffered(conn)
+            if self.conns.get(sock.fileno()) is not conn or not sock.pending():
+                return  # handed to a worker, dropped, or nothing more buffered
 
     def serve_buffered(self, conn: Conn) -> None:
         """Serve the complete requests in ``conn.buf`` (a loop: pipelining cannot recurse)."""
@@ -1932,6 +2308,7 @@ class Server:
                 "max_workers": MAX_WORKERS,
                 "max_background": MAX_BACKGROUND,
             },
+            "tls": self.tls is not None,
         }
 
     def health(self, conn: Conn, request: Request) -> bool:
@@ -2096,8 +2473,18 @@ def main() -> None:
     except ConfigError as exc:
         _fail(str(exc), 2)
     make_undumpable()
-    # Commands do not inherit the digest (a digest cannot be presented as a token anyway).
+    # Commands do not inherit the digest (a digest cannot be presented as a token anyway),
+    # nor the TLS key (nor its certificate).
     os.environ.pop(TOKEN_SHA256_ENV, None)
+    os.environ.pop(TLS_CERT_ENV, None)
+    os.environ.pop(TLS_KEY_ENV, None)
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            tls = tls_context(config.tls_cert, config.tls_key)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        config.tls_cert = config.tls_key = None  # loaded: keep no copy around
     umask = os.umask(0)
     os.umask(umask)
     # Small thread stacks: a full worker pool must not cost the sandbox much memory.
@@ -2105,7 +2492,7 @@ def main() -> None:
         threading.stack_size(512 * 1024)
     registry = Registry()
     try:
-        server = Server(config, registry, os.environ, umask, os.getcwd())
+        server = Server(config, registry, os.environ, umask, os.getcwd(), tls)
     except OSError as exc:
         _fail(f"cannot listen on {config.host}:{config.port}: {exc}", 1)
 
@@ -2120,9 +2507,12 @@ def main() -> None:
         timer = threading.Timer(config.ttl, stop, args=(f"ttl of {config.ttl}s expired",))
         timer.daemon = True
         timer.start()
+    # Tools parse the port at the end of this line: nothing may follow it.
     print(
         f"commandlab daemon listening on {config.host}:{server.port}", file=sys.stderr, flush=True
     )
+    if tls is not None:
+        print("commandlab daemon: serving TLS (https)", file=sys.stderr, flush=True)
     server.serve_forever()
 
 
