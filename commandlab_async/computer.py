@@ -496,6 +496,14 @@ class Computer:
         """A broken connection or a timeout during ``what`` is a DaemonUnreachableError."""
         try:
             yield
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Not a daemon that is late: someone else's certificate (with a per-sandbox
+            # certificate, anyone else's). Waiting will not change it.
+            raise AuthenticationError(
+                f"{what}: the daemon's TLS certificate was refused, so the token was not "
+                f"sent ({exc.certificate_error})",
+                sandbox=self._name,
+            ) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise DaemonUnreachableError(f"{what} failed: {exc!r}", sandbox=self._name) from exc
         except TimeoutError as exc:

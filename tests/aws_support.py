@@ -57,13 +57,23 @@ class LocalDaemons:
     token, port and TTL the task was given, so the whole path runs for real. Never
     connects to the 10.x addresses moto invents."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, moto_url: str | None = None) -> None:
         self.latency = latency
+        self.moto_url = moto_url
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
     async def __call__(self, task: RunningSandbox) -> str:
         assert task.addresses["private"].startswith("10.")  # moto's ENI: checked, never used
-        (override,) = task.raw["overrides"]["containerOverrides"]
+        raw = task.raw
+        if self.moto_url is not None:
+            # The task as ECS holds it: the driver hides the TLS key in what it hands on.
+            async with aioboto3.Session().client(
+                "ecs", region_name=REGION, endpoint_url=self.moto_url
+            ) as ecs:
+                (raw,) = (await ecs.describe_tasks(cluster="default", tasks=[raw["taskArn"]]))[
+                    "tasks"
+                ]
+        (override,) = raw["overrides"]["containerOverrides"]
         env = {e["name"]: e["value"] for e in override["environment"]}
         await asyncio.sleep(self.latency)  # the simulated provisioning time
         proc = await asyncio.create_subprocess_exec(
@@ -82,7 +92,8 @@ class LocalDaemons:
         line = (await proc.stderr.readline()).decode()
         port = re.search(r":(\d+)\s*$", line)
         assert port, line
-        return f"http://127.0.0.1:{port.group(1)}"
+        scheme = "https" if task.url and task.url.startswith("https:") else "http"
+        return f"{scheme}://127.0.0.1:{port.group(1)}"
 
     async def close(self) -> None:
         for proc in self.procs.values():
@@ -155,7 +166,7 @@ async def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[A
     proxy = FaultyHttpProxy(moto_url)
     await proxy.start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    daemons = LocalDaemons()
+    daemons = LocalDaemons(moto_url=moto_url)
     env = Aws(proxy, subnet["SubnetId"], group["GroupId"], daemons, moto_url, session)
     try:
         yield env

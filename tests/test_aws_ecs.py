@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from commandlab_async import (
     DockerPlatform,
     DockerSpec,
+    RunningSandbox,
     SpecError,
     gc,
     provision,
@@ -44,6 +46,36 @@ async def test_happy_path_end_to_end(aws: Aws) -> None:
     assert aws.proxy.calls("RegisterTaskDefinition") == ["RegisterTaskDefinition"]
     # Content-addressed and maybe in use by a sibling process: never deregistered.
     assert aws.proxy.calls("DeregisterTaskDefinition") == []
+
+
+async def test_a_public_ip_means_https_with_a_pinned_certificate(aws: Aws) -> None:
+    seen: list[RunningSandbox] = []
+
+    async def resolver(task: RunningSandbox) -> str:
+        seen.append(task)
+        return await aws.daemons(task)
+
+    spec = aws.spec({"assign_public_ip": True}, endpoint_resolver=resolver)
+    async with provision(spec) as computer:
+        assert computer.url.startswith("https://127.0.0.1:")
+        assert (await computer.health())["tls"] is True
+        assert (await computer.run("echo ok")).stdout == "ok\n"
+        (task,) = await aws.tasks()
+    (running,) = seen
+    assert running.url is not None
+    assert running.url.startswith("https://")
+    assert isinstance(running.ssl, ssl.SSLContext)
+    # ECS shows overrides to whoever may describe the task (documented); what we hand on
+    # (the resolver, logs, reprs) never holds the key.
+    (override,) = task["overrides"]["containerOverrides"]
+    assert "COMMANDLAB_TLS_KEY" in {e["name"] for e in override["environment"]}
+    assert "PRIVATE KEY" not in repr(running)
+
+
+async def test_a_private_ip_stays_plain_http(aws: Aws) -> None:
+    async with provision(aws.spec()) as computer:
+        assert computer.url.startswith("http://127.0.0.1:")
+        assert (await computer.health())["tls"] is False
 
 
 @pytest.mark.parametrize("root", [False, True], ids=["unprivileged", "root"])

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
+from copy import deepcopy
 from typing import Any, ClassVar
 
 import aioboto3
@@ -29,6 +30,7 @@ from ...errors import BackendError, SandboxExitedError
 from ...identity import SESSION, SandboxIdentity
 from ...limits import Limits
 from ...specs import Spec
+from ...tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
 from .options import EcsOptions, EcsTarget
@@ -53,6 +55,19 @@ _STOPPING = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
 # Our own retries (tenacity, under the fleet's rate limit) replace botocore's, so that a
 # retried run_task is known to us (it may have started a task whose answer was lost).
 _CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
+def _without_key(task: dict[str, Any]) -> dict[str, Any]:
+    """``task`` with the TLS key in its overrides blanked (it is shown, logged, repr'd)."""
+    overrides = task.get("overrides", {}).get("containerOverrides", [])
+    if not any(e.get("name") == TLS_KEY_ENV for o in overrides for e in o.get("environment", [])):
+        return task
+    copy = deepcopy(task)
+    for override in copy["overrides"]["containerOverrides"]:
+        for entry in override.get("environment", []):
+            if entry.get("name") == TLS_KEY_ENV:
+                entry["value"] = "<hidden>"
+    return copy
 
 
 class _CapacityFailure(Exception):
@@ -139,6 +154,7 @@ class EcsDriver(Driver[EcsTarget]):
         # name -> (task ARN, exactly one run_task reached ECS and answered). Only an
         # optimisation: without it a sandbox is found by startedBy and its name tag.
         self._tasks: dict[str, tuple[str, bool]] = {}
+        self._tls: dict[str, SandboxTls] = {}  # name -> its pinned certificate (public IPs)
 
     async def close(self) -> None:
         # Task definitions stay registered: they are content-addressed, reused by any
@@ -228,7 +244,14 @@ class EcsDriver(Driver[EcsTarget]):
         ecs = await self._client("ecs")
         tags = [{"key": k, "value": v} for k, v in identity.labels.items()]
         tags.append({"key": NAME_TAG, "value": name})
-        environment = [{"name": k, "value": v} for k, v in daemon_env(spec, identity).items()]
+        env = daemon_env(spec, identity)
+        if options.assign_public_ip:
+            # Reached across the internet: HTTPS with a certificate made for this task.
+            # ECS has no secret environment short of Secrets Manager, so DescribeTasks
+            # shows the key to whoever may call it (never to the network).
+            self._tls[name] = tls = await make_sandbox_tls(name)
+            env.update(tls.daemon_env())
+        environment = [{"name": k, "value": v} for k, v in env.items()]
         attempts = 0
 
         async def run_task() -> str:
@@ -320,13 +343,15 @@ class EcsDriver(Driver[EcsTarget]):
                 if public_ip := interface.get("Association", {}).get("PublicIp"):
                     addresses["public"] = public_ip
         ip = addresses.get("public") or addresses.get("private")
+        tls = self._tls.get(name)
         return RunningSandbox(
             name=name,
             platform=self.platform,
             port=spec.daemon_port,
             addresses=addresses,
-            url=f"http://{ip}:{spec.daemon_port}" if ip else None,
-            raw=task,
+            url=f"{'https' if tls else 'http'}://{ip}:{spec.daemon_port}" if ip else None,
+            raw=_without_key(task),
+            ssl=tls.client_context() if tls else None,
         )
 
     def _raise_if_stopped(self, name: str, task: dict[str, Any]) -> None:
@@ -370,6 +395,7 @@ class EcsDriver(Driver[EcsTarget]):
                 if not await self._stopped_or_missing(arn, sandbox.name):
                     raise
         self._tasks.pop(sandbox.name, None)
+        self._tls.pop(sandbox.name, None)
 
     async def _stopped_or_missing(self, arn: str, name: str) -> bool:
         """Whether ECS says the task is stopped or does not know it (a refused stop is fine)."""
