@@ -122,6 +122,8 @@ def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
     expires = labels.get(EXPIRES_AT, NEVER)
     if expires != NEVER and _number(expires) is not None and now >= float(expires):
         return "expired"
+    if record.finished:
+        return f"finished ({record.state})"
     if labels.get(SESSION) == SESSION_ID:
         return None  # ours, and we are alive
     if labels.get(HOST) != socket.gethostname()[:63]:

@@ -176,6 +176,9 @@ def test_why_reap_rules() -> None:
     assert why_reap(record(**{PID: "1"})) is None
     # our pid, but the sandbox claims to be older than this process: the pid was reused
     assert why_reap(record(**{CREATED_AT: "1000"})) == f"owner process {os.getpid()} is gone"
+    # Finished but still there (a stopped ACI group counts against the quota): whoever owns it.
+    finished = SandboxRecord("x", record(**{HOST: "another-host"}).labels, "Succeeded", True)
+    assert why_reap(finished) == "finished (Succeeded)"
 
 
 async def _commandlab(*args: str) -> str:

@@ -16,7 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from ..errors import BackendError
 from ..identity import SandboxIdentity
@@ -35,6 +41,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_LONGEST_WAIT = 60.0  # the longest Retry-After one call waits for (seconds)
 TargetT = TypeVar("TargetT", bound=Target)
 
 
@@ -64,6 +71,8 @@ class SandboxRecord:
     name: str
     labels: Mapping[str, str]
     state: str
+    finished: bool = False
+    """It has stopped for good but still exists (and may count against a quota)."""
 
 
 @dataclass(frozen=True)
@@ -145,13 +154,23 @@ class Driver(abc.ABC, Generic[TargetT]):
 
         def transient(exc: BaseException) -> bool:
             failure = self.classify(exc)
-            return failure is not None and failure.transient
+            asked = self.retry_after(exc)
+            # A backend that asks for more than a minute (an hourly quota) is not waited
+            # for inside one call: the caller hears of it now.
+            return failure is not None and failure.transient and (asked or 0) <= _LONGEST_WAIT
+
+        backoff = wait_random_exponential(multiplier=self.first_wait, max=self.max_wait)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            asked = self.retry_after(error) if error is not None else None
+            return max(asked or 0.0, backoff(state))
 
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(transient),
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_random_exponential(multiplier=self.first_wait, max=self.max_wait),
+                wait=wait,
                 reraise=True,
             ):
                 with attempt:
@@ -174,6 +193,11 @@ class Driver(abc.ABC, Generic[TargetT]):
             if failure is not None and failure.not_found:
                 return None
             raise
+
+    @classmethod
+    def retry_after(cls, exc: BaseException) -> float | None:
+        """Seconds the backend asked to wait before a retry (its ``Retry-After``), if any."""
+        return None
 
     def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
         """``exc`` as the library's error if the SDK raised it, else ``exc`` itself."""
