@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import aiodocker
 import pytest
+from azure.core.exceptions import HttpResponseError
 from botocore.exceptions import ClientError
 from google.api_core.exceptions import GoogleAPICallError
 from google.protobuf.json_format import MessageToDict
@@ -37,7 +38,9 @@ from commandlab_async.identity import SESSION, SESSION_ID, new_identity
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.pools import open_backend
+from tests.aci_emulator import AciEmulator
 from tests.aws_support import Aws
+from tests.azure_support import aci_spec
 from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyProxy, Rule
@@ -160,11 +163,37 @@ def cloud_run_backend(cloud_run: CloudRunEmulator) -> Backend:
     )
 
 
+@pytest.fixture
+def aci_backend(aci: AciEmulator) -> Backend:
+    async def describe(name: str) -> Any:
+        # What ARM answered last about the group, to anyone with read access.
+        answers = [r for r in aci.calls("GET group") if r.path.endswith(f"/{name}")]
+        return json.loads(answers[-1].response)
+
+    return Backend(
+        spec=lambda **kw: aci_spec(aci, **kw),
+        live=lambda: asyncio.sleep(0, sorted(aci.live())),
+        proxy=aci,
+        create_call="PUT group",
+        throttled=Rule("PUT group", status=429),
+        refused=Rule(
+            "PUT group",
+            status=400,
+            body={"error": {"code": "InvalidImageName", "message": "bad image reference"}},
+        ),
+        sdk_error=HttpResponseError,
+        exits=lambda: aci_spec(aci, image=EXITS_IMAGE),
+        exit_reason="exited with code 3",
+        describe=describe,
+    )
+
+
 @pytest.fixture(
     params=[
         pytest.param("docker", marks=pytest.mark.docker),
         pytest.param("ecs", marks=pytest.mark.aws),
         pytest.param("cloud_run", marks=pytest.mark.docker),
+        pytest.param("aci", marks=pytest.mark.docker),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> Backend:

@@ -81,6 +81,7 @@ _SCOPE_FLAGS = {
     "namespace": "namespace",
     "resource_group": "resource_group",
     "project": "project_id",
+    "subscription": "subscription_id",
 }
 
 

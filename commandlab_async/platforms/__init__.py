@@ -42,7 +42,9 @@ REGISTRY: dict[Platform, PlatformEntry] = {
     DockerPlatform.AWS_ECS: PlatformEntry(
         EcsOptions, "commandlab_async.platforms.aws_ecs.driver:EcsDriver", ("aws",)
     ),
-    DockerPlatform.AZURE_CONTAINER_INSTANCES: PlatformEntry(AciOptions, None, ("azure",)),
+    DockerPlatform.AZURE_CONTAINER_INSTANCES: PlatformEntry(
+        AciOptions, "commandlab_async.platforms.azure_aci.driver:AciDriver", ("azure",)
+    ),
     DockerPlatform.GCP_CLOUD_RUN: PlatformEntry(
         CloudRunOptions, "commandlab_async.platforms.gcp_cloud_run.driver:CloudRunDriver", ("gcp",)
     ),

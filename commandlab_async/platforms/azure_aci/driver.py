@@ -1,0 +1,384 @@
+"""Azure Container Instances driver (azure-mgmt-containerinstance, aio): one container
+group per sandbox.
+
+Each group is named by us before the call, runs one container that is never restarted
+(the daemon exits 0 at its TTL, and the group stops), and is reached over HTTPS on its
+IP: ACI offers no TLS of its own, so the daemon serves it with a key and certificate made
+for this sandbox, which the client pins (:mod:`commandlab_async.tls`). The token's hash
+and the key travel as ``secureValue`` variables, which ARM never returns.
+
+azure-core's own retries are off (``retry_total=0``): our limiter and :meth:`Driver.call`
+decide, honouring ``Retry-After``. Trust comes from the system store (``SSL_CERT_FILE``
+is honoured when the driver starts, not only when aiohttp is imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import AioHttpTransport
+from azure.mgmt.containerinstance import models
+from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
+
+from ...errors import BackendError, SandboxExitedError
+from ...identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
+from ...limits import Limits
+from ...specs import Spec
+from ...tls import TLS_CERT_ENV, SandboxTls, make_sandbox_tls
+from ..base import DockerPlatform, RunningSandbox
+from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
+from .options import AciOptions, AciTarget, memory_in_gb
+
+__all__ = ["AciDriver"]
+
+_CONTAINER = "computer"
+# Polling a group while it comes up: from 0.25 s, growing to at most 2 s, so a fleet of
+# 100 stays within ARM's read budget (about 25 a second per principal).
+_FIRST_POLL = 0.25
+_MAX_POLL = 2.0
+# Events ACI reports while it keeps retrying something that will not work (a bad image,
+# a container that will not start): waiting for the deadline would only cost time.
+_FATAL_EVENTS = ("Failed", "BackOff")
+# Group states once its containers ended (Never restarts): all exited 0, or not; or a
+# user stopped it.
+_STOPPED = ("Succeeded", "Failed", "Stopped")
+# ARM error codes of quotas, with what the user can do about them (never retried: they
+# come as 400, and waiting minutes inside one create would not be what anyone wants).
+_QUOTA_NOTES = {
+    "ContainerGroupQuotaReached": (
+        "ACI allows 100 container groups per region and subscription by default: delete "
+        "finished ones (`commandlab gc --platform azure-aci`) or ask Azure for more"
+    ),
+}
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def _options(spec: Spec) -> AciOptions:
+    assert isinstance(spec.options, AciOptions)  # the registry guarantees it
+    return spec.options
+
+
+def _arm_code(exc: HttpResponseError) -> str | None:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    return str(code) if code else None
+
+
+def _group(spec: Spec, identity: SandboxIdentity, tls: SandboxTls, region: str) -> Any:
+    options = _options(spec)
+    user_env = dict(spec.env)
+    # Ours are secret (ARM never returns a secureValue); the certificate is not, but it
+    # is only ever needed inside.
+    env = [models.EnvironmentVariable(name=k, value=v) for k, v in user_env.items()]
+    ours = {**daemon_env(spec, identity), **tls.daemon_env()}
+    env += [
+        models.EnvironmentVariable(name=k, secure_value=v)
+        for k, v in ours.items()
+        if k not in user_env
+    ]
+    port = spec.daemon_port
+    container = models.Container(
+        name=_CONTAINER,
+        image=spec.image,
+        resources=models.ResourceRequirements(
+            requests=models.ResourceRequests(memory_in_gb=memory_in_gb(spec.memory), cpu=spec.cpu)
+        ),
+        ports=[models.ContainerPort(port=port, protocol="TCP")],
+        environment_variables=env,
+    )
+    private = bool(options.subnet_ids)
+    return models.ContainerGroup(
+        location=region,
+        tags=dict(identity.labels),
+        containers=[container],
+        os_type="Linux",
+        restart_policy="Never",
+        ip_address=models.IpAddress(
+            ports=[models.Port(port=port, protocol="TCP")],
+            type="Private" if private else "Public",
+            dns_name_label=options.dns_name_label,
+        ),
+        subnet_ids=[models.ContainerGroupSubnetId(id=s) for s in options.subnet_ids] or None,
+    )
+
+
+def _failure(group: Any) -> str | None:
+    """Why the group will never serve, in ACI's own words; None while it still may."""
+    if group.provisioning_state == "Failed":
+        events = [e for c in group.containers or [] for e in _events(c)]
+        events += list((group.instance_view.events if group.instance_view else None) or [])
+        detail = "; ".join(f"{e.name}: {e.message}" for e in events if e.type == "Warning")
+        return f"provisioning failed{': ' + detail if detail else ''}"
+    for container in group.containers or []:
+        view = container.instance_view
+        if view is None:
+            continue
+        state = view.current_state
+        if state is not None and state.state == "Terminated":
+            return (
+                f"container {container.name} exited with code {state.exit_code} "
+                f"({state.detail_status or 'no detail'})"
+            )
+        if view.restart_count:
+            return f"container {container.name} restarted {view.restart_count} time(s)"
+        for event in _events(container):
+            if event.name in _FATAL_EVENTS:
+                return f"{event.name}: {event.message}"
+    return None
+
+
+def _events(container: Any) -> list[Any]:
+    view = container.instance_view
+    return list((view.events if view else None) or [])
+
+
+def _state_of(group: Any) -> str:
+    failure = _failure(group)
+    if failure is not None:
+        return f"failed: {failure}"
+    running = group.instance_view.state if group.instance_view else None
+    return str(running or group.provisioning_state or "unknown")
+
+
+def _finished(group: Any) -> bool:
+    state = group.instance_view.state if group.instance_view else None
+    return state in _STOPPED or group.provisioning_state == "Failed"
+
+
+class AciDriver(Driver[AciTarget]):
+    """Driver for :attr:`DockerPlatform.AZURE_CONTAINER_INSTANCES`: one group each."""
+
+    platform: ClassVar[DockerPlatform] = DockerPlatform.AZURE_CONTAINER_INSTANCES
+    # ACI's documented quotas per region: 100 groups at once, 100 creates per 5 minutes
+    # and 300 per hour (ARM's 200-write burst, 10 a second, is looser than both).
+    default_limits = Limits(
+        creates_in_flight=100, creates_per_second=300 / 3600, create_burst=100, probes_in_flight=64
+    )
+    probe_interval = 0.5
+    attempts = 5
+    first_wait = 0.5
+    max_wait = 8.0
+
+    def __init__(self, target: AciTarget) -> None:
+        super().__init__(target)
+        self._lock = asyncio.Lock()
+        self._arm: ContainerInstanceManagementClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._own_credential: Any = None
+        self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
+        self._refused: set[str] = set()  # creates refused for want of credentials
+
+    @classmethod
+    def classify(cls, exc: BaseException) -> Failure | None:
+        if isinstance(exc, ClientAuthenticationError):
+            return Failure(exc.status_code or "authentication", transient=False)
+        if isinstance(exc, ServiceRequestError | ServiceResponseError):
+            return Failure(None, transient=True)  # no answer: the connection failed
+        if isinstance(exc, HttpResponseError):
+            code = _arm_code(exc) or exc.status_code
+            return Failure(
+                code,
+                transient=exc.status_code in _TRANSIENT_STATUS,
+                not_found=isinstance(exc, ResourceNotFoundError),
+            )
+        return None
+
+    @classmethod
+    def retry_after(cls, exc: BaseException) -> float | None:
+        response = getattr(exc, "response", None)
+        value = response.headers.get("Retry-After") if response is not None else None
+        try:
+            return float(value) if value else None
+        except ValueError:  # an HTTP date: rare from ARM, and backoff covers it
+            return None
+
+    def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
+        error = super().translate(exc, what, sandbox)
+        if isinstance(exc, HttpResponseError) and (note := _QUOTA_NOTES.get(_arm_code(exc) or "")):
+            error.add_note(note)
+        return error
+
+    async def _client(self) -> ContainerInstanceManagementClient:
+        async with self._lock:
+            if self._arm is None:
+                target = self.target
+                # Loads the trust store from disk (SSL_CERT_FILE honoured), so in a thread.
+                context = await asyncio.to_thread(ssl.create_default_context)
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=context, limit=100)
+                )
+                transport = AioHttpTransport(session=self._session, session_owner=False)
+                credential = target.credential
+                if credential is None:
+                    # Reads the environment and token caches from disk: in a thread.
+                    credential = self._own_credential = await asyncio.to_thread(
+                        _default_credential, transport
+                    )
+                self._arm = ContainerInstanceManagementClient(
+                    credential,
+                    target.subscription_id,
+                    base_url=target.arm_endpoint,
+                    credential_scopes=[f"{target.arm_endpoint}/.default"],
+                    transport=transport,
+                    retry_total=0,
+                    polling_interval=1,
+                )
+            return self._arm
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._arm is not None:
+                await self._arm.close()
+                self._arm = None
+            if self._own_credential is not None:
+                await self._own_credential.close()
+                self._own_credential = None
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
+        assert self.target.region is not None  # AciOptions.target requires it
+        client = await self._client()
+        name = identity.name
+        self._tls[name] = tls = await make_sandbox_tls(name)
+        group = _group(spec, identity, tls, self.target.region)
+        rg = self.target.resource_group
+        try:
+            # Not polled: running() follows the group itself, with its events.
+            await self.call(
+                "create container group",
+                name,
+                lambda: client.container_groups.begin_create_or_update(
+                    rg, name, group, polling=False
+                ),
+            )
+        except BackendError as exc:
+            if isinstance(exc.__cause__, ClientAuthenticationError):
+                self._refused.add(name)  # ARM authenticates before it acts
+                raise
+            # A create whose answer was lost and was sent again (by us or by aiohttp)
+            # finds the group mid-creation: ours if it carries our session and time.
+            if not isinstance(exc.__cause__, ResourceExistsError):
+                raise
+            found = await self._get(identity)
+            tags = (found.tags or {}) if found is not None else {}
+            if any(tags.get(k) != identity.labels[k] for k in (SESSION, CREATED_AT)):
+                raise
+
+    async def _get(self, sandbox: SandboxRef) -> Any:
+        client = await self._client()
+        rg = self.target.resource_group
+        return await self.call_or_missing(
+            "get container group",
+            sandbox.name,
+            lambda: client.container_groups.get(rg, sandbox.name),
+        )
+
+    async def running(self, spec: Spec, identity: SandboxIdentity) -> RunningSandbox:
+        tls = self._tls[identity.name]
+        delay = _FIRST_POLL
+        while True:
+            group = await self._get(identity)
+            if group is None:
+                raise SandboxExitedError(
+                    "container group is gone",
+                    sandbox=identity.name,
+                    platform=self.platform,
+                    state="gone",
+                )
+            if (failure := _failure(group)) is not None:
+                raise SandboxExitedError(
+                    f"ACI cannot run it: {failure}",
+                    sandbox=identity.name,
+                    platform=self.platform,
+                    state=f"failed: {failure}",
+                )
+            ip = group.ip_address.ip if group.ip_address else None
+            if group.provisioning_state == "Succeeded" and ip:
+                return self._running(spec, identity.name, group, ip, tls)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, _MAX_POLL)
+
+    def _running(
+        self, spec: Spec, name: str, group: Any, ip: str, tls: SandboxTls
+    ) -> RunningSandbox:
+        addresses = {"private" if _options(spec).subnet_ids else "public": ip}
+        if group.ip_address.fqdn:
+            addresses["fqdn"] = group.ip_address.fqdn
+        raw = group.as_dict()
+        # ARM returns no secureValue; the certificate comes back as a plain variable only
+        # if the user set it themselves, and it is public anyway.
+        for container in raw.get("containers", []):
+            for variable in container.get("environment_variables", []):
+                if variable.get("name") == TLS_CERT_ENV:
+                    variable.pop("value", None)
+        return RunningSandbox(
+            name=name,
+            platform=self.platform,
+            port=spec.daemon_port,
+            addresses=addresses,
+            url=f"https://{ip}:{spec.daemon_port}",
+            raw=raw,
+            ssl=tls.client_context(),
+        )
+
+    async def state(self, sandbox: SandboxRef) -> SandboxState:
+        group = await self._get(sandbox)
+        if group is None:
+            return SandboxState("gone", terminal=True)
+        return SandboxState(_state_of(group), terminal=_failure(group) is not None)
+
+    async def destroy(self, sandbox: SandboxRef) -> None:
+        client = await self._client()
+        self._tls.pop(sandbox.name, None)
+        if sandbox.name in self._refused:
+            # Never created: asking again would only add the same credential error.
+            self._refused.discard(sandbox.name)
+            return
+        rg = self.target.resource_group
+        # The delete's operation is not polled: ARM has taken the group out of the
+        # quota and the list once the call is accepted.
+        await self.call_or_missing(
+            "delete container group",
+            sandbox.name,
+            lambda: client.container_groups.begin_delete(rg, sandbox.name, polling=False),
+        )
+
+    async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
+        client = await self._client()
+        records = []
+        try:
+            # ARM filters groups by nothing we set: every group of the resource group
+            # comes back, and ours are picked by their tags here.
+            async for group in client.container_groups.list_by_resource_group(
+                self.target.resource_group
+            ):
+                tags = dict(group.tags or {})
+                if MANAGED in tags and all(tags.get(k) == v for k, v in labels.items()):
+                    records.append(
+                        SandboxRecord(
+                            str(group.name), tags, _state_of(group), finished=_finished(group)
+                        )
+                    )
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
+            raise self.translate(exc, "list container groups", None) from exc
+        return records
+
+
+def _default_credential(transport: AioHttpTransport) -> Any:
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential(transport=transport)
