@@ -33,15 +33,14 @@ from typing import Any
 
 import aiohttp
 from _report import table  # benchmarks/ is on sys.path when a script runs
-from azure.identity.aio import ClientSecretCredential
 from azure.mgmt.containerinstance import models
-from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
 
 from commandlab_async import DEFAULT_IMAGE, AciOptions, DockerPlatform, DockerSpec, provision_many
 
 # The emulator lives with the tests, at the repository's root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.aci_emulator import AciEmulator
+from tests.azure_support import arm_client
 
 RESOURCE_GROUP = "bench-rg"
 REGION = "westeurope"
@@ -89,25 +88,10 @@ def _group(token: str) -> models.ContainerGroup:
     )
 
 
-async def baseline(emulator: AciEmulator, count: int, ca_file: str) -> float:
+async def baseline(emulator: AciEmulator, count: int, tmp: Path) -> float:
     names: list[str] = []
-    async with (
-        ClientSecretCredential(
-            emulator.tenant_id,
-            emulator.client_id,
-            emulator.client_secret,
-            authority=emulator.url,
-            connection_verify=ca_file,
-        ) as credential,
-        ContainerInstanceManagementClient(
-            credential,
-            emulator.subscription_id,
-            base_url=emulator.url,
-            credential_scopes=[f"{emulator.url}/.default"],
-            connection_verify=ca_file,
-            retry_total=0,
-        ) as client,
-    ):
+    # The SDK's own client and a ClientSecretCredential, nothing of the library's.
+    async with arm_client(emulator, tmp) as client:
         groups = client.container_groups
 
         async def one(http: aiohttp.ClientSession, index: int) -> None:
@@ -158,7 +142,7 @@ async def run(count: int, latency: float) -> None:
             ours = await library(emulator, count)
             library_calls = Counter(r.what for r in emulator.requests)
             emulator.requests.clear()
-            theirs = await baseline(emulator, count, ca_file)
+            theirs = await baseline(emulator, count, Path(tmp))
             baseline_calls = Counter(r.what for r in emulator.requests)
             left = emulator.live()
         assert left == [], f"groups left: {left}"

@@ -1,7 +1,8 @@
 """The sandbox daemon serving HTTPS (COMMANDLAB_TLS_CERT / COMMANDLAB_TLS_KEY), on 127.0.0.1.
 
-Clients pin the daemon's self-signed certificate exactly, as the library does.  Helpers
-are small copies of those in test_daemon.py (that module starts plain-HTTP daemons).
+Clients pin the daemon's self-signed certificate exactly, as the library does.  What
+differs from test_daemon.py's plain-HTTP helpers (starting a TLS daemon, a TLS client)
+is here; the rest is imported from there.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.test_daemon import Response, exec_body, sleepers_with, stop_daemons, wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -122,17 +125,6 @@ def client_context(cert_pem: str = IDENTITY.cert_pem) -> ssl.SSLContext:
 # ------------------------------------------------------------------ clients
 
 
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers.get("content-type") == "application/json", (self.status, self.body)
-        return json.loads(self.body)
-
-
 def parse_frames(data: bytes) -> list[tuple[bytes, bytes]]:
     frames = []
     offset = 0
@@ -173,10 +165,6 @@ class Frames:
     @property
     def stderr(self) -> bytes:
         return b"".join(payload for kind, payload in self.frames if kind == b"2")
-
-
-def exec_body(payload: object, stdin: bytes = b"") -> bytes:
-    return json.dumps(payload).encode() + b"\n" + stdin
 
 
 class RawClient:
@@ -339,17 +327,6 @@ def start_daemon(
     pytest.fail(f"daemon did not start (exit {proc.poll()}):\n{log_path.read_text()}")
 
 
-def stop_daemons(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One TLS daemon shared by the module's tests; always terminated."""
@@ -371,32 +348,6 @@ def spawn_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         yield spawn
     finally:
         stop_daemons(procs)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def sleepers_with(marker: str) -> list[int]:
-    """Live processes running `sleep 300` whose environment carries marker."""
-    found = []
-    needle = f"CLTEST_MARKER={marker}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if cmdline == SLEEP_300 and needle in environ.split(b"\x00"):
-            found.append(int(entry))
-    return found
 
 
 def request_bytes(method: str, path: str, body: bytes = b"", token: str | None = TOKEN) -> bytes:
