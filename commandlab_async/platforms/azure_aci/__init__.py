@@ -1,1 +1,1 @@
-"""Azure Container Instances: one container group per sandbox (no driver yet)."""
+"""Azure Container Instances: one container group per sandbox, reached over pinned TLS."""
