@@ -9,7 +9,9 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from commandlab_async import DockerSpec, provision, provision_many
+from tests.aci_emulator import AciEmulator
 from tests.aws_support import Aws
+from tests.azure_support import aci_spec
 from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import cloud_run_spec
 
@@ -20,6 +22,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.aws]
 pytest.importorskip("commandlab_async.platforms.docker.driver")
 pytest.importorskip("commandlab_async.platforms.aws_ecs.driver")
 pytest.importorskip("commandlab_async.platforms.gcp_cloud_run.driver")
+pytest.importorskip("commandlab_async.platforms.azure_aci.driver")
 
 
 @pytest.fixture
@@ -59,3 +62,11 @@ async def test_cloud_run_lifecycle_never_blocks(
         for computer in fleet:
             assert (await computer.run("true")).exit_code == 0
     assert cloud_run.id_tokens_issued == 2
+
+
+async def test_aci_lifecycle_never_blocks(aci: AciEmulator, blockbuster: BlockBuster) -> None:
+    # The trust store, DefaultAzureCredential and each sandbox's key are made in threads.
+    async with provision_many(aci_spec(aci), count=2) as fleet:
+        for computer in fleet:
+            assert (await computer.run("true")).exit_code == 0
+    assert len(aci.calls("POST token")) == 1
