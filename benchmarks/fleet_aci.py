@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _report import table  # benchmarks/ is on sys.path when a script runs
+from _report import fleet_report  # benchmarks/ is on sys.path when a script runs
 from azure.mgmt.containerinstance import models
 
 from commandlab_async import DEFAULT_IMAGE, AciOptions, DockerPlatform, DockerSpec, provision_many
@@ -147,24 +147,17 @@ async def run(count: int, latency: float) -> None:
             left = emulator.live()
         assert left == [], f"groups left: {left}"
 
-    def per_latency(seconds: float) -> str:
-        return f"{seconds / latency:.2f}" if latency else "-"
-
-    rows = [
-        ["library (TLS, limits, retries)", f"{ours:.2f}", per_latency(ours)],
-        ["raw SDK baseline (plain HTTP)", f"{theirs:.2f}", per_latency(theirs)],
-    ]
     print(f"{count} container groups, emulated create latency {latency:g} s")
-    print(table(["", "all ready s", "ready/latency"], rows))
-    print(f"library/baseline: {ours / theirs:.2f}")
-    kinds = sorted(set(library_calls) | set(baseline_calls))
     print(
-        table(
-            ["ARM calls per sandbox", "library", "baseline"],
-            [
-                [k, f"{library_calls[k] / count:.2f}", f"{baseline_calls[k] / count:.2f}"]
-                for k in kinds
+        fleet_report(
+            count=count,
+            latency=latency,
+            timings=[
+                ("library (TLS, limits, retries)", ours),
+                ("raw SDK baseline (plain HTTP)", theirs),
             ],
+            calls={"library": library_calls, "baseline": baseline_calls},
+            calls_title="ARM calls per sandbox",
         )
     )
 

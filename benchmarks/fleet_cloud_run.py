@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-from _report import table  # benchmarks/ is on sys.path when a script runs
+from _report import fleet_report  # benchmarks/ is on sys.path when a script runs
 from google.cloud import run_v2
 from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
 
@@ -135,24 +135,17 @@ async def run(count: int, latency: float, private: bool) -> None:
             left = emulator.live()
         assert left == [], f"services left: {left}"
 
-    def per_latency(seconds: float) -> str:
-        return f"{seconds / latency:.2f}" if latency else "-"
-
-    rows = [
-        ["library" + (" (private)" if private else ""), f"{ours:.2f}", per_latency(ours)],
-        ["raw SDK baseline", f"{theirs:.2f}", per_latency(theirs)],
-    ]
     print(f"{count} sandboxes, emulated deploy latency {latency:g} s")
-    print(table(["", "all ready s", "ready/latency"], rows))
-    print(f"library/baseline: {ours / theirs:.2f}")
-    methods = sorted(set(library_calls) | set(baseline_calls))
     print(
-        table(
-            ["API calls per sandbox", "library", "baseline"],
-            [
-                [m, f"{library_calls[m] / count:.2f}", f"{baseline_calls[m] / count:.2f}"]
-                for m in methods
+        fleet_report(
+            count=count,
+            latency=latency,
+            timings=[
+                ("library" + (" (private)" if private else ""), ours),
+                ("raw SDK baseline", theirs),
             ],
+            calls={"library": library_calls, "baseline": baseline_calls},
+            calls_title="API calls per sandbox",
         )
     )
 

@@ -11,7 +11,6 @@ import contextlib
 import datetime
 import hashlib
 import http.client
-import importlib.util
 import ipaddress
 import json
 import os
@@ -20,7 +19,6 @@ import secrets
 import socket
 import ssl
 import stat
-import struct
 import subprocess
 import sys
 import time
@@ -28,7 +26,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,7 +34,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.test_daemon import Response, exec_body, sleepers_with, stop_daemons, wait_for
+from tests.test_daemon import (
+    SERVER,
+    Frames,
+    Response,
+    exec_body,
+    parse_frames,
+    sleepers_with,
+    stop_daemons,
+    wait_for,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,19 +56,6 @@ LISTENING = re.compile(r"commandlab daemon listening on 127\.0\.0\.1:(\d+)$", re
 SERVING_TLS = "commandlab daemon: serving TLS (https)"
 HEADER_DEADLINE = 10.0  # the daemon's HEADER_DEADLINE
 SLEEP_300 = b"sleep\x00300\x00"
-
-
-def load_daemon_module() -> ModuleType:
-    """The daemon's module, loaded from its file (it is standard library only)."""
-    spec = importlib.util.spec_from_file_location("_commandlab_daemon_tls_test", DAEMON_SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SERVER = load_daemon_module()
 
 
 # ------------------------------------------------------------------ certificates
@@ -123,48 +116,6 @@ def client_context(cert_pem: str = IDENTITY.cert_pem) -> ssl.SSLContext:
 
 
 # ------------------------------------------------------------------ clients
-
-
-def parse_frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    frames = []
-    offset = 0
-    while offset < len(data):
-        assert len(data) - offset >= 5, f"truncated frame head at {offset}"
-        kind = data[offset : offset + 1]
-        (length,) = struct.unpack(">I", data[offset + 1 : offset + 5])
-        payload = data[offset + 5 : offset + 5 + length]
-        assert len(payload) == length, f"truncated frame at {offset}"
-        frames.append((kind, payload))
-        offset += 5 + length
-    return frames
-
-
-@dataclass
-class Frames:
-    frames: list[tuple[bytes, bytes]]
-
-    def __post_init__(self) -> None:
-        kinds = [kind for kind, _ in self.frames]
-        assert kinds[:1] == [b"S"], kinds[:5]
-        assert kinds[-1:] == [b"X"], kinds[-5:]
-
-    @property
-    def start(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.frames[0][1])
-        return result
-
-    @property
-    def exit(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.frames[-1][1])
-        return result
-
-    @property
-    def stdout(self) -> bytes:
-        return b"".join(payload for kind, payload in self.frames if kind == b"1")
-
-    @property
-    def stderr(self) -> bytes:
-        return b"".join(payload for kind, payload in self.frames if kind == b"2")
 
 
 class RawClient:

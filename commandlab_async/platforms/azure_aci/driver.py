@@ -36,7 +36,7 @@ from ...errors import BackendError, SandboxExitedError
 from ...identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
 from ...limits import Limits
 from ...specs import Spec
-from ...tls import TLS_CERT_ENV, SandboxTls, make_sandbox_tls
+from ...tls import SandboxTls, make_sandbox_tls
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
 from .options import AciOptions, AciTarget, memory_in_gb
@@ -78,16 +78,13 @@ def _arm_code(exc: HttpResponseError) -> str | None:
 
 def _group(spec: Spec, identity: SandboxIdentity, tls: SandboxTls, region: str) -> Any:
     options = _options(spec)
-    user_env = dict(spec.env)
-    # Ours are secret (ARM never returns a secureValue); the certificate is not, but it
-    # is only ever needed inside.
-    env = [models.EnvironmentVariable(name=k, value=v) for k, v in user_env.items()]
+    # The user's variables stay readable; ours are secret (ARM never returns a
+    # secureValue). The certificate is not secret, but only the sandbox needs it.
+    env = [models.EnvironmentVariable(name=k, value=v) for k, v in spec.env.items()]
     ours = {**daemon_env(spec, identity), **tls.daemon_env()}
-    env += [
-        models.EnvironmentVariable(name=k, secure_value=v)
-        for k, v in ours.items()
-        if k not in user_env
-    ]
+    for name in spec.env:
+        ours.pop(name, None)  # daemon_env starts from the user's
+    env += [models.EnvironmentVariable(name=k, secure_value=v) for k, v in ours.items()]
     port = spec.daemon_port
     container = models.Container(
         name=_CONTAINER,
@@ -318,20 +315,13 @@ class AciDriver(Driver[AciTarget]):
         addresses = {"private" if _options(spec).subnet_ids else "public": ip}
         if group.ip_address.fqdn:
             addresses["fqdn"] = group.ip_address.fqdn
-        raw = group.as_dict()
-        # ARM returns no secureValue; the certificate comes back as a plain variable only
-        # if the user set it themselves, and it is public anyway.
-        for container in raw.get("containers", []):
-            for variable in container.get("environment_variables", []):
-                if variable.get("name") == TLS_CERT_ENV:
-                    variable.pop("value", None)
         return RunningSandbox(
             name=name,
             platform=self.platform,
             port=spec.daemon_port,
             addresses=addresses,
             url=f"https://{ip}:{spec.daemon_port}",
-            raw=raw,
+            raw=group.as_dict(),  # ARM never returns a secureValue
             ssl=tls.client_context(),
         )
 
