@@ -240,11 +240,12 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
             await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
     except TimeoutError as exc:
         if deadline.expired():
+            said = driver.waiting_on(identity) if progress.state.startswith("created") else None
             error: BaseException = ReadyTimeoutError(
                 sandbox=identity.name,
                 platform=str(driver.platform),
                 timeout=spec.ready_timeout,
-                state=progress.state,
+                state=f"{progress.state}: {said}" if said else progress.state,
             )
             member.emit(EventKind.FAILED, str(error))
             raise error from None

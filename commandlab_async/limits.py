@@ -20,7 +20,7 @@ from .errors import SpecError
 if TYPE_CHECKING:
     from .platforms.base import Target
 
-__all__ = ["Limiter", "Limits", "limits_for", "set_limits"]
+__all__ = ["Limiter", "Limits", "TokenBucket", "limits_for", "set_limits"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +95,34 @@ class _Gauge:
                 self._held -= 1
 
 
+class TokenBucket:
+    """A rate limit: ``burst`` calls back to back, then ``rate`` a second, first come first
+    served, with a little jitter so fleets of several processes spread out."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._refilled = asyncio.get_running_loop().time()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        """Wait until a call may be made."""
+        if math.isinf(self.rate):
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            now = loop.time()
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens < 1:
+                wait = (1 - self._tokens) / self.rate
+                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait))
+                self._tokens = 1.0
+                self._refilled = loop.time()
+            self._tokens -= 1
+
+
 class Limiter:
     """The live limits of one backend on one event loop."""
 
@@ -103,34 +131,14 @@ class Limiter:
         self.creates = _Gauge(limits.creates_in_flight)
         self.probes = _Gauge(limits.probes_in_flight)
         self.destroys = _Gauge(limits.destroys_in_flight)
-        self._tokens = float(limits.create_burst)
-        self._refilled = asyncio.get_running_loop().time()
-        self._lock = asyncio.Lock()
+        self._create_rate = TokenBucket(limits.creates_per_second, limits.create_burst)
 
     async def close(self) -> None:
         """Nothing to release; present so a Limiter can be leased like a client."""
 
-    async def _take_token(self) -> None:
-        rate = self.limits.creates_per_second
-        if math.isinf(rate):
-            return
-        loop = asyncio.get_running_loop()
-        async with self._lock:  # first come, first served
-            now = loop.time()
-            burst = self.limits.create_burst
-            self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
-            self._refilled = now
-            if self._tokens < 1:
-                # Jitter spreads fleets of several processes that hit the same API.
-                wait = (1 - self._tokens) / rate
-                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait))
-                self._tokens = 1.0
-                self._refilled = loop.time()
-            self._tokens -= 1
-
     @asynccontextmanager
     async def create(self) -> AsyncIterator[None]:
         """Hold a create slot, after waiting for the rate limit."""
-        await self._take_token()
+        await self._create_rate.take()
         async with self.creates.hold():
             yield

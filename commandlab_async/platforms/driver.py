@@ -137,6 +137,11 @@ class Driver(abc.ABC, Generic[TargetT]):
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
         """Every sandbox on the target carrying all of ``labels``."""
 
+    def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        """What the backend last said about a sandbox :meth:`running` still waits for
+        (e.g. why a pod is not scheduled), without asking it again; None if nothing."""
+        return None
+
     async def close(self) -> None:
         """Release the SDK client and its connections."""
 
