@@ -15,7 +15,12 @@ from commandlab_async.platforms.docker.options import DockerOptions
 from tests.fake_driver import FakeCloud, FakeDriver
 from tests.fault_proxy import FaultyDockerProxy
 
-pytest_plugins = ["tests.aws_support", "tests.azure_support", "tests.gcp_support"]
+pytest_plugins = [
+    "tests.aws_support",
+    "tests.azure_support",
+    "tests.gcp_support",
+    "tests.k8s_support",
+]
 
 BASE_IMAGE = "commandlab/python-base:bookworm-ps"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"

@@ -1,18 +1,24 @@
 """A user program that holds a fleet until killed: ``python -m tests.holder COUNT [IMAGE]``.
 
-Prints ``ready`` once the fleet is up. Signal and crash tests run it as a subprocess.
+Prints ``ready`` once the fleet is up. Signal and crash tests run it as a subprocess;
+``HOLDER_PLATFORM=kubernetes`` makes it hold pods on the cluster ``KUBECONFIG`` names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
-from commandlab_async import DEFAULT_IMAGE, DockerSpec, provision_many
+from commandlab_async import DEFAULT_IMAGE, DockerSpec, KubernetesSpec, provision_many
+from commandlab_async.specs import Spec
 
 
 async def main(count: int, image: str) -> None:
-    async with provision_many(DockerSpec(image=image, ready_timeout=600), count=count):
+    spec: Spec = DockerSpec(image=image, ready_timeout=600)
+    if os.environ.get("HOLDER_PLATFORM") == "kubernetes":  # the cluster KUBECONFIG names
+        spec = KubernetesSpec(namespace="sandboxes", image=image, ready_timeout=600)
+    async with provision_many(spec, count=count):
         print("ready", flush=True)
         await asyncio.sleep(3600)
 

@@ -10,6 +10,7 @@ one harness each.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from azure.core.exceptions import HttpResponseError
 from botocore.exceptions import ClientError
 from google.api_core.exceptions import GoogleAPICallError
 from google.protobuf.json_format import MessageToDict
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from commandlab_async import (
     AuthenticationError,
@@ -38,6 +40,7 @@ from commandlab_async.identity import SESSION, SESSION_ID, new_identity
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.pools import open_backend
+from commandlab_async.specs import Spec
 from tests.aci_emulator import AciEmulator
 from tests.aws_support import Aws
 from tests.azure_support import aci_spec
@@ -45,6 +48,8 @@ from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE, docker, our_containers
 from tests.fault_proxy import FaultyProxy, Rule
 from tests.gcp_support import cloud_run_spec
+from tests.k8s_emulator import KubeEmulator
+from tests.k8s_support import NAMESPACE, kube_spec, our_pods
 
 
 class Faults(Protocol):
@@ -58,7 +63,7 @@ class Faults(Protocol):
 class Backend:
     """What the contract needs to know about one backend."""
 
-    spec: Callable[..., DockerSpec]
+    spec: Callable[..., Spec]
     live: Callable[[], Awaitable[list[str]]]
     """Names of this process's sandboxes that still exist (or run) on the backend."""
     proxy: Faults
@@ -69,7 +74,7 @@ class Backend:
     refused: Rule
     """A permanent refusal of a create."""
     sdk_error: type[BaseException]
-    exits: Callable[[], DockerSpec]
+    exits: Callable[[], Spec]
     """A spec whose sandbox stops before its daemon answers."""
     exit_reason: str
     """A regex the SandboxExitedError's message matches: the backend's own reason."""
@@ -188,12 +193,34 @@ def aci_backend(aci: AciEmulator) -> Backend:
     )
 
 
+@pytest.fixture
+def kubernetes_backend(kube: KubeEmulator) -> Backend:
+    async def describe(name: str) -> Any:
+        # The pod as anyone allowed to read pods in the namespace sees it.
+        return copy.deepcopy(kube.get("pods", NAMESPACE, name))
+
+    return Backend(
+        spec=kube_spec,
+        live=lambda: asyncio.sleep(0, our_pods(kube)),
+        proxy=kube,
+        create_call="POST pods",
+        throttled=Rule("POST pods", status=429),
+        refused=Rule("POST pods", status=403),
+        sdk_error=ApiException,
+        # The test images run as root, which a locked-down pod refuses to start.
+        exits=lambda: kube_spec(image=EXITS_IMAGE, run_as_root=True),
+        exit_reason="exited with code 3",
+        describe=describe,
+    )
+
+
 @pytest.fixture(
     params=[
         pytest.param("docker", marks=pytest.mark.docker),
         pytest.param("ecs", marks=pytest.mark.aws),
         pytest.param("cloud_run", marks=pytest.mark.docker),
         pytest.param("aci", marks=pytest.mark.docker),
+        pytest.param("kubernetes", marks=pytest.mark.docker),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> Backend:
@@ -259,7 +286,7 @@ async def test_errors_are_translated_with_the_sdk_error_as_cause(backend: Backen
     assert len(backend.proxy.calls(backend.create_call)) == 1
 
 
-async def _driver(stack: AsyncExitStack, spec: DockerSpec) -> Driver[Any]:
+async def _driver(stack: AsyncExitStack, spec: Spec) -> Driver[Any]:
     return (await open_backend(stack, spec.target())).driver
 
 

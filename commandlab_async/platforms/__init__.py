@@ -48,10 +48,22 @@ REGISTRY: dict[Platform, PlatformEntry] = {
     DockerPlatform.GCP_CLOUD_RUN: PlatformEntry(
         CloudRunOptions, "commandlab_async.platforms.gcp_cloud_run.driver:CloudRunDriver", ("gcp",)
     ),
-    KubernetesPlatform.LOCAL: PlatformEntry(KubeconfigOptions, None, ("kubernetes",)),
-    KubernetesPlatform.AWS_EKS: PlatformEntry(EksOptions, None, ("kubernetes", "aws")),
-    KubernetesPlatform.AZURE_AKS: PlatformEntry(AksOptions, None, ("kubernetes", "azure")),
-    KubernetesPlatform.GCP_GKE: PlatformEntry(GkeOptions, None, ("kubernetes", "gcp")),
+    KubernetesPlatform.LOCAL: PlatformEntry(
+        KubeconfigOptions,
+        "commandlab_async.platforms.kubernetes.driver:KubernetesDriver",
+        ("kubernetes",),
+    ),
+    KubernetesPlatform.AWS_EKS: PlatformEntry(
+        EksOptions, "commandlab_async.platforms.kubernetes.driver:EksDriver", ("kubernetes", "aws")
+    ),
+    KubernetesPlatform.AZURE_AKS: PlatformEntry(
+        AksOptions,
+        "commandlab_async.platforms.kubernetes.driver:AksDriver",
+        ("kubernetes", "azure"),
+    ),
+    KubernetesPlatform.GCP_GKE: PlatformEntry(
+        GkeOptions, "commandlab_async.platforms.kubernetes.driver:GkeDriver", ("kubernetes", "gcp")
+    ),
 }
 
 
