@@ -29,7 +29,7 @@ from commandlab_async import (
 )
 from commandlab_async.identity import EXPIRES_AT, SESSION, new_identity
 from commandlab_async.pools import open_backend
-from tests.conftest import NEVER_HEALTHY_IMAGE
+from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE
 from tests.fault_proxy import Rule
 from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import NAMESPACE, kube_spec, our_pods, start_emulator, stop_emulator
@@ -73,11 +73,11 @@ async def test_sandbox_is_a_locked_down_pod_reached_through_the_proxy(kube: Kube
 
 
 async def test_a_fleet_shares_one_watch(kube: KubeEmulator) -> None:
-    async with provision_many(kube_spec(), count=12) as fleet:
+    async with provision_many(kube_spec(ready_timeout=120), count=100) as fleet:
         results = await asyncio.gather(*(c.run("hostname") for c in fleet))
         assert all(r.exit_code == 0 for r in results)
-        assert len(our_pods(kube)) == 12
-    assert len(kube.calls("POST pods")) == 12
+        assert len(our_pods(kube)) == 100
+    assert len(kube.calls("POST pods")) == 100
     assert len(kube.calls("WATCH pods")) == 1
     assert len(kube.calls("LIST pods")) == 1
     assert kube.calls("GET pod") == []
@@ -141,6 +141,16 @@ async def test_a_container_that_exits_fails_fast(kube: KubeEmulator) -> None:
     await kube.exit_container(NAMESPACE, name, code=7)
     with pytest.raises(SandboxExitedError, match="exited with code 7"):
         await task
+    assert our_pods(kube) == []
+
+
+async def test_a_daemon_that_never_answers_times_out(kube: KubeEmulator) -> None:
+    # It takes connections (so the pod turns Ready) and never answers one.
+    spec = kube_spec(image=HANGS_IMAGE, run_as_root=True, ready_timeout=6)
+    with pytest.raises(ReadyTimeoutError, match="daemon not answering"):
+        async with provision(spec):
+            pytest.fail("the body must not run")
+    assert len(kube.calls("PROXY pod")) >= 1
     assert our_pods(kube) == []
 
 
@@ -238,14 +248,20 @@ async def test_gc_sweeps_the_namespace_by_labels_and_spares_live_siblings(
             assert our_pods(kube) == [live.name]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-async def test_signal_cleans_up_the_pods(kube: KubeEmulator, sig: signal.Signals) -> None:
+async def _holder(count: int) -> asyncio.subprocess.Process:
+    """A process holding ``count`` pods on the emulator (tests/holder.py), once ready."""
     env = {**os.environ, "HOLDER_PLATFORM": KubernetesPlatform.LOCAL.value}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.holder", "2", stdout=asyncio.subprocess.PIPE, env=env
+        sys.executable, "-m", "tests.holder", str(count), stdout=asyncio.subprocess.PIPE, env=env
     )
     assert proc.stdout is not None
     assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_signal_cleans_up_the_pods(kube: KubeEmulator, sig: signal.Signals) -> None:
+    proc = await _holder(2)
     assert len(our_pods(kube)) == 0  # another process's session
     pods = [p for p in kube.live() if p.startswith("pod ")]
     assert len(pods) == 2
@@ -256,3 +272,35 @@ async def test_signal_cleans_up_the_pods(kube: KubeEmulator, sig: signal.Signals
         name = entry.rpartition("/")[2]
         pod = kube.get("pods", NAMESPACE, name)
         assert pod is None or pod["metadata"].get("deletionTimestamp")
+
+
+async def test_gc_cli_deletes_a_killed_owners_pods_and_spares_the_living(
+    kube: KubeEmulator,
+) -> None:
+    victim = await _holder(2)
+    async with provision(kube_spec()) as live:
+        victim.kill()
+        await victim.wait()
+        args = ("gc", "--platform", "kubernetes", "--namespace", NAMESPACE)
+        dry = await _commandlab(*args, "--dry-run")
+        assert dry.count(f"owner process {victim.pid} is gone") == 2
+        assert "deleted 2 sandbox(es)" in await _commandlab(*args)
+        theirs = [p.rpartition("/")[2] for p in kube.live() if p.startswith("pod ")]
+        theirs.remove(live.name)
+        for name in theirs:  # gone, or on their way (their grace period)
+            pod = kube.get("pods", NAMESPACE, name)
+            assert pod is None or pod["metadata"].get("deletionTimestamp")
+        assert our_pods(kube) == [live.name]
+
+
+async def _commandlab(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "commandlab_async.integrations.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    return out.decode()

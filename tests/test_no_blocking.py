@@ -15,6 +15,8 @@ from tests.aws_support import Aws
 from tests.azure_support import aci_spec
 from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import cloud_run_spec
+from tests.k8s_emulator import KubeEmulator
+from tests.k8s_support import kube_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]
 
@@ -24,6 +26,7 @@ pytest.importorskip("commandlab_async.platforms.docker.driver")
 pytest.importorskip("commandlab_async.platforms.aws_ecs.driver")
 pytest.importorskip("commandlab_async.platforms.gcp_cloud_run.driver")
 pytest.importorskip("commandlab_async.platforms.azure_aci.driver")
+pytest.importorskip("commandlab_async.platforms.kubernetes.driver")
 
 
 @pytest.fixture
@@ -74,3 +77,17 @@ async def test_aci_lifecycle_never_blocks(aci: AciEmulator, blockbuster: BlockBu
         for computer in fleet:
             assert (await computer.run("true")).exit_code == 0
     assert len(aci.calls("POST token")) == 1
+
+
+async def test_kubernetes_lifecycle_never_blocks(
+    kube: KubeEmulator, blockbuster: BlockBuster
+) -> None:
+    # The kubeconfig is read and its files written in threads; the watch, the proxy and
+    # a service reached over pinned TLS (its key made in a thread) run on the loop.
+    async with provision_many(kube_spec(), count=2) as fleet:
+        for computer in fleet:
+            assert (await computer.run("true")).exit_code == 0
+    spec = kube_spec({"service": "NodePort", "reach": "service"}, endpoint_resolver=kube.resolver)
+    async with provision(spec) as computer:
+        await computer.write_file("/tmp/f", b"x" * 100_000)
+    assert len(kube.calls("WATCH pods")) == 2
