@@ -66,7 +66,7 @@ import trustme
 from aiohttp import web
 
 from commandlab_async.platforms.base import RunningSandbox
-from tests.fault_proxy import Rule
+from tests.fault_proxy import Recording, Rule
 
 ENGINE_URL = "unix:///var/run/docker.sock"  # explicit: tests point DOCKER_HOST elsewhere
 LABEL = "commandlab.aci-emulator"
@@ -181,7 +181,7 @@ class _Group:
         return int(ports[0]["port"]) if ports else None
 
 
-class AciEmulator:
+class AciEmulator(Recording[Recorded]):
     """ARM + Entra ID token endpoint for ACI container groups, over HTTPS on 127.0.0.1.
 
     ``create_latency`` delays every deployment; ``max_groups`` caps groups per subscription and
@@ -277,15 +277,6 @@ class AciEmulator:
         path.write_bytes(self.ca_pem)
         return path
 
-    def add(self, rule: Rule) -> Rule:
-        """Inject a fault on requests whose "what" string fullmatches ``rule.pattern``."""
-        self.rules.append(rule)
-        return rule
-
-    def calls(self, pattern: str) -> list[Recorded]:
-        """Recorded requests whose "what" string fullmatches the regex ``pattern``."""
-        return [r for r in self.requests if re.fullmatch(pattern, r.what)]
-
     def live(self) -> list[str]:
         """Names of the container groups that exist now."""
         return [str(resource["name"]) for resource in self.groups.values()]
@@ -367,7 +358,7 @@ class AciEmulator:
         record = Recorded(what, request.method, request.path, dict(request.query))
         record.request, record.at = _parse_body(body, what), time.monotonic()
         self.requests.append(record)
-        rule = next((r for r in self.rules if r.take(what)), None)
+        rule = self._rule_for(what)
         if rule is not None and rule.delay_before:
             await asyncio.sleep(rule.delay_before)
         if rule is not None and (rule.status or rule.drop) and not rule.forward:

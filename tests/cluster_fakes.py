@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
-from tests.fault_proxy import Rule
+from tests.fault_proxy import Recording, Rule
 
 Verifier = Callable[[str], Awaitable[str | None]]
 
@@ -120,7 +120,7 @@ class _Issued:
 
 
 @dataclass
-class ClusterFakes:
+class ClusterFakes(Recording[Recorded]):
     """EKS, ARM + Entra ID and GKE + Google OAuth2 on one HTTPS server on 127.0.0.1."""
 
     entra_token_lifetime: int = 3599
@@ -224,15 +224,6 @@ class ClusterFakes:
         path.write_text(json.dumps(info, indent=2))
         return path
 
-    def add(self, rule: Rule) -> Rule:
-        """Answer requests whose "what" fullmatches ``rule.pattern`` with ``rule.status``."""
-        self.rules.append(rule)
-        return rule
-
-    def calls(self, pattern: str) -> list[Recorded]:
-        """Recorded requests whose "what" fullmatches the regex ``pattern``."""
-        return [r for r in self.requests if re.fullmatch(pattern, r.what)]
-
     def entra_audiences(self) -> list[str]:
         """The audience of every Entra token issued, in order."""
         return [issued.audience for issued in self._entra.values()]
@@ -280,7 +271,7 @@ class ClusterFakes:
         record = Recorded(what, request.method, path, dict(request.query), dict(request.headers))
         record.body = _body(raw, request.content_type)
         self.requests.append(record)
-        rule = next((r for r in self.rules if r.take(what)), None)
+        rule = self._rule_for(what)
         if rule is not None and rule.status:
             response = _injected(what, rule.status, rule.body)
         elif what == "GET eks cluster":

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -60,6 +62,20 @@ def docker(*args: str) -> str:
         timeout=120,
         env=ENGINE_ENV,
     ).stdout
+
+
+async def commandlab_cli(*args: str) -> str:
+    """Run the ``commandlab`` CLI in a process of its own; its output (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "commandlab_async.integrations.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    return out.decode()
 
 
 def our_containers() -> list[str]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -54,6 +54,35 @@ class Rule:
             self.times -= 1
         self.seen.set()
         return True
+
+
+class _Named(Protocol):
+    @property
+    def what(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Named)
+
+
+class Recording(Generic[R]):
+    """What the emulators share: requests recorded in order, and faults injected by the
+    "what" name each emulator gives its requests (``PUT group``, ``POST pods``...)."""
+
+    requests: list[R]
+    rules: list[Rule]
+
+    def add(self, rule: Rule) -> Rule:
+        """Inject a fault on requests whose "what" string fullmatches ``rule.pattern``."""
+        self.rules.append(rule)
+        return rule
+
+    def calls(self, pattern: str) -> list[R]:
+        """Recorded requests whose "what" string fullmatches the regex ``pattern``."""
+        return [r for r in self.requests if re.fullmatch(pattern, r.what)]
+
+    def _rule_for(self, what: str) -> Rule | None:
+        """The first rule that applies to a request named ``what`` (and counts it)."""
+        return next((r for r in self.rules if r.take(what)), None)
 
 
 class FaultyProxy:

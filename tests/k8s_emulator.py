@@ -82,7 +82,7 @@ import aiohttp
 import trustme
 from aiohttp import web
 
-from tests.fault_proxy import Rule
+from tests.fault_proxy import Recording, Rule
 
 ENGINE_URL = "unix:///var/run/docker.sock"
 LABEL = "commandlab.k8s-emulator"
@@ -447,7 +447,7 @@ class _Pod:
         return found
 
 
-class KubeEmulator:
+class KubeEmulator(Recording[Recorded]):
     """A Kubernetes API server over HTTPS on 127.0.0.1, its pods run on the local engine."""
 
     pull_backoff = 2.0
@@ -612,15 +612,6 @@ class KubeEmulator:
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         return path
 
-    def add(self, rule: Rule) -> Rule:
-        """Inject a fault on requests whose "what" string fullmatches ``rule.pattern``."""
-        self.rules.append(rule)
-        return rule
-
-    def calls(self, pattern: str) -> list[Recorded]:
-        """Recorded requests whose "what" string fullmatches the regex ``pattern``."""
-        return [r for r in self.requests if re.fullmatch(pattern, r.what)]
-
     def live(self) -> list[str]:
         """``"pod ns/name"``, ``"service ns/name"``, ``"deployment ns/name"`` that exist now."""
         return sorted(
@@ -718,7 +709,7 @@ class KubeEmulator:
                 raise KubeError(401, "Unauthorized")
         except KubeError as error:
             return self._answer(record, _status_response(error))
-        rule = next((r for r in self.rules if r.take(what)), None)
+        rule = self._rule_for(what)
         if rule is not None and rule.delay_before:
             await asyncio.sleep(rule.delay_before)
         if rule is not None and (rule.status or rule.drop) and not rule.forward:

@@ -20,7 +20,7 @@ from commandlab_async import CleanupError, DockerSpec, gc, provision
 from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
 from commandlab_async.platforms.driver import SandboxRecord
 from commandlab_async.reaper import why_reap
-from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
+from tests.conftest import NEVER_HEALTHY_IMAGE, commandlab_cli, docker, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
@@ -112,11 +112,11 @@ async def test_sigkill_leaves_sandboxes_that_gc_removes_without_touching_sibling
         assert await victim.stop(signal.SIGKILL) == -signal.SIGKILL
         assert len(containers_of(victim.pid)) == 1, "nothing can clean up after SIGKILL"
 
-        dry = await _commandlab("gc", "--dry-run")
+        dry = await commandlab_cli("gc", "--dry-run")
         assert f"owner process {victim.pid} is gone" in dry
         assert len(containers_of(victim.pid)) == 1
 
-        out = await _commandlab("gc")
+        out = await commandlab_cli("gc")
         assert "deleted 1 sandbox(es)" in out
         assert containers_of(victim.pid) == []
         assert len(containers_of(sibling_a.pid)) == 1
@@ -179,19 +179,6 @@ def test_why_reap_rules() -> None:
     # Finished but still there (a stopped ACI group counts against the quota): whoever owns it.
     finished = SandboxRecord("x", record(**{HOST: "another-host"}).labels, "Succeeded", True)
     assert why_reap(finished) == "finished (Succeeded)"
-
-
-async def _commandlab(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "commandlab_async.integrations.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    return out.decode()
 
 
 async def test_gc_reports_what_it_could_not_delete_and_deletes_the_rest(

@@ -29,7 +29,7 @@ from commandlab_async import (
 )
 from commandlab_async.identity import EXPIRES_AT, SESSION, new_identity
 from commandlab_async.pools import open_backend
-from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE
+from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE, commandlab_cli
 from tests.fault_proxy import Rule
 from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import NAMESPACE, kube_spec, our_pods, start_emulator, stop_emulator
@@ -282,25 +282,12 @@ async def test_gc_cli_deletes_a_killed_owners_pods_and_spares_the_living(
         victim.kill()
         await victim.wait()
         args = ("gc", "--platform", "kubernetes", "--namespace", NAMESPACE)
-        dry = await _commandlab(*args, "--dry-run")
+        dry = await commandlab_cli(*args, "--dry-run")
         assert dry.count(f"owner process {victim.pid} is gone") == 2
-        assert "deleted 2 sandbox(es)" in await _commandlab(*args)
+        assert "deleted 2 sandbox(es)" in await commandlab_cli(*args)
         theirs = [p.rpartition("/")[2] for p in kube.live() if p.startswith("pod ")]
         theirs.remove(live.name)
         for name in theirs:  # gone, or on their way (their grace period)
             pod = kube.get("pods", NAMESPACE, name)
             assert pod is None or pod["metadata"].get("deletionTimestamp")
         assert our_pods(kube) == [live.name]
-
-
-async def _commandlab(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "commandlab_async.integrations.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, out
-    return out.decode()
