@@ -23,6 +23,7 @@ from commandlab_async import (
     KubernetesSpec,
     ReadyTimeoutError,
     SandboxExitedError,
+    SpecError,
     gc,
     provision,
     provision_many,
@@ -152,6 +153,18 @@ async def test_a_daemon_that_never_answers_times_out(kube: KubeEmulator) -> None
             pytest.fail("the body must not run")
     assert len(kube.calls("PROXY pod")) >= 1
     assert our_pods(kube) == []
+
+
+async def test_a_missing_kubeconfig_is_a_spec_error_and_nothing_else(
+    kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
+    with pytest.raises(SpecError) as info:
+        async with provision(kube_spec()):
+            pytest.fail("the body must not run")
+    assert info.value.field == "kubeconfig"
+    assert not getattr(info.value, "__notes__", None), "no cleanup was needed, none failed"
+    assert kube.requests == []
 
 
 async def test_forbidden_is_raised_at_once_in_the_api_servers_words(kube: KubeEmulator) -> None:

@@ -123,6 +123,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         self._watch: PodWatch | None = None
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
         self._workloads: dict[str, str] = {}  # name -> "deployment" for those that are
+        self._never_created: set[str] = set()  # creates that failed to log in
 
     # -- errors ------------------------------------------------------------------------
 
@@ -235,8 +236,13 @@ class KubernetesDriver(Driver[KubernetesTarget]):
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         options = _options(spec)
         self._bucket = _bucket(self.target, options)
-        core, apps = await self._apis()
         name, ns = identity.name, self.target.namespace
+        try:
+            core, apps = await self._apis()
+        except BaseException:
+            # Nothing was asked of the cluster: deleting would only log in and fail again.
+            self._never_created.add(name)
+            raise
         tls = None
         if options.reach != "proxy":
             self._tls[name] = tls = await make_sandbox_tls(name)
@@ -461,9 +467,12 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         return self._workloads.get(sandbox.name) or sandbox.labels.get(WORKLOAD) or "pod"
 
     async def destroy(self, sandbox: SandboxRef) -> None:
-        core, apps = await self._apis()
         name, ns = sandbox.name, self.target.namespace
         self._tls.pop(name, None)
+        if name in self._never_created:
+            self._never_created.discard(name)
+            return
+        core, apps = await self._apis()
         # Background propagation: the cluster's garbage collector deletes what the
         # sandbox owns (its Service; a Deployment's ReplicaSet and pod). Not polled.
         if self._workload(sandbox) == "deployment":
