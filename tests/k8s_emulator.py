@@ -459,6 +459,9 @@ class KubeEmulator(Recording[Recorded]):
     registry = True
     """Whether ``imagePullPolicy: Always`` pulls succeed for images present on the engine (a
     registry that has them); False: they fail as on a cluster with no registry access."""
+    load_balancers = True
+    """Whether LoadBalancer services get an address; False: never, as on a cluster with no
+    cloud controller (kind, minikube without a tunnel)."""
 
     def __init__(
         self,
@@ -2095,7 +2098,7 @@ class KubeEmulator(Recording[Recorded]):
 
     async def _provision_lb(self, obj: dict[str, Any]) -> None:
         await asyncio.sleep(self.schedule_latency)
-        if not self._stored("services", obj):
+        if not self.load_balancers or not self._stored("services", obj):
             return
         self._lb_turn += 1
         with self._changing("services", obj):

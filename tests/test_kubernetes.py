@@ -214,6 +214,18 @@ async def test_service_reach_is_https_with_a_pinned_certificate(
     assert kube.calls("DELETE service") == []
 
 
+async def test_a_load_balancer_without_an_address_is_named_by_the_timeout(
+    kube: KubeEmulator,
+) -> None:
+    kube.load_balancers = False
+    options = {"service": "LoadBalancer", "reach": "service"}
+    spec = kube_spec(options, endpoint_resolver=kube.resolver, ready_timeout=3)
+    with pytest.raises(ReadyTimeoutError, match="LoadBalancer service has no address yet"):
+        async with provision(spec):
+            pytest.fail("the body must not run")
+    assert our_pods(kube) == []
+
+
 async def test_pod_ip_reach_for_clients_inside_the_cluster(kube: KubeEmulator) -> None:
     spec = kube_spec({"reach": "pod-ip"}, endpoint_resolver=kube.resolver)
     async with provision(spec) as computer:

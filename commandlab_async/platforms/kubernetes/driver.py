@@ -124,6 +124,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
         self._workloads: dict[str, str] = {}  # name -> "deployment" for those that are
         self._never_created: set[str] = set()  # creates that failed to log in
+        self._awaiting_address: set[str] = set()  # ready pods whose LoadBalancer has none
 
     # -- errors ------------------------------------------------------------------------
 
@@ -423,11 +424,15 @@ class KubernetesDriver(Driver[KubernetesTarget]):
                 )
             ingress = (service.get("status", {}).get("loadBalancer") or {}).get("ingress")
             if _options(spec).service != "LoadBalancer" or ingress:
+                self._awaiting_address.discard(name)
                 return service
+            self._awaiting_address.add(name)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, _MAX_POLL)
 
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        if sandbox.name in self._awaiting_address:
+            return "its LoadBalancer service has no address yet"
         if self._watch is None:
             return None
         pod, _ = self._watch.get(sandbox.name)
@@ -469,6 +474,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
     async def destroy(self, sandbox: SandboxRef) -> None:
         name, ns = sandbox.name, self.target.namespace
         self._tls.pop(name, None)
+        self._awaiting_address.discard(name)
         if name in self._never_created:
             self._never_created.discard(name)
             return
