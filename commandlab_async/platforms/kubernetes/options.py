@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ...errors import SpecError
 from ...validation import check_ids, check_int, check_number, check_text
+from ..azure_aci.options import ARM_ENDPOINT, SUBSCRIPTION_ENV
 from ..base import KubernetesPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ __all__ = [
     "KubernetesTarget",
 ]
 
-ARM_ENDPOINT = "https://management.azure.com"
-SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 GKE_API_ENDPOINT = "https://container.googleapis.com"
 #: The AKS server application every AAD-enabled cluster accepts tokens for.
 AKS_SERVER_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
@@ -294,7 +293,7 @@ class GkeOptions(_KubernetesOptions):
     scope: ClassVar[dict[str, bool]] = {"cluster_name": True, "project_id": True, "region": True}
 
     api_endpoint: str = GKE_API_ENDPOINT
-    """The GKE API (``CONTAINER_EMULATOR_HOST``-style overrides go here)."""
+    """The GKE API that describes the cluster (e.g. a Private Service Connect endpoint)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
