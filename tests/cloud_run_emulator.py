@@ -172,6 +172,28 @@ def _rsa_key() -> tuple[str, str]:
     return private.decode(), public.decode()
 
 
+def write_service_account_key(
+    path: Path, email: str, token_uri: str, trusted: dict[str, tuple[str, str]]
+) -> Path:
+    """Write a service-account JSON key for ``token_uri``; ``trusted`` learns its key id,
+    email and public key (what a fake token endpoint checks assertions against)."""
+    private, public = _rsa_key()
+    key_id = secrets.token_hex(20)
+    trusted[key_id] = (email, public)
+    info = {
+        "type": "service_account",
+        "project_id": email.split("@", 1)[1].split(".", 1)[0],
+        "private_key_id": key_id,
+        "private_key": private,
+        "client_email": email,
+        "client_id": str(secrets.randbelow(10**21)),
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(info, indent=2))
+    return path
+
+
 class CloudRunEmulator:
     """Cloud Run Admin API v2 (Services + long-running Operations) over gRPC on 127.0.0.1.
 
@@ -286,21 +308,7 @@ class CloudRunEmulator:
         self, path: Path, email: str = "sandboxes@p.iam.gserviceaccount.com"
     ) -> Path:
         """Write a service-account JSON key whose key the token endpoint trusts."""
-        private, public = _rsa_key()
-        key_id = secrets.token_hex(20)
-        self._sa_keys[key_id] = (email, public)
-        info = {
-            "type": "service_account",
-            "project_id": email.split("@", 1)[1].split(".", 1)[0],
-            "private_key_id": key_id,
-            "private_key": private,
-            "client_email": email,
-            "client_id": str(secrets.randbelow(10**21)),
-            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": self.token_uri,
-        }
-        path.write_text(json.dumps(info, indent=2))
-        return path
+        return write_service_account_key(path, email, self.token_uri, self._sa_keys)
 
     def add(self, rule: Rule) -> Rule:
         """Inject a fault on the gRPC methods whose short name fullmatches ``rule.pattern``."""

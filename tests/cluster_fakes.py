@@ -51,11 +51,10 @@ import aiohttp
 import trustme
 import yaml
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
+from tests.cloud_run_emulator import write_service_account_key
 from tests.fault_proxy import Recording, Rule
 
 Verifier = Callable[[str], Awaitable[str | None]]
@@ -196,33 +195,7 @@ class ClusterFakes(Recording[Recorded]):
         self, path: Path, email: str = "sandboxes@sbx-test.iam.gserviceaccount.com"
     ) -> Path:
         """Write a service-account key file whose token endpoint is this server."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        public = (
-            key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
-        key_id = secrets.token_hex(20)
-        self._sa_keys[key_id] = (email, public)
-        info = {
-            "type": "service_account",
-            "project_id": email.split("@", 1)[1].split(".", 1)[0],
-            "private_key_id": key_id,
-            "private_key": private,
-            "client_email": email,
-            "client_id": str(secrets.randbelow(10**21)),
-            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": f"{self.url}/token",
-        }
-        path.write_text(json.dumps(info, indent=2))
-        return path
+        return write_service_account_key(path, email, f"{self.url}/token", self._sa_keys)
 
     def entra_audiences(self) -> list[str]:
         """The audience of every Entra token issued, in order."""

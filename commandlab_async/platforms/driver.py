@@ -37,6 +37,7 @@ __all__ = [
     "SandboxRef",
     "SandboxState",
     "daemon_env",
+    "retry_after_seconds",
     "token_digest",
 ]
 
@@ -216,6 +217,15 @@ class Driver(abc.ABC, Generic[TargetT]):
             transient=failure.transient,
             code=failure.code,
         )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's seconds; None when absent or an HTTP date (rare from the
+    APIs we call, and the backoff covers it)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def token_digest(token: str) -> str:

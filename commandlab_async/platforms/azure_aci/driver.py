@@ -38,7 +38,15 @@ from ...limits import Limits
 from ...specs import Spec
 from ...tls import SandboxTls, make_sandbox_tls
 from ..base import DockerPlatform, RunningSandbox
-from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
+from ..driver import (
+    Driver,
+    Failure,
+    SandboxRecord,
+    SandboxRef,
+    SandboxState,
+    daemon_env,
+    retry_after_seconds,
+)
 from .options import AciOptions, AciTarget, memory_in_gb
 
 __all__ = ["AciDriver"]
@@ -195,11 +203,9 @@ class AciDriver(Driver[AciTarget]):
     @classmethod
     def retry_after(cls, exc: BaseException) -> float | None:
         response = getattr(exc, "response", None)
-        value = response.headers.get("Retry-After") if response is not None else None
-        try:
-            return float(value) if value else None
-        except ValueError:  # an HTTP date: rare from ARM, and backoff covers it
-            return None
+        return retry_after_seconds(
+            response.headers.get("Retry-After") if response is not None else None
+        )
 
     def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
         error = super().translate(exc, what, sandbox)

@@ -32,7 +32,14 @@ from ...limits import Limits, TokenBucket
 from ...specs import Spec
 from ...tls import SandboxTls, make_sandbox_tls
 from ..base import KubernetesPlatform, Platform, RunningSandbox
-from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState
+from ..driver import (
+    Driver,
+    Failure,
+    SandboxRecord,
+    SandboxRef,
+    SandboxState,
+    retry_after_seconds,
+)
 from .login import ClusterLogin, login
 from .manifests import (
     SANDBOX,
@@ -148,11 +155,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
     def retry_after(cls, exc: BaseException) -> float | None:
         if not isinstance(exc, ApiException) or exc.headers is None:
             return None
-        value = exc.headers.get("Retry-After")
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
+        return retry_after_seconds(exc.headers.get("Retry-After"))
 
     def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
         if isinstance(exc, BackendError):
