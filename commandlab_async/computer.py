@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import json
@@ -20,6 +21,7 @@ from .errors import (
     CommandTimeoutError,
     DaemonError,
     DaemonUnreachableError,
+    DaemonUnresponsiveError,
     FileTooLargeError,
     OutputLimitExceededError,
     RemoteFileNotFoundError,
@@ -29,9 +31,11 @@ from .errors import (
     RemotePermissionError,
     RemoteProcessLookupError,
     ResourceExhaustedError,
+    SandboxDeletedError,
     UnsupportedOperationError,
 )
 from .files import FileInfo, read_local
+from .liveness import CHECK_AFTER, PROBE_TIMEOUT, Liveness
 from .platforms.base import HeaderSource
 from .process import (
     Collector,
@@ -105,6 +109,8 @@ class Computer:
         self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
         self._extra_headers = extra_headers
         self._cwd: str | None = None
+        self._liveness = Liveness(self._probe, check_after=CHECK_AFTER)
+        self._deleted: str | None = None
 
     @property
     def name(self) -> str:
@@ -191,7 +197,7 @@ class Computer:
         async with self._exec(header, stdin, total) as response:
             collector = Collector()
             with self._unreachable("running a command"):
-                end = await collector.read(Frames(response))
+                end = await collector.read(Frames(response, self._liveness.watch))
                 await response.content.read()  # the chunked terminator: keeps the connection
         result = collector.result()
         if end.timed_out:
@@ -240,8 +246,6 @@ class Computer:
         )
 
         async def open_process() -> Process:
-            import asyncio
-
             queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
             response = await self._open_exec(header, queue, None)
             return await self._adopt(response, queue, background)
@@ -317,17 +321,22 @@ class Computer:
 
         async def chunks() -> AsyncIterator[bytes]:
             seen = 0
-            with self._unreachable(f"reading {path}"):
-                async for chunk in response.content.iter_chunked(1024 * 1024):
-                    seen += len(chunk)
-                    if max_size is not None and seen > max_size:  # the file grew meanwhile
-                        raise FileTooLargeError(
-                            f"{path} grew past max_size={max_size} while being read",
-                            sandbox=self._name,
-                            path=path,
-                            size=None,
-                        )
-                    yield chunk
+            pieces = response.content.iter_chunked(1024 * 1024)
+            while True:
+                # Only the read is watched: the caller's work between chunks is not silence.
+                with self._unreachable(f"reading {path}"), self._liveness.watch():
+                    chunk = await anext(pieces, None)
+                if chunk is None:
+                    return
+                seen += len(chunk)
+                if max_size is not None and seen > max_size:  # the file grew meanwhile
+                    raise FileTooLargeError(
+                        f"{path} grew past max_size={max_size} while being read",
+                        sandbox=self._name,
+                        path=path,
+                        size=None,
+                    )
+                yield chunk
 
         try:
             yield chunks()
@@ -420,7 +429,7 @@ class Computer:
         """Read the ``S`` frame of an exec or attach reply and wrap it in a Process."""
         try:
             with self._unreachable("starting a process"):
-                frame = await Frames(response).next()
+                frame = await Frames(response, self._liveness.watch).next()
                 if frame is None or frame[0] != b"S":
                     raise ConnectionResetError("the reply did not start with a process")
             started = json.loads(frame[1])
@@ -434,6 +443,7 @@ class Computer:
             id=started["id"],
             pid=int(started["pid"]),
             background=background,
+            watch=self._liveness.watch,
         )
 
     async def _control(self, method: str, route: str, params: dict[str, str] | None) -> Any:
@@ -449,12 +459,12 @@ class Computer:
         **kwargs: Any,
     ) -> aiohttp.ClientResponse:
         """Send a request; returns the 200 response (unread) or raises the typed error."""
-        headers = self._headers
-        if self._extra_headers is not None:
-            headers = {**await self._extra_headers(), **headers}
+        if self._deleted is not None:
+            raise SandboxDeletedError(self._deleted, sandbox=self._name)
+        headers = await self._request_headers()
         if content_type is not None:
             headers = {**headers, "Content-Type": content_type}
-        with self._unreachable(f"{method} {route}"):
+        with self._unreachable(f"{method} {route}"), self._liveness.watch():
             response = await self._session.request(
                 method,
                 self._url + route,
@@ -482,7 +492,7 @@ class Computer:
             timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_TIMEOUT)
         response = await self._send(method, route, timeout=timeout, **kwargs)
         try:
-            with self._unreachable(f"{method} {route}"):
+            with self._unreachable(f"{method} {route}"), self._liveness.watch():
                 return await response.json()
         except ValueError as exc:
             raise DaemonUnreachableError(
@@ -491,11 +501,51 @@ class Computer:
         finally:
             response.release()
 
+    async def _request_headers(self) -> dict[str, str]:
+        if self._extra_headers is None:
+            return self._headers
+        return {**await self._extra_headers(), **self._headers}
+
+    async def _probe(self) -> None:
+        """The liveness probe: returns if the daemon answers ``/health``, else raises why."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):  # the platform's headers included
+                response = await self._session.get(
+                    self._url + "/health", headers=await self._request_headers(), ssl=self._ssl
+                )
+                response.release()
+        except TimeoutError:
+            raise DaemonUnresponsiveError(
+                f"the daemon stopped answering: a call waited {CHECK_AFTER:g}s in silence and"
+                f" a health check got no answer in {PROBE_TIMEOUT:g}s (frozen or starved);"
+                " the call was abandoned",
+                sandbox=self._name,
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise DaemonUnreachableError(
+                f"the daemon cannot be reached ({exc!r}): the sandbox may have exited or been"
+                " deleted",
+                sandbox=self._name,
+            ) from exc
+        if response.status != 200:
+            raise DaemonUnreachableError(
+                f"a health check while waiting got HTTP {response.status}", sandbox=self._name
+            )
+
+    def _mark_deleted(self, why: str) -> None:
+        """From now on every call raises :class:`SandboxDeletedError` saying ``why``."""
+        self._deleted = why
+
     @contextmanager
     def _unreachable(self, what: str) -> Iterator[None]:
-        """A broken connection or a timeout during ``what`` is a DaemonUnreachableError."""
+        """A broken connection or a timeout during ``what`` is a DaemonUnreachableError.
+
+        Once the sandbox is deleted, it is a :class:`SandboxDeletedError` instead.
+        """
         try:
             yield
+        except DaemonError:
+            raise  # already ours (the liveness verdict among them)
         except aiohttp.ClientConnectorCertificateError as exc:
             # Not a daemon that is late: someone else's certificate (with a per-sandbox
             # certificate, anyone else's). Waiting will not change it.
@@ -504,10 +554,14 @@ class Computer:
                 f"sent ({exc.certificate_error})",
                 sandbox=self._name,
             ) from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            if self._deleted is not None:  # a call still in flight when its block ended
+                raise SandboxDeletedError(self._deleted, sandbox=self._name) from exc
+            if isinstance(exc, TimeoutError):
+                raise DaemonUnreachableError(
+                    f"{what}: no answer in time", sandbox=self._name
+                ) from exc
             raise DaemonUnreachableError(f"{what} failed: {exc!r}", sandbox=self._name) from exc
-        except TimeoutError as exc:
-            raise DaemonUnreachableError(f"{what}: no answer in time", sandbox=self._name) from exc
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status

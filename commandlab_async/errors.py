@@ -8,12 +8,15 @@ CommandLabError
 │   └── MissingExtraError         the platform's optional extra is not installed (ImportError)
 ├── ProvisionError                a sandbox could not be brought up (names the sandbox)
 │   ├── BackendError              the backend API refused or failed
+│   │   └── BackendTimeoutError   it did not answer in time (TimeoutError)
 │   ├── SandboxExitedError        the sandbox stopped before its daemon became ready
 │   └── ReadyTimeoutError         readiness deadline passed; names the last state (TimeoutError)
 ├── FleetError                    several sandboxes failed (an ExceptionGroup of the above)
 ├── CleanupError                  a sandbox could not be deleted (names it: it may still exist)
 └── DaemonError                   the daemon inside a sandbox refused or failed a request
     ├── DaemonUnreachableError    no connection to the daemon
+    │   ├── DaemonUnresponsiveError   it stopped answering (frozen, starved) (TimeoutError)
+    │   └── SandboxDeletedError       the Computer's sandbox was deleted (its block ended)
     ├── AuthenticationError       the daemon refused the token
     ├── CommandTimeoutError       a command ran past its timeout; its processes were killed
     ├── OutputLimitExceededError  a command printed more than allowed and was killed
@@ -42,15 +45,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .process import CommandResult
 
+_LOG_LINES = 10  # of a sandbox's output, shown in SandboxExitedError's message
+
 __all__ = [
     "AuthenticationError",
     "BackendError",
+    "BackendTimeoutError",
     "BackendUnavailableError",
     "CleanupError",
     "CommandLabError",
     "CommandTimeoutError",
     "DaemonError",
     "DaemonUnreachableError",
+    "DaemonUnresponsiveError",
     "FileTooLargeError",
     "FleetError",
     "MissingExtraError",
@@ -64,6 +71,7 @@ __all__ = [
     "RemotePermissionError",
     "RemoteProcessLookupError",
     "ResourceExhaustedError",
+    "SandboxDeletedError",
     "SandboxExitedError",
     "SpecError",
     "UnsupportedOperationError",
@@ -148,12 +156,43 @@ class BackendError(ProvisionError):
         self.code = code
 
 
-class SandboxExitedError(ProvisionError):
-    """The sandbox stopped before its daemon answered a health request."""
+class BackendTimeoutError(BackendError, TimeoutError):
+    """The backend did not answer in time: one call (``Driver.call_timeout``) or a whole
+    sweep (``gc(timeout=...)``). It may or may not have acted on the request."""
 
-    def __init__(self, message: str, *, sandbox: str, platform: str, state: str) -> None:
+    def __init__(self, message: str, *, sandbox: str | None, platform: str) -> None:
+        super().__init__(
+            message, sandbox=sandbox, platform=platform, transient=True, code="timeout"
+        )
+
+
+class SandboxExitedError(ProvisionError):
+    """The sandbox stopped before its daemon answered a health request.
+
+    ``state`` is the backend's word for it; ``exit_code``, ``reason`` (``OOM killed``,
+    the engine's error...) and ``logs`` (the last lines it printed) are filled in where
+    the backend can tell them, and the message then shows them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox: str,
+        platform: str,
+        state: str,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        logs: str = "",
+    ) -> None:
+        if logs:
+            lines = logs.rstrip("\n").splitlines()[-_LOG_LINES:]
+            message += "; its last output:\n" + "\n".join(f"    {line}" for line in lines)
         super().__init__(message, sandbox=sandbox, platform=platform)
         self.state = state
+        self.exit_code = exit_code
+        self.reason = reason
+        self.logs = logs
 
 
 class ReadyTimeoutError(ProvisionError, TimeoutError):
@@ -213,6 +252,17 @@ class DaemonError(CommandLabError):
 
 class DaemonUnreachableError(DaemonError):
     """No connection could be made to the daemon (or it dropped the connection)."""
+
+
+class DaemonUnresponsiveError(DaemonUnreachableError, TimeoutError):
+    """The daemon stopped answering: a call waited on it in silence and it did not answer
+    a health check either (frozen, starved, or cut off). The call was abandoned; this is
+    raised within ``LIVENESS_TIMEOUT`` seconds, whatever timeout the call had."""
+
+
+class SandboxDeletedError(DaemonUnreachableError):
+    """The :class:`Computer`'s sandbox was deleted (its ``provision`` block ended): a
+    Computer works only inside the block that made it."""
 
 
 class AuthenticationError(DaemonError):

@@ -49,6 +49,8 @@ class _Member:
     computer: Computer | None = None
     needs_destroy: bool = False
     """True from the moment its create may have reached the backend until it is deleted."""
+    create_interrupted: bool = False
+    """Its create was cut short and given half of ``destroy_timeout`` to settle."""
     progress: Progress = field(default_factory=Progress)
 
     @property
@@ -211,17 +213,26 @@ async def _bring_up_all(
 
 
 async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
-    """Create the sandbox and wait until its daemon answers, within ``ready_timeout``."""
+    """Create the sandbox and wait until its daemon answers, within ``ready_timeout``.
+
+    The deadline starts once a create slot is had: time queued behind the target's
+    create limit is the fleet's, not the sandbox's, and is named apart in the error.
+    """
     spec, identity, progress = member.spec, member.identity, member.progress
     driver, limiter = member.backend.driver, member.backend.limiter
+    loop = asyncio.get_running_loop()
+    queued_at = loop.time()
+    queued = 0.0
     try:
-        async with asyncio.timeout(spec.ready_timeout) as deadline:
+        async with asyncio.timeout(None) as deadline:
             progress.state = "waiting for a create slot"
             async with limiter.create():
+                queued = loop.time() - queued_at
+                deadline.reschedule(loop.time() + spec.ready_timeout)
                 progress.state = "creating"
                 member.emit(EventKind.CREATING)
                 member.needs_destroy = True
-                await settle(driver.create(spec, identity), grace=spec.destroy_timeout)
+                await _create(member)
             member.emit(EventKind.CREATED)
             progress.state = "created; waiting for the backend to run it"
             running = await driver.running(spec, identity)
@@ -241,11 +252,14 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
     except TimeoutError as exc:
         if deadline.expired():
             said = driver.waiting_on(identity) if progress.state.startswith("created") else None
+            state = f"{progress.state}: {said}" if said else progress.state
+            if queued >= 0.1:
+                state += f"; it had waited {queued:.1f}s for a create slot before that"
             error: BaseException = ReadyTimeoutError(
                 sandbox=identity.name,
                 platform=str(driver.platform),
                 timeout=spec.ready_timeout,
-                state=f"{progress.state}: {said}" if said else progress.state,
+                state=state,
             )
             member.emit(EventKind.FAILED, str(error))
             raise error from None
@@ -256,6 +270,16 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
         raise
     member.computer = computer
     member.emit(EventKind.READY)
+
+
+async def _create(member: _Member) -> None:
+    """The driver's create; cut short, it may settle within half the cleanup budget."""
+    grace = member.spec.destroy_timeout / 2
+    try:
+        await settle(member.backend.driver.create(member.spec, member.identity), grace=grace)
+    except asyncio.CancelledError:
+        member.create_interrupted = True  # _tear_down gets the other half
+        raise
 
 
 async def _resolve(spec: Spec, running: RunningSandbox) -> str:
@@ -292,9 +316,17 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     If cleanup fails while another error is on its way out, that error stays the one
     raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
     """
+    if member.computer is not None:
+        member.computer._mark_deleted(
+            "its sandbox was deleted when its provision block ended; a Computer works only"
+            " inside that block"
+        )
     if not member.needs_destroy:
         return
     driver, limiter = member.backend.driver, member.backend.limiter
+    budget = member.spec.destroy_timeout
+    if member.create_interrupted:
+        budget /= 2  # the create's settling had the first half
 
     async def destroy() -> None:
         async with limiter.destroys.hold():
@@ -302,7 +334,7 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
             await driver.destroy(member.identity)
 
     try:
-        await shielded(destroy(), timeout=member.spec.destroy_timeout)
+        await shielded(destroy(), timeout=budget)
     except Exception as exc:
         error = CleanupError(
             f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",

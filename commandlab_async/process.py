@@ -13,6 +13,7 @@ import json
 import signal as signals
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -26,6 +27,9 @@ _STREAMS: dict[bytes, Stream] = {b"1": "stdout", b"2": "stderr"}
 _FRAME_HEAD = struct.Struct(">cI")
 # A frame larger than this is not something our daemon sends: the stream is corrupt.
 _MAX_FRAME = 64 * 1024 * 1024
+
+Watch = Callable[[], AbstractContextManager[None]]
+"""Wraps each read of the daemon's reply (the Computer's liveness watch)."""
 
 
 @dataclass(frozen=True)
@@ -110,24 +114,26 @@ class _Exit:
 class Frames:
     """Reads frames off a response body."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, watch: Watch | None = None) -> None:
         self._content = response.content
+        self._watch = watch if watch is not None else contextlib.nullcontext
 
     async def next(self) -> tuple[bytes, bytes] | None:
         """The next (kind, payload), or None at a clean end of stream."""
-        try:
-            head = await self._content.readexactly(_FRAME_HEAD.size)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
+        with self._watch():
+            try:
+                head = await self._content.readexactly(_FRAME_HEAD.size)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    raise ConnectionResetError("the daemon's reply ended inside a frame") from None
+                return None
+            kind, length = _FRAME_HEAD.unpack(head)
+            if length > _MAX_FRAME:
+                raise ConnectionResetError(f"malformed frame from the daemon ({length} bytes)")
+            try:
+                payload = await self._content.readexactly(length)
+            except asyncio.IncompleteReadError:
                 raise ConnectionResetError("the daemon's reply ended inside a frame") from None
-            return None
-        kind, length = _FRAME_HEAD.unpack(head)
-        if length > _MAX_FRAME:
-            raise ConnectionResetError(f"malformed frame from the daemon ({length} bytes)")
-        try:
-            payload = await self._content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise ConnectionResetError("the daemon's reply ended inside a frame") from None
         return kind, payload
 
 
@@ -187,9 +193,10 @@ class Process:
         id: str,
         pid: int,
         background: bool,
+        watch: Watch | None = None,
     ) -> None:
         self._response = response
-        self._frames = Frames(response)
+        self._frames = Frames(response, watch)
         self._stdin = stdin
         self._control = control
         self.id = id

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .computer import Computer
-from .errors import AuthenticationError, DaemonError, ProvisionError, SandboxExitedError
+from .errors import AuthenticationError, DaemonError, ProvisionError
 from .platforms.driver import Driver, SandboxRef
 
 __all__ = ["Progress", "wait_ready"]
@@ -64,12 +64,7 @@ async def wait_ready(
             backend_state = state.detail
             progress.state = f"{backend_state}; daemon not answering"
             if state.terminal:
-                raise SandboxExitedError(
-                    f"stopped before its daemon answered: {state.detail}",
-                    sandbox=computer.name,
-                    platform=str(driver.platform),
-                    state=state.detail,
-                )
+                raise state.exited_error(computer.name, str(driver.platform))
             next_state_check = loop.time() + _STATE_CHECK_INTERVAL
         await asyncio.sleep(delay)
         delay = min(delay * 2, driver.probe_interval)

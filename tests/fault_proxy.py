@@ -133,7 +133,8 @@ class FaultyProxy:
         self._client = aiohttp.ClientSession(connector=connector)
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A request held by a hang rule must not hold the test's teardown for a minute.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         return self._runner
 

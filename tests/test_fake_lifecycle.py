@@ -13,6 +13,7 @@ import pytest
 
 from commandlab_async import (
     BackendError,
+    BackendTimeoutError,
     CleanupError,
     DockerSpec,
     EventKind,
@@ -21,6 +22,7 @@ from commandlab_async import (
     Limits,
     ReadyTimeoutError,
     RunningSandbox,
+    SandboxDeletedError,
     SandboxExitedError,
     gc,
     provision,
@@ -31,7 +33,7 @@ from commandlab_async import limits as limits_module
 from commandlab_async.identity import EXPIRES_AT, MANAGED, SESSION
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerTarget
-from tests.fake_driver import FakeCloud, FakeSandbox
+from tests.fake_driver import FakeCloud, FakeDriver, FakeSandbox
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -244,3 +246,68 @@ async def test_limits_and_drivers_are_per_target(
         DockerTarget(platform=DockerPlatform.LOCAL, host=None),
         other,
     ]
+
+
+async def test_ready_timeout_starts_once_a_create_slot_is_had(
+    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits_module, "_overrides", {})
+    set_limits("docker", Limits(creates_in_flight=1))
+    fake_cloud.create_delay = 0.3
+    # The fourth member queues ~0.9s for its slot, longer than its ready_timeout: the
+    # queue is the fleet's, so it still comes up.
+    async with provision_many(DockerSpec(ready_timeout=0.6), count=4) as fleet:
+        assert len(fleet) == 4
+
+
+async def test_a_timeout_names_the_time_queued_for_a_slot_apart(
+    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits_module, "_overrides", {})
+    set_limits("docker", Limits(creates_in_flight=1))
+    fake_cloud.create_delay = 0.6
+    spec = DockerSpec(ready_timeout=0.4, destroy_timeout=2)
+    async with provision_many(spec, count=2, keep_going=True) as fleet:
+        assert len(fleet) == 0
+    first, second = sorted((str(e) for e in fleet.failed), key=lambda m: "slot" in m)
+    assert "not ready after 0.4s (last state: creating)" in first
+    assert "waited" in second
+    assert "for a create slot before that" in second
+    assert fake_cloud.live() == []
+
+
+async def test_a_backend_that_never_answers_fails_within_ready_plus_destroy_timeout(
+    fake_cloud: FakeCloud,
+) -> None:
+    fake_cloud.create_delay = 1000  # accepted, never answered
+    fake_cloud.destroy_delay = 1000
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ReadyTimeoutError) as info:
+        async with provision(DockerSpec(ready_timeout=0.5, destroy_timeout=1)):
+            pytest.fail("the body must not run")
+    # The create settles within half of destroy_timeout, the delete in the other half.
+    assert loop.time() - started < 0.5 + 1 + 0.4
+    assert "could not delete it" in "".join(info.value.__notes__)
+    for future in fake_cloud.pending:
+        future.cancel()
+
+
+async def test_one_silent_backend_call_is_bounded_and_not_retried(
+    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeDriver, "call_timeout", 0.2)
+    fake_cloud.create_delay = 1000
+    with pytest.raises(BackendTimeoutError, match=r"create: no answer from the backend in 0.2s"):
+        async with provision(DockerSpec(ready_timeout=5, destroy_timeout=1)):
+            pytest.fail("the body must not run")
+    assert fake_cloud.count("create") == 1
+    for future in fake_cloud.pending:
+        future.cancel()
+
+
+async def test_a_computer_used_after_its_block_says_so(fake_cloud: FakeCloud) -> None:
+    async with provision(FAST) as computer:
+        await computer.health()
+    with pytest.raises(SandboxDeletedError, match="provision block ended"):
+        await computer.health()

@@ -10,6 +10,7 @@ optimisation, so ``gc`` can delete what another process created.
 from __future__ import annotations
 
 import abc
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import BackendError
+from ..errors import BackendError, BackendTimeoutError, SandboxExitedError
 from ..identity import SandboxIdentity
 from ..limits import Limits
 from ..specs import Spec
@@ -63,6 +64,24 @@ class SandboxState:
     """Human-readable state, e.g. ``running`` or ``exited (code 2)``."""
     terminal: bool = False
     """True when the sandbox has stopped or is gone and will not become ready."""
+    exit_code: int | None = None
+    """Once stopped: its main process's exit status, where the backend tells it."""
+    reason: str | None = None
+    """Once stopped: why, in the backend's words (``OOM killed``...), where it tells."""
+    logs: str = ""
+    """Once stopped: the last of what it printed, where the driver could keep it."""
+
+    def exited_error(self, sandbox: str, platform: str) -> SandboxExitedError:
+        """The :class:`SandboxExitedError` that says this state."""
+        return SandboxExitedError(
+            f"stopped before its daemon answered: {self.detail}",
+            sandbox=sandbox,
+            platform=platform,
+            state=self.detail,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            logs=self.logs,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,11 @@ class Driver(abc.ABC, Generic[TargetT]):
     first_wait: ClassVar[float] = 0.05
     """Backoff between attempts: full jitter, from ``first_wait`` doubling to ``max_wait``."""
     max_wait: ClassVar[float] = 2.0
+    call_timeout: ClassVar[float] = 60.0
+    """Seconds one attempt of a backend call may take. A backend that accepts a request
+    and never answers fails the call with :class:`BackendTimeoutError`, not retried: the
+    caller's own deadline (``ready_timeout``, ``destroy_timeout``, gc's) is better spent
+    than on asking a silent backend again."""
 
     def __init__(self, target: TargetT) -> None:
         self.target = target
@@ -155,10 +179,13 @@ class Driver(abc.ABC, Generic[TargetT]):
         """Await ``fn()``, retrying transient failures with full-jitter backoff.
 
         What the SDK raised last is translated into :class:`BackendError` (with ``code``
-        and ``transient`` from :meth:`classify`, the SDK error as ``__cause__``).
+        and ``transient`` from :meth:`classify`, the SDK error as ``__cause__``). Each
+        attempt is bounded by :attr:`call_timeout`.
         """
 
         def transient(exc: BaseException) -> bool:
+            if isinstance(exc, BackendTimeoutError):
+                return False  # see call_timeout
             failure = self.classify(exc)
             asked = self.retry_after(exc)
             # A backend that asks for more than a minute (an hourly quota) is not waited
@@ -180,7 +207,20 @@ class Driver(abc.ABC, Generic[TargetT]):
                 reraise=True,
             ):
                 with attempt:
-                    return await fn()
+                    bound = asyncio.timeout(self.call_timeout)
+                    try:
+                        async with bound:
+                            return await fn()
+                    except TimeoutError:
+                        if not bound.expired():
+                            raise  # the SDK's own timeout, classified like its other errors
+                        raise BackendTimeoutError(
+                            f"{what}: no answer from the backend in {self.call_timeout:g}s",
+                            sandbox=sandbox,
+                            platform=str(self.platform),
+                        ) from None
+        except BackendTimeoutError:
+            raise
         except Exception as exc:
             translated = self.translate(exc, what, sandbox)
             if translated is exc:
