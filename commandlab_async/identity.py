@@ -2,34 +2,104 @@
 
 Because the name and labels exist before the create call, a create that is interrupted
 after the backend accepted it can still be found and deleted, and the reaper can tell which
-process on which host owns a sandbox.
+process owns a sandbox. A pid means something only on one boot of one machine and in one
+PID namespace, so the owner labels carry ``owner-ns`` (a digest of the boot id and the PID
+and time namespaces) and ``pid-start`` (the process's start time in clock ticks since
+boot) beside the pid: together they name one process, even after its pid is reused.
+Where /proc cannot tell them, both labels are left out. ``host`` is for humans only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .specs import Spec
 
-__all__ = ["LABEL_PREFIX", "SESSION_ID", "SandboxIdentity", "new_identity", "owner_labels"]
+__all__ = [
+    "LABEL_PREFIX",
+    "SESSION_ID",
+    "SandboxIdentity",
+    "new_identity",
+    "owner_labels",
+    "owner_namespace",
+    "process_start_ticks",
+]
 
 LABEL_PREFIX = "commandlab."
 MANAGED = LABEL_PREFIX + "managed"
 SESSION = LABEL_PREFIX + "session"
 PID = LABEL_PREFIX + "pid"
 HOST = LABEL_PREFIX + "host"
+OWNER_NS = LABEL_PREFIX + "owner-ns"
+PID_START = LABEL_PREFIX + "pid-start"
 CREATED_AT = LABEL_PREFIX + "created-at"
 EXPIRES_AT = LABEL_PREFIX + "expires-at"
 NEVER = "never"
 
-#: Identifies this process's sandboxes (with the pid and host labels) for the reaper.
+#: Identifies this process's sandboxes for the reaper.
 SESSION_ID = secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    pid: int
+    namespace: str | None
+    start: str | None
+
+
+def _read_owner() -> _Owner:
+    pid = os.getpid()
+    return _Owner(pid, _read_namespace(pid), process_start_ticks(pid))
+
+
+def _read_namespace(pid: int) -> str | None:
+    try:
+        if os.readlink("/proc/self") != str(pid):
+            return None  # this /proc shows another PID namespace: its pids are not ours
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    try:  # start times are offset per time namespace (Linux 5.6+)
+        time_ns = os.readlink("/proc/self/ns/time")
+    except OSError:
+        time_ns = ""
+    return hashlib.sha256(f"{boot} {pid_ns} {time_ns}".encode()).hexdigest()[:16]
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot, per /proc; None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command in field 2 may hold spaces and ")", so count from
+    # the last ")".
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 and fields[19].isdigit() else None
+
+
+_owner = _read_owner()
+
+
+def _this_owner() -> _Owner:
+    global _owner
+    if _owner.pid != os.getpid():  # a forked child: another process, maybe another namespace
+        _owner = _read_owner()
+    return _owner
+
+
+def owner_namespace() -> str | None:
+    """The ``owner-ns`` label value of this process: where its pids mean something."""
+    return _this_owner().namespace
 
 
 @dataclass(frozen=True)
@@ -45,12 +115,17 @@ class SandboxIdentity:
 
 def owner_labels() -> dict[str, str]:
     """Labels that identify this process as the owner of a sandbox."""
-    return {
+    owner = _this_owner()
+    labels = {
         MANAGED: "true",
         SESSION: SESSION_ID,
-        PID: str(os.getpid()),
+        PID: str(owner.pid),
         HOST: socket.gethostname()[:63],
     }
+    if owner.namespace is not None and owner.start is not None:
+        labels[OWNER_NS] = owner.namespace
+        labels[PID_START] = owner.start
+    return labels
 
 
 def new_identity(spec: Spec) -> SandboxIdentity:

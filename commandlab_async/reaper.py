@@ -1,31 +1,47 @@
 """The reaper: delete sandboxes whose TTL passed or whose owner process is gone.
 
-It never touches a sandbox whose owner is alive — a sibling process on this host
-included — and leaves other hosts' sandboxes to their TTL.
+It judges an owner only where its pid means something: the sandbox's ``owner-ns`` label
+must equal the reaper's own (same boot, same PID namespace). There, the owner is gone if
+its pid is not alive or now belongs to a process with another start time. Sandboxes of
+other machines, containers or PID namespaces, and those without the label, are left to
+their TTL; so is everything when the reaper cannot tell its own namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
-from .errors import CleanupError, SpecError
-from .identity import CREATED_AT, EXPIRES_AT, HOST, MANAGED, NEVER, PID, SESSION, SESSION_ID
+from .errors import BackendTimeoutError, CleanupError, SpecError
+from .identity import (
+    EXPIRES_AT,
+    MANAGED,
+    NEVER,
+    OWNER_NS,
+    PID,
+    PID_START,
+    SESSION,
+    SESSION_ID,
+    owner_namespace,
+    process_start_ticks,
+)
 from .platforms.base import Target
 from .platforms.driver import SandboxRecord
 from .pools import Backend, open_backend
 from .shielding import shielded
 from .specs import DockerSpec, KubernetesSpec, Spec
+from .validation import check_number
 
 __all__ = ["Reaped", "gc"]
 
 _DELETE_TIMEOUT = 60.0
+GC_TIMEOUT = 60.0
+"""How long ``gc`` may take by default, listing and deleting included (seconds)."""
+_PID_MAX = 1 << 22  # Linux's PID_MAX_LIMIT
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ async def gc(
     where: Iterable[Spec | Target] | Spec | Target | None = None,
     *,
     dry_run: bool = False,
+    timeout: float = GC_TIMEOUT,
 ) -> list[Reaped]:
     """Delete expired and orphaned sandboxes where the user names; return what was deleted.
 
@@ -50,14 +67,32 @@ async def gc(
     :class:`Target` objects; the default sweeps the local Docker Engine. Deletes go
     through the same per-target limits as fleets, each shielded from cancellation and
     bounded in time; if some fail, the others are still deleted and
-    :class:`CleanupError` names the ones that remain.
+    :class:`CleanupError` names the ones that remain. The whole sweep takes at most
+    ``timeout`` seconds, else :class:`BackendTimeoutError` names the target that did not
+    answer (what was deleted by then stays deleted).
     """
+    check_number("timeout", timeout, low=0.1, high=24 * 3600)
     targets = _targets(DockerSpec() if where is None else where)
     reaped: list[Reaped] = []
-    async with AsyncExitStack() as stack:
-        for target in targets:
-            backend = await open_backend(stack, target)
-            reaped += await _sweep(backend, dry_run=dry_run)
+    if not targets:
+        return reaped
+    target = targets[0]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        async with asyncio.timeout_at(deadline), AsyncExitStack() as stack:
+            for target in targets:
+                backend = await open_backend(stack, target)
+                reaped += await _sweep(backend, dry_run=dry_run, deadline=deadline)
+    except TimeoutError:
+        if loop.time() < deadline:
+            raise  # not ours
+        raise BackendTimeoutError(
+            f"gc did not finish within {timeout:g}s: the backend did not answer"
+            f" ({len(reaped)} sandbox(es) deleted before that)",
+            sandbox=None,
+            platform=str(target),
+        ) from None
     return reaped
 
 
@@ -73,7 +108,7 @@ def _targets(where: Iterable[Spec | Target] | Spec | Target) -> list[Target]:
     return list(dict.fromkeys(targets))
 
 
-async def _sweep(backend: Backend, *, dry_run: bool) -> list[Reaped]:
+async def _sweep(backend: Backend, *, dry_run: bool, deadline: float) -> list[Reaped]:
     driver, target = backend.driver, backend.target
     records = await driver.list_sandboxes({MANAGED: "true"})
     # why_reap reads /proc: off the loop.
@@ -90,8 +125,10 @@ async def _sweep(backend: Backend, *, dry_run: bool) -> list[Reaped]:
         async with backend.limiter.destroys.hold():
             await driver.destroy(record)
 
+    # Shielded, but not past gc's own deadline.
+    bound = min(_DELETE_TIMEOUT, max(deadline - asyncio.get_running_loop().time(), 0.1))
     results = await asyncio.gather(
-        *(shielded(delete(record), timeout=_DELETE_TIMEOUT) for record, _ in doomed),
+        *(shielded(delete(record), timeout=bound) for record, _ in doomed),
         return_exceptions=True,
     )
     failures = [
@@ -126,13 +163,14 @@ def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
         return f"finished ({record.state})"
     if labels.get(SESSION) == SESSION_ID:
         return None  # ours, and we are alive
-    if labels.get(HOST) != socket.gethostname()[:63]:
-        return None  # another host's: only its TTL can tell
-    pid, created = _number(labels.get(PID, "")), _number(labels.get(CREATED_AT, ""))
+    ours = owner_namespace()
+    if ours is None or labels.get(OWNER_NS) != ours:
+        return None  # its pid means nothing here: only its TTL can tell
+    pid = _pid(labels.get(PID, ""))
     if pid is None:
         return None
-    if not _alive(int(pid), created_before=created):
-        return f"owner process {int(pid)} is gone"
+    if not _owner_alive(pid, labels.get(PID_START)):
+        return f"owner process {pid} is gone"
     return None
 
 
@@ -143,34 +181,20 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _alive(pid: int, *, created_before: float | None) -> bool:
-    """Whether process ``pid`` exists and is the one that created the sandbox.
+def _pid(text: str) -> int | None:
+    # Never 0 or negative: os.kill would signal a process group, not the owner.
+    if text.isascii() and text.isdigit() and 0 < int(text) <= _PID_MAX:
+        return int(text)
+    return None
 
-    A pid can be reused: a process that started after the sandbox was created is not
-    its owner (checked through /proc where it exists).
-    """
+
+def _owner_alive(pid: int, start: str | None) -> bool:
+    """Whether process ``pid`` exists and is the one that started at ``start`` ticks."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # it exists, owned by another user
-    if created_before is None:
-        return True
-    started = _process_start_time(pid)
-    return started is None or started <= created_before + 1.0
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-    # Field 22 (starttime, in clock ticks since boot) counts after the ")" of the command.
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    started = process_start_ticks(pid)  # None: hidden from us (hidepid), so cannot tell
+    return start is None or started is None or started == start

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +17,17 @@ from typing import Any
 
 import pytest
 
-from commandlab_async import CleanupError, DockerSpec, gc, provision
-from commandlab_async.identity import CREATED_AT, EXPIRES_AT, HOST, PID, SESSION
+from commandlab_async import CleanupError, DockerSpec, gc, provision, reaper
+from commandlab_async.identity import (
+    EXPIRES_AT,
+    OWNER_NS,
+    PID,
+    PID_START,
+    SESSION,
+    owner_labels,
+    owner_namespace,
+    process_start_ticks,
+)
 from commandlab_async.platforms.driver import SandboxRecord
 from commandlab_async.reaper import why_reap
 from tests.conftest import NEVER_HEALTHY_IMAGE, commandlab_cli, docker, our_containers
@@ -127,6 +137,54 @@ async def test_sigkill_leaves_sandboxes_that_gc_removes_without_touching_sibling
         assert containers_of(holder.pid) == []
 
 
+async def test_gc_in_another_pid_namespace_spares_owners_it_cannot_see(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]],
+) -> None:
+    """Same hostname, own PID namespace (a container, a CI runner): the owners' pids mean
+    nothing there, so that reaper leaves their sandboxes to the TTL; one in the owners'
+    namespace still deletes a dead owner's."""
+    probe = ["-c", "from commandlab_async.identity import owner_namespace as o; print(o())"]
+    assert (await in_new_pid_namespace(*probe)).strip() not in ("None", owner_namespace())
+    # the /proc of the namespace above shows other pids: no namespace to judge in
+    assert (await in_new_pid_namespace(*probe, mount_proc=False)).strip() == "None"
+    live, dead = await spawn(1), await spawn(1)
+    for holder in (live, dead):
+        await holder.wait_ready()
+    assert await dead.stop(signal.SIGKILL) == -signal.SIGKILL
+    async with provision(DockerSpec()):  # this process is a live owner too
+        out = await in_new_pid_namespace("-m", "commandlab_async.integrations.cli", "gc")
+        assert out.splitlines() == ["deleted 0 sandbox(es)"]
+        assert len(containers_of(live.pid)) == 1
+        assert len(containers_of(dead.pid)) == 1, "not its to judge: left to the TTL"
+        assert len(our_containers()) == 1
+
+        out = await commandlab_cli("gc")
+        assert f"owner process {dead.pid} is gone" in out
+        assert containers_of(dead.pid) == []
+        assert len(containers_of(live.pid)) == 1
+        assert len(our_containers()) == 1
+    assert await live.stop(signal.SIGTERM) == -signal.SIGTERM
+
+
+async def in_new_pid_namespace(*args: str, mount_proc: bool = True) -> str:
+    """Output of ``python ARGS`` run as pid 1 of a new PID namespace, with a /proc of its
+    own unless ``mount_proc`` is false (the hostname stays); skips the test where
+    ``unshare`` is missing or not permitted."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare (util-linux) to make a PID namespace")
+    proc = await asyncio.create_subprocess_exec(
+        *[unshare, "--pid", "--fork", *["--mount-proc"] * mount_proc, sys.executable, *args],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0 and b"Operation not permitted" in err:
+        pytest.skip(f"not permitted to make a PID namespace: {err.decode().strip()}")
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_ttl_removes_the_sandbox_by_itself() -> None:
     async with provision(DockerSpec(ttl=2)) as computer:
         assert (await computer.health())["expires_in"] <= 2
@@ -146,22 +204,19 @@ async def test_gc_deletes_expired_sandboxes_of_live_owners() -> None:
         assert why_reap(record) is None
 
 
-def test_why_reap_rules() -> None:
+def test_why_reap_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
-    host = socket.gethostname()
+    ours = owner_namespace()
+    assert ours is not None, "this Linux /proc should tell our boot and PID namespace"
 
     def record(**labels: str) -> SandboxRecord:
-        base = {
-            SESSION: "other",
-            HOST: host,
-            PID: str(os.getpid()),
-            CREATED_AT: str(int(now)),
-            EXPIRES_AT: str(int(now + 60)),
-        }
-        base.update(labels)
-        return SandboxRecord("x", base, "running")
+        base = owner_labels()  # this very process, alive, in this namespace
+        base.update({SESSION: "other", EXPIRES_AT: str(int(now + 60))}, **labels)
+        return SandboxRecord("x", {k: v for k, v in base.items() if v}, "running")
 
-    assert why_reap(record()) is None  # a live owner (this very process)
+    me = os.getpid()
+    assert record().labels[OWNER_NS] == ours
+    assert why_reap(record()) is None  # a live owner in our namespace
     assert why_reap(record(**{EXPIRES_AT: str(int(now - 1))})) == "expired"
     assert why_reap(record(**{EXPIRES_AT: "never"})) is None
     dead = subprocess.run(
@@ -171,14 +226,38 @@ def test_why_reap_rules() -> None:
         check=True,
     ).stdout.strip()
     assert why_reap(record(**{PID: dead})) == f"owner process {dead} is gone"
-    assert why_reap(record(**{PID: dead, HOST: "another-host"})) is None
-    # pid 1 exists but started long before this sandbox was created: not a reuse
-    assert why_reap(record(**{PID: "1"})) is None
-    # our pid, but the sandbox claims to be older than this process: the pid was reused
-    assert why_reap(record(**{CREATED_AT: "1000"})) == f"owner process {os.getpid()} is gone"
+    # our pid, alive, but started at another tick: the pid was reused
+    assert why_reap(record(**{PID_START: "1"})) == f"owner process {me} is gone"
+    # another live process, with its own start: alive
+    init_start = process_start_ticks(1)
+    assert init_start is not None
+    assert why_reap(record(**{PID: "1", PID_START: init_start})) is None
+    # another machine or PID namespace, or a label from before owner-ns: not ours to judge
+    for other_ns in ("0123456789abcdef", ""):
+        assert why_reap(record(**{PID: dead, OWNER_NS: other_ns})) is None
+        assert why_reap(record(**{PID_START: "1", OWNER_NS: other_ns})) is None
+        expired = record(**{PID: dead, OWNER_NS: other_ns, EXPIRES_AT: str(int(now - 1))})
+        assert why_reap(expired) == "expired"
+    for bad_pid in ("0", "-1", "", "1e30", "²", "99999999999999999999"):
+        assert why_reap(record(**{PID: bad_pid})) is None
+    with monkeypatch.context() as patch:  # where /proc cannot tell our namespace
+        patch.setattr(reaper, "owner_namespace", lambda: None)
+        assert why_reap(record(**{PID: dead, OWNER_NS: ""})) is None
+        assert why_reap(record(**{PID: dead})) is None
     # Finished but still there (a stopped ACI group counts against the quota): whoever owns it.
-    finished = SandboxRecord("x", record(**{HOST: "another-host"}).labels, "Succeeded", True)
+    finished = SandboxRecord("x", record(**{OWNER_NS: ""}).labels, "Succeeded", True)
     assert why_reap(finished) == "finished (Succeeded)"
+
+
+def test_owner_labels_fit_every_backend() -> None:
+    """Kubernetes' label-value rules, the strictest of our backends (Cloud Run also
+    lowercases, which hex and digits already are)."""
+    labels = owner_labels()
+    assert {OWNER_NS, PID_START} <= labels.keys()
+    assert re.fullmatch(r"[0-9a-f]{16}", labels[OWNER_NS])
+    assert labels[PID_START] == process_start_ticks(os.getpid())
+    for key in (OWNER_NS, PID_START, PID, SESSION):
+        assert re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", labels[key])
 
 
 async def test_gc_reports_what_it_could_not_delete_and_deletes_the_rest(

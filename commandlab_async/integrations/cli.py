@@ -15,7 +15,7 @@ from ..events import EventCallback, EventKind, LifecycleEvent
 from ..lifecycle import Fleet, provision, provision_many
 from ..platforms import driver_class, options_class
 from ..platforms.base import Target
-from ..reaper import gc
+from ..reaper import GC_TIMEOUT, gc
 from ..specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform
 
 __all__ = ["main"]
@@ -96,7 +96,7 @@ async def _gc(args: argparse.Namespace) -> None:
         platform = _platform(name)
         driver_class(platform)  # a platform without a driver says so before its scope
         targets.append(options_class(platform).target_from(scope))
-    reaped = await gc(targets, dry_run=args.dry_run)
+    reaped = await gc(targets, dry_run=args.dry_run, timeout=args.timeout)
     verb = "would delete" if args.dry_run else "deleted"
     for item in reaped:
         print(f"{verb} {item.target} {item.name}: {item.reason}")
@@ -120,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gc", help="delete sandboxes whose TTL passed or whose owner process died"
     )
     gc_parser.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    gc_parser.add_argument(
+        "--timeout",
+        type=float,
+        default=GC_TIMEOUT,
+        help=f"give up after this many seconds (default: {GC_TIMEOUT:g})",
+    )
     gc_parser.add_argument(
         "--platform",
         action="append",
