@@ -27,6 +27,8 @@ from .validation import check_bool, check_int, check_number, check_str_map, chec
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "MIN_MEMORY",
+    "MIN_PIDS",
     "DockerPlatform",
     "DockerSpec",
     "EndpointResolver",
@@ -50,6 +52,15 @@ _RESERVED_ENV_PREFIX = "COMMANDLAB_"
 _GLOBAL_DEFAULTS: dict[str, object] = {"memory": 1024}
 # What "not set" looks like for a portable field a platform may be unable to honour.
 _UNSET: tuple[object, ...] = (None, False)
+# The least a sandbox may have for its daemon to keep serving beside its commands,
+# measured with the default image (Python 3.11, local Docker). Memory: the daemon's RSS is
+# 21 MiB idle, 26 MiB serving 8 commands, 32 MiB with TLS; at 64 MiB it served 8
+# concurrent shell commands and outlived a command allocating twice the limit, at 16 MiB
+# it was OOM-killed. Pids count threads: docker-init and the daemon's loop (2), a worker
+# thread per request in progress, two processes per shell command (dash does not exec
+# its last command): 8 concurrent shell commands take 26.
+MIN_MEMORY = 64
+MIN_PIDS = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,9 +79,17 @@ class _SandboxSpec:
     cpu: float = 1.0
     """CPU cores the sandbox may use."""
     memory: int = None  # type: ignore[assignment]  # filled in by __post_init__
-    """Memory limit in MiB (default: 1024, or the platform's own, e.g. 2048 on Fargate)."""
+    """Memory limit in MiB, at least 64: the daemon takes ~32 of it (default: 1024, or the
+    platform's own, e.g. 2048 on Fargate). A command that exceeds it is the one killed."""
     pids_limit: int | None = None
-    """Most processes in the sandbox (default: 1024 where the platform can limit them)."""
+    """Most processes and threads in the sandbox, at least 32: the daemon uses a thread per
+    request (default: 1024 where the platform can limit them)."""
+    disk: int | None = None
+    """Most MiB the sandbox may write to its filesystem (None: the platform's default).
+    Local Docker needs an engine that can limit a container's writable layer (overlay2
+    on xfs with ``pquota``, btrfs, zfs); Kubernetes sets the pod's ``ephemeral-storage``
+    limit (the kubelet evicts past it); Fargate sizes the task's ephemeral storage
+    (21 to 200 GiB). ACI and Cloud Run cannot limit it (a SpecError)."""
     run_as_root: bool = False
     """Run the daemon and commands as root with the platform's default capabilities (for
     workloads that install packages); by default the image's unprivileged user runs
@@ -78,9 +97,11 @@ class _SandboxSpec:
     ttl: float | None = 3600.0
     """Seconds until the sandbox deletes itself even if this process dies; ``None``: never."""
     ready_timeout: float = 120.0
-    """Seconds to wait for the daemon to answer before giving up."""
+    """Seconds from sending the create until the daemon must answer. Time queued behind
+    the target's create limit is not counted (the timeout's message names it apart)."""
     destroy_timeout: float = 60.0
-    """Seconds cleanup may take before it gives up (the TTL and ``gc`` remain)."""
+    """Seconds cleanup may take before it gives up (the TTL and ``gc`` remain); a create
+    cut short by a deadline or a cancellation gets half of it to settle first."""
     name_prefix: str = "commandlab"
     """Start of each sandbox name: lowercase letters, digits and dashes."""
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -143,9 +164,25 @@ class _SandboxSpec:
             if len(value) > 63:
                 raise SpecError("labels", f"value of {key!r} is longer than 63 characters")
         check_number("cpu", self.cpu, low=0.01, high=64)
-        check_int("memory", self.memory, low=16, high=262_144, unit="MiB")
+        check_int(
+            "memory",
+            self.memory,
+            low=MIN_MEMORY,
+            high=262_144,
+            unit="MiB",
+            why_low="the daemon in the sandbox needs ~32 MiB of it, the commands the rest",
+        )
         if self.pids_limit is not None:
-            check_int("pids_limit", self.pids_limit, low=16, high=1_000_000)
+            check_int(
+                "pids_limit",
+                self.pids_limit,
+                low=MIN_PIDS,
+                high=1_000_000,
+                why_low="it counts threads too, and the daemon needs a thread per request"
+                " besides the commands' processes (8 concurrent shell commands take 26)",
+            )
+        if self.disk is not None:
+            check_int("disk", self.disk, low=64, high=16 * 1024 * 1024, unit="MiB")
         check_bool("run_as_root", self.run_as_root)
         if self.ttl is not None:
             check_number("ttl", self.ttl, low=1, high=7 * 24 * 3600)

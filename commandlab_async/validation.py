@@ -18,9 +18,16 @@ def check_number(name: str, value: object, *, low: float, high: float) -> None:
         raise SpecError(name, f"must be between {low:g} and {high:g}, got {value!r}")
 
 
-def check_int(name: str, value: object, *, low: int, high: int, unit: str = "") -> None:
+def check_int(
+    name: str, value: object, *, low: int, high: int, unit: str = "", why_low: str = ""
+) -> None:
+    """``why_low``, if given, says why ``low`` is the least (shown when under it)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(name, f"must be an int{unit and f' ({unit})'}")
+    if value < low and why_low:
+        raise SpecError(
+            name, f"must be at least {low}{unit and ' ' + unit}, got {value}: {why_low}"
+        )
     if not low <= value <= high:
         raise SpecError(name, f"must be between {low} and {high}{unit and ' ' + unit}, got {value}")
 

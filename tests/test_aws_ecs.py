@@ -93,6 +93,15 @@ async def test_task_definition_drops_capabilities_unless_root(aws: Aws, root: bo
     else:
         assert "user" not in container  # the image's unprivileged user
         assert linux["capabilities"]["drop"] == ["ALL"]
+    assert "ephemeralStorage" not in answer["taskDefinition"]  # Fargate's 20 GiB default
+
+
+async def test_disk_sizes_the_tasks_ephemeral_storage(aws: Aws) -> None:
+    async with provision(aws.spec(disk=30 * 1024 + 1)):
+        (task,) = await aws.tasks()
+    async with aws.session.client("ecs", region_name=REGION, endpoint_url=aws.moto_url) as ecs:
+        answer = await ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    assert answer["taskDefinition"]["ephemeralStorage"] == {"sizeInGiB": 31}  # rounded up
 
 
 async def test_fleet_of_twenty(aws: Aws) -> None:

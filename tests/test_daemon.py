@@ -1677,6 +1677,101 @@ def test_log_has_one_terse_line_per_request_and_never_the_token(daemon: Daemon) 
     assert TOKEN_HEADER.lower() not in log.lower()
 
 
+def test_commands_are_the_oom_killers_first_choice_and_the_daemon_is_not(daemon: Daemon) -> None:
+    own = Path(f"/proc/{daemon.proc.pid}/oom_score_adj").read_text()
+    # A shell command raises its score before anything else; what it starts inherits it.
+    result = daemon.run("cat /proc/self/oom_score_adj; sh -c 'cat /proc/$$/oom_score_adj'")
+    assert result.stdout == b"1000\n1000\n"
+    assert result.exit_code == 0
+    assert daemon.run("echo $?").stdout == b"0\n"  # the raise leaves no trace in $?
+    # An argv command's is raised by the daemon before it answers the start frame.
+    starts = []
+    for payload in ({"argv": ["sleep", "300"]}, {"command": "sleep 300"}):
+        stream = daemon.stream({**payload, "background": True})
+        starts.append(json.loads(stream.frame()[1]))
+        stream.close()
+    try:
+        assert Path(f"/proc/{starts[0]['pid']}/oom_score_adj").read_text() == "1000\n"
+        # The listing shows the shell command as it was given.
+        listed = process_info(daemon, starts[1]["id"])
+        assert listed is not None
+        assert listed["argv"] == ["/bin/sh", "-c", "sleep 300"]
+    finally:
+        for start in starts:
+            assert daemon.request("DELETE", f"/processes/{start['id']}").status == 200
+    assert Path(f"/proc/{daemon.proc.pid}/oom_score_adj").read_text() == own
+
+
+def close_server(server: Any) -> None:
+    """Close what an in-process ``Server`` opened (it never serves here)."""
+    for sock in (server.listener, server.wake_r, server.wake_w):
+        sock.close()
+    server.selector.close()
+
+
+def reply_of(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_requests_no_thread_can_be_started_for_get_a_typed_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process: threads refused as in a sandbox out of pids; no connection is dropped."""
+    config = SERVER.Config(b"\x01" * 32, "127.0.0.1", 0, None)
+    server = SERVER.Server(config, SERVER.Registry(), {}, 0o022, "/")
+    request = SERVER.Request("POST", "/exec", "HTTP/1.1", {})
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        # No worker at all: nobody could ever take the request, refused at once.
+        server.submit(SERVER.Conn(pairs[0][0], "test"), request)
+        assert not server.jobs
+        reply = reply_of(pairs[0][1])
+        assert reply.startswith(b"HTTP/1.1 503 "), reply
+        assert b'"error":"resource_exhausted"' in reply
+        assert b'"limit":"pids"' in reply
+        # Every worker busy: the request waits for one, with retries, then is refused.
+        server.workers = 1
+        server.submit(SERVER.Conn(pairs[1][0], "test"), request)
+        assert len(server.jobs) == 1
+        assert server.starved_since is not None
+        server.unstarve(server.starved_since + SERVER.STARVED_GRACE / 2)
+        assert len(server.jobs) == 1  # still waiting for a worker
+        server.unstarve(server.starved_since + SERVER.STARVED_GRACE)
+        assert not server.jobs
+        assert server.starved_since is None
+        assert reply_of(pairs[1][1]).startswith(b"HTTP/1.1 503 ")
+        assert server.busy_conns == 0
+    finally:
+        monkeypatch.undo()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+        close_server(server)
+
+
+def test_idle_worker_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker thread is one of a sandbox's pids: idle ones give theirs back."""
+    monkeypatch.setattr(SERVER, "WORKER_IDLE", 0.1)
+    config = SERVER.Config(b"\x01" * 32, "127.0.0.1", 0, None)
+    server = SERVER.Server(config, SERVER.Registry(), {}, 0o022, "/")
+    try:
+        assert all(server.start_worker() for _ in range(3))
+        assert server.workers == 3
+        assert wait_for(lambda: server.workers == 0, timeout=5)
+        assert server.idle == 0
+    finally:
+        close_server(server)
+
+
 # ------------------------------------------------------------------ lifecycle
 
 

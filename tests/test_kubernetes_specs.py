@@ -137,10 +137,12 @@ def test_root_and_cluster_options_reach_the_pod() -> None:
         tolerations=({"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"},),
         annotations={"example.com/owner": "evals"},
     )
-    spec = KubernetesSpec(**EKS, options=options, run_as_root=True, ttl=None)
+    spec = KubernetesSpec(**EKS, options=options, run_as_root=True, ttl=None, disk=2048)
     pod = pod_manifest(spec, new_identity(spec), None)
     (container,) = pod["spec"]["containers"]
     assert container["securityContext"] == {"runAsUser": 0, "runAsNonRoot": False}
+    for bound in ("requests", "limits"):  # the kubelet evicts a pod past its limit
+        assert container["resources"][bound]["ephemeral-storage"] == "2048Mi"
     assert "imagePullPolicy" not in container  # the cluster's default for a cloud
     assert "activeDeadlineSeconds" not in pod["spec"]
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]

@@ -33,6 +33,9 @@ INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ({"memory": -1}, "memory"),
     ({"memory": 0}, "memory"),
     ({"memory": 1.5}, "memory"),
+    ({"memory": 16}, "memory"),  # the daemon alone needs more
+    ({"memory": 63}, "memory"),
+    ({"memory": True}, "memory"),
     ({"cpu": 0}, "cpu"),
     ({"cpu": float("nan")}, "cpu"),
     ({"cpu": -2}, "cpu"),
@@ -51,6 +54,9 @@ INVALID_DOCKER: list[tuple[dict[str, Any], str]] = [
     ({"labels": {"ok": "v" * 64}}, "labels"),
     ({"labels": {"bad key": "v"}}, "labels"),
     ({"pids_limit": 0}, "pids_limit"),
+    ({"pids_limit": 16}, "pids_limit"),  # 8 concurrent commands would not fit
+    ({"pids_limit": 31}, "pids_limit"),
+    ({"pids_limit": 64.0}, "pids_limit"),
     ({"platform": "docker"}, "platform"),
     ({"platform": KubernetesPlatform.LOCAL}, "platform"),
     ({"region": "eu-west-1"}, "region"),
@@ -76,6 +82,28 @@ INVALID_DOCKER += [
     ({**ECS, "pids_limit": 256}, "pids_limit"),  # Fargate cannot limit processes
     ({**ECS, "daemon_port": 80}, "daemon_port"),  # unprivileged, and no NET_BIND_SERVICE
     ({**ECS, "resource_group": "rg"}, "resource_group"),
+    ({"disk": 63}, "disk"),
+    ({"disk": 1.5}, "disk"),
+    ({**ECS, "disk": 20 * 1024}, "disk"),  # Fargate's ephemeral storage is 21..200 GiB
+    ({**ECS, "disk": 201 * 1024}, "disk"),
+    (
+        {
+            "platform": DockerPlatform.AZURE_CONTAINER_INSTANCES,
+            "region": "westeurope",
+            "resource_group": "rg",
+            "disk": 1024,
+        },
+        "disk",
+    ),  # ACI cannot limit it
+    (
+        {
+            "platform": DockerPlatform.GCP_CLOUD_RUN,
+            "region": "europe-west1",
+            "project_id": "p",
+            "disk": 1024,
+        },
+        "disk",
+    ),  # Cloud Run's filesystem is memory
 ]
 
 INVALID_ECS_OPTIONS: list[tuple[dict[str, Any], str]] = [
@@ -131,6 +159,20 @@ def test_platform_defaults_fill_unset_portable_fields() -> None:
     ecs = DockerSpec(**ECS)
     assert (ecs.memory, ecs.pids_limit) == (2048, None)  # a Fargate pair; no pids limit there
     assert DockerSpec(memory=512, pids_limit=64).memory == 512
+
+
+def test_minimum_memory_and_pids_fit_the_daemon_and_say_why() -> None:
+    spec = DockerSpec(memory=64, pids_limit=32)
+    assert (spec.memory, spec.pids_limit) == (64, 32)
+    assert KubernetesSpec(memory=64).memory == 64
+    with pytest.raises(SpecError, match=r"at least 64 MiB, got 63: the daemon .* needs ~32 MiB"):
+        DockerSpec(memory=63)
+    with pytest.raises(SpecError, match=r"at least 64 MiB, got 16"):
+        KubernetesSpec(memory=16)
+    with pytest.raises(SpecError, match=r"at least 32, got 16: it counts threads too"):
+        DockerSpec(pids_limit=16)
+    with pytest.raises(SpecError, match="must be an int"):  # the type is still checked first
+        DockerSpec(memory=32.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("kwargs", "field"), INVALID_KUBERNETES)

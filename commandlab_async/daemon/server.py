@@ -45,6 +45,16 @@ prints may grow the daemon's memory without bound or exhaust its processes:
 * Authenticated requests (except ``/health``, answered by the loop) go to a bounded
   pool of ``MAX_WORKERS`` threads; more wait in a queue.
 * Output, stdin and files are streamed with back-pressure in bounded chunks.
+* Commands are the kernel OOM killer's first choice, the daemon its last: every command's
+  ``oom_score_adj`` is raised to 1000 (a shell command does it with a builtin as its
+  first act, the daemon does it for an argv command as soon as it has exec'd), so a
+  command that blows the sandbox's memory limit is the one killed (exit code -9) and
+  the daemon keeps serving.  Where /proc is not writable, nothing changes.
+* A thread or process the kernel refuses (the sandbox's pids or memory limit) is a
+  ``resource_exhausted`` reply, never a dropped connection: a request no worker thread
+  can be started for waits ``STARVED_GRACE`` seconds for a busy one, then gets a 503.
+  Idle workers exit after ``WORKER_IDLE`` seconds, giving their pids back; the TTL is
+  kept by the loop (no timer thread).
 
 Protocol
 --------
@@ -161,6 +171,19 @@ STDIN_HIGH_WATER = 1024 * 1024
 KILL_GRACE = 5.0  # after killing a group, wait this long for its pipes to close
 UPLOAD_PREFIX = ".commandlab-upload-"
 F_SETPIPE_SZ = 1031
+WORKER_IDLE = 10.0  # an idle worker thread exits after this (it holds one of the pids)
+STARVED_GRACE = 2.0  # a request no thread can serve waits this long, then gets a 503
+# The kernel's OOM killer must pick a command, never the daemon: every command's
+# oom_score_adj is raised to the maximum (anyone may raise a score, only the privileged
+# lower one), so the commands and what they start are always its first choice.  The
+# daemon cannot set it for the child before exec (preexec_fn): the child of a
+# non-dumpable process has root-owned /proc files until it execs.
+OOM_SCORE_FILE = "/proc/self/oom_score_adj"
+OOM_VICTIM_SCORE = b"1000"
+# A shell command raises its own, with a builtin, as the shell's first act: free, before
+# anything it starts, and after a switch to another user too.  `|| :` keeps $? at 0
+# where /proc is not writable.  argv commands: see make_oom_victim.
+OOM_SHELL_PREFIX = "{ echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null || :; "
 
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -953,6 +976,44 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def oom_score_adjustable() -> bool:
+    """Whether we can write our oom_score_adj (rewriting its value is always allowed).
+
+    Ask before ``make_undumpable``: after it our /proc files belong to root.
+    """
+    try:
+        fd = os.open(OOM_SCORE_FILE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, os.read(fd, 16).strip() or b"0")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def make_oom_victim(pid: int) -> None:
+    """Raise a just-started argv command's oom_score_adj to the maximum (best effort).
+
+    Done by the daemon once the command has exec'd: before that, the child of a
+    non-dumpable daemon has root-owned /proc files and could not do it itself (so no
+    ``preexec_fn``, which would also cost the vfork fast path: about 2 ms a spawn).
+    What the program forks in the microseconds before this keeps the daemon's score.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:  # no /proc, or the command already exited
+        return
+    try:
+        os.write(fd, OOM_VICTIM_SCORE)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Ring:
     """The last ``size`` bytes (or a little more) of a stream, as the chunks that came.
 
@@ -1061,11 +1122,12 @@ class Process:
 class Registry:
     """Every process we started, so that expiry, shutdown and clients can kill them."""
 
-    def __init__(self) -> None:
+    def __init__(self, oom_adjust: bool = False) -> None:
         self.lock = threading.Lock()
         self.processes: dict[str, Process] = {}
         self.closed = False
         self.counter = 0
+        self.oom_adjust = oom_adjust  # raise each command's oom_score_adj (see OOM_*)
 
     def spawn(
         self,
@@ -1074,10 +1136,15 @@ class Registry:
         env: dict[str, str],
         user: RunAs | None,
         background: bool,
+        shell: bool = False,
     ) -> Process:
+        """Start ``argv`` (``shell``: it is ``/bin/sh -c <command>``) as a new session."""
         import subprocess  # lazy: not needed to answer /health
 
         extra: dict[str, Any] = {}
+        run_argv = argv
+        if self.oom_adjust and shell:
+            run_argv = [*argv[:2], OOM_SHELL_PREFIX + argv[2], *argv[3:]]
         if user is not None:
             extra = {"user": user.uid, "group": user.gid, "extra_groups": user.groups}
         # The lock spans the fork so that kill_all() never misses a new group.
@@ -1092,7 +1159,7 @@ class Registry:
                     limit="processes",
                 )
             popen = subprocess.Popen(
-                argv,
+                run_argv,
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -1102,6 +1169,8 @@ class Registry:
                 close_fds=True,
                 **extra,
             )
+            if self.oom_adjust and not shell:
+                make_oom_victim(popen.pid)
             self.counter += 1
             process = Process(f"p{self.counter}", popen, argv, background)
             self.processes[process.id] = process
@@ -1244,6 +1313,7 @@ class ExecRequest:
                 400, "bad_request", "'argv' must be a non-empty list of strings without NUL"
             )
         self.argv: list[str] = argv
+        self.shell = command is not None  # argv is ["/bin/sh", "-c", command]
         cwd = payload.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
             raise RequestError(400, "bad_request", "'cwd' must be a non-empty string or null")
@@ -1334,7 +1404,9 @@ def handle_exec(ex: Exchange) -> None:
         env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     env.update(req.env)
     try:
-        process = server.registry.spawn(req.argv, req.cwd, env, user, req.background)
+        process = server.registry.spawn(
+            req.argv, req.cwd, env, user, req.background, shell=req.shell
+        )
     except OSError as exc:
         raise spawn_failure(exc, req.argv[0], req.cwd) from None
     except (ValueError, TypeError) as exc:
@@ -2085,10 +2157,18 @@ class Server:
         self.workers = 0
         self.idle = 0
         self.busy_conns = 0  # connections held by workers or queued
+        # When a worker thread could not be started for queued jobs (out of pids or
+        # memory) and no worker was idle: retried, then refused after STARVED_GRACE.
+        self.starved_since: float | None = None
 
     # -- loop side ---------------------------------------------------------
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_expiry: Callable[[], object] | None = None) -> None:
+        """Serve until the process ends; ``on_expiry`` is called at the TTL (it exits).
+
+        The TTL is checked here rather than by a timer thread: one thread (one of the
+        sandbox's pids) fewer, and nothing to fail to start.
+        """
         next_sweep = time.monotonic() + 0.5
         while True:
             for key, _ in self.selector.select(0.5):
@@ -2099,10 +2179,14 @@ class Server:
                 else:
                     self.readable(key.data)
             now = time.monotonic()
+            if on_expiry is not None and self.deadline is not None and now >= self.deadline:
+                on_expiry()
             if now >= next_sweep:
                 next_sweep = now + 0.5
                 for conn in [c for c in self.conns.values() if c.deadline <= now]:
                     self.drop(conn)
+                if self.starved_since is not None:
+                    self.unstarve(now)
 
     def accept(self) -> None:
         for _ in range(64):
@@ -2347,36 +2431,78 @@ class Server:
             if self.idle > 0 or self.workers >= MAX_WORKERS:
                 self.jobs_ready.notify()
                 return
+        if self.start_worker():
+            return
+        # No thread to be had: the sandbox is out of pids (or memory).  A busy worker
+        # takes the job when it is done; unstarve() refuses it if none comes in time.
+        with self.lock:
+            stranded = self.workers == 0 and bool(self.jobs) and self.jobs[-1][0] is conn
+            if stranded:
+                self.jobs.pop()
+                self.busy_conns -= 1
+            elif self.starved_since is None:
+                self.starved_since = time.monotonic()
+        if stranded:  # nobody will ever take it: answer from here
+            self.refuse_starved(conn, request)
+
+    def start_worker(self) -> bool:
+        """Start one more worker thread; False when the system will not give us one."""
+        with self.lock:
             self.workers += 1
         try:
             threading.Thread(target=self.work, name="worker", daemon=True).start()
-        except RuntimeError:  # no thread to be had: the sandbox is out of pids or memory
+        except RuntimeError:  # "can't start new thread": out of pids or memory
             with self.lock:
                 self.workers -= 1
-                stranded = self.workers == 0 and self.jobs and self.jobs[-1][0] is conn
-                if stranded:
-                    self.jobs.pop()
-                    self.busy_conns -= 1
-            if stranded:  # nobody will ever take it: answer from here
-                self.watch(conn)
-                self.reject(
-                    conn,
-                    RequestError(
-                        503,
-                        "resource_exhausted",
-                        "cannot start a thread: the sandbox's process limit (pids) is reached",
-                        limit="pids",
-                    ),
-                    request,
-                )
+            return False
+        return True
+
+    def unstarve(self, now: float) -> None:
+        """Jobs queued while no thread could be started: retry, then answer 503."""
+        with self.lock:
+            if not self.jobs or self.idle > 0 or self.workers >= MAX_WORKERS:
+                self.starved_since = None  # a worker will take them
+                return
+            starved_since = self.starved_since
+        if self.start_worker():
+            with self.lock:
+                self.starved_since = None
+            return
+        if starved_since is None or now - starved_since < STARVED_GRACE:
+            return
+        with self.lock:
+            refused = list(self.jobs)
+            self.jobs.clear()
+            self.busy_conns -= len(refused)
+            self.starved_since = None
+        for conn, request in refused:
+            self.refuse_starved(conn, request)
+
+    def refuse_starved(self, conn: Conn, request: Request) -> None:
+        """Answer a request no worker thread can serve (from the loop) and close."""
+        self.watch(conn)
+        self.reject(
+            conn,
+            RequestError(
+                503,
+                "resource_exhausted",
+                "cannot start a thread: the sandbox's process limit (pids) is reached",
+                limit="pids",
+            ),
+            request,
+        )
 
     def work(self) -> None:
         while True:
             with self.lock:
                 while not self.jobs:
                     self.idle += 1
-                    self.jobs_ready.wait()
+                    woken = self.jobs_ready.wait(WORKER_IDLE)
                     self.idle -= 1
+                    if not woken and not self.jobs:
+                        # Idle for long: give the thread (a pid) back to the sandbox.
+                        self.workers -= 1
+                        return
                 conn, request = self.jobs.popleft()
             keep = False
             try:
@@ -2418,6 +2544,21 @@ class Server:
                 return False
         except ClientGone as exc:
             _log(f"{conn.peer} {self.target(request)}: client went away ({exc})")
+            conn.close()
+            return False
+        except MemoryError:  # the sandbox is out of memory: say so if we still can
+            if not ex.started:
+                with contextlib.suppress(ClientGone, MemoryError):
+                    ex.close = True
+                    ex.send_json(
+                        503,
+                        {
+                            "error": "resource_exhausted",
+                            "message": "the sandbox is out of memory",
+                            "limit": "memory",
+                        },
+                    )
+            _log(f"{conn.peer} {self.target(request)}: out of memory")
             conn.close()
             return False
         except Exception as exc:
@@ -2472,6 +2613,7 @@ def main() -> None:
         config = load_config(os.environ)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    oom_adjust = oom_score_adjustable()  # before make_undumpable: see there
     make_undumpable()
     # Commands do not inherit the digest (a digest cannot be presented as a token anyway),
     # nor the TLS key (nor its certificate).
@@ -2490,7 +2632,7 @@ def main() -> None:
     # Small thread stacks: a full worker pool must not cost the sandbox much memory.
     with contextlib.suppress(ValueError, RuntimeError):
         threading.stack_size(512 * 1024)
-    registry = Registry()
+    registry = Registry(oom_adjust=oom_adjust)
     try:
         server = Server(config, registry, os.environ, umask, os.getcwd(), tls)
     except OSError as exc:
@@ -2503,17 +2645,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda signum, frame: stop(f"received signal {signum}"))
     signal.signal(signal.SIGINT, lambda signum, frame: stop(f"received signal {signum}"))
-    if config.ttl is not None:
-        timer = threading.Timer(config.ttl, stop, args=(f"ttl of {config.ttl}s expired",))
-        timer.daemon = True
-        timer.start()
     # Tools parse the port at the end of this line: nothing may follow it.
     print(
         f"commandlab daemon listening on {config.host}:{server.port}", file=sys.stderr, flush=True
     )
     if tls is not None:
         print("commandlab daemon: serving TLS (https)", file=sys.stderr, flush=True)
-    server.serve_forever()
+    server.serve_forever(on_expiry=lambda: stop(f"ttl of {config.ttl}s expired"))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from ...specs import Spec
 from ...tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
-from .options import EcsOptions, EcsTarget
+from .options import EcsOptions, EcsTarget, fargate_storage_gib
 
 __all__ = ["NAME_TAG", "EcsDriver", "started_by"]
 
@@ -102,6 +102,8 @@ def _task_definition(spec: Spec, options: EcsOptions) -> dict[str, Any]:
         "memory": str(spec.memory),
         "containerDefinitions": [container],
     }
+    if spec.disk is not None:
+        definition["ephemeralStorage"] = {"sizeInGiB": fargate_storage_gib(spec.disk)}
     if options.execution_role_arn:
         definition["executionRoleArn"] = options.execution_role_arn
     if options.task_role_arn:

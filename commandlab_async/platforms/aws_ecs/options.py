@@ -13,7 +13,7 @@ from ..base import DockerPlatform, PlatformOptions, Target, take_scope
 if TYPE_CHECKING:
     from ...specs import Spec
 
-__all__ = ["EcsOptions", "EcsTarget"]
+__all__ = ["EcsOptions", "EcsTarget", "fargate_storage_gib"]
 
 # Fargate's valid memory sizes (MiB) per CPU units (1024 units = 1 vCPU).
 _FARGATE_MEMORY: dict[int, list[int]] = {
@@ -83,6 +83,12 @@ class EcsOptions(PlatformOptions):
                 f"Fargate with {spec.cpu:g} vCPU takes {allowed[0]}..{allowed[-1]} MiB "
                 f"in steps of {allowed[1] - allowed[0]}, got {spec.memory}",
             )
+        if spec.disk is not None and not 21 <= fargate_storage_gib(spec.disk) <= 200:
+            raise SpecError(
+                "disk",
+                f"Fargate's ephemeral storage is 21..200 GiB (20 GiB without `disk`), got "
+                f"{spec.disk} MiB",
+            )
         if spec.daemon_port < 1024 and not spec.run_as_root:
             # Every capability is dropped and Fargate can add back only SYS_PTRACE.
             raise SpecError(
@@ -96,3 +102,8 @@ class EcsOptions(PlatformOptions):
     def target_from(cls, scope: Mapping[str, str | None]) -> EcsTarget:
         region, cluster = take_scope(scope, "region", "cluster")
         return EcsTarget(platform=cls.platform, region=region, cluster=cluster or "default")
+
+
+def fargate_storage_gib(disk: int) -> int:
+    """The task's ``ephemeralStorage.sizeInGiB`` for ``disk`` MiB (rounded up)."""
+    return -(-disk // 1024)

@@ -62,7 +62,10 @@ def _labels(identity: SandboxIdentity) -> dict[str, str]:
 
 
 def _quantities(spec: Spec) -> dict[str, str]:
-    return {"cpu": f"{max(1, round(spec.cpu * 1000))}m", "memory": f"{spec.memory}Mi"}
+    quantities = {"cpu": f"{max(1, round(spec.cpu * 1000))}m", "memory": f"{spec.memory}Mi"}
+    if spec.disk is not None:  # the kubelet evicts a pod that writes past it
+        quantities["ephemeral-storage"] = f"{spec.disk}Mi"
+    return quantities
 
 
 def _security(spec: Spec) -> dict[str, Any]:
