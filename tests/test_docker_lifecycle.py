@@ -18,7 +18,7 @@ from commandlab_async import (
     SandboxExitedError,
     provision,
 )
-from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE, our_containers
+from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE, NO_PYTHON_IMAGE, our_containers
 from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
@@ -127,14 +127,30 @@ async def test_daemon_never_healthy_times_out_naming_sandbox_and_state() -> None
     assert error.platform == "docker"
 
 
-async def test_sandbox_that_exits_before_ready_fails_fast() -> None:
-    spec = DockerSpec(image=EXITS_IMAGE, ready_timeout=60)
+@pytest.mark.parametrize(
+    ("image", "exit_code", "words"),
+    [(EXITS_IMAGE, 3, "boom"), (NO_PYTHON_IMAGE, 127, "python3.99: not found")],
+    ids=["exits", "no-python"],
+)
+async def test_sandbox_that_exits_before_ready_fails_fast_and_says_why(
+    image: str, exit_code: int, words: str
+) -> None:
+    spec = DockerSpec(image=image, ready_timeout=60)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(SandboxExitedError) as info:
         await _enter(spec)
     assert loop.time() - started < 30, "an exited sandbox must not wait for the deadline"
-    assert info.value.sandbox in str(info.value)
+    error = info.value
+    assert error.sandbox in str(error)
+    # What it printed and how it ended, though the engine removed it (AutoRemove).
+    assert words in error.logs
+    assert words in str(error)
+    assert error.exit_code in (exit_code, None)
+    if error.exit_code is None:  # removed before it could be read: the state says gone
+        assert "gone" in error.state
+    else:
+        assert f"exit code {exit_code}" in str(error)
 
 
 async def test_missing_image_is_a_permanent_backend_error() -> None:

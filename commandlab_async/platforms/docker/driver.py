@@ -7,15 +7,17 @@ host port, resource-limited, auto-removed when its daemon exits at the TTL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiodocker
 import aiohttp
 
-from ...errors import BackendError, SandboxExitedError
+from ...errors import BackendError
 from ...identity import SESSION, SandboxIdentity
 from ...limits import Limits
 from ...specs import Spec
@@ -27,6 +29,26 @@ __all__ = ["DockerDriver"]
 
 _MIB = 1024 * 1024
 _TERMINAL = {"exited", "dead", "removing"}
+# The daemon's startup line: from there on, the container's output is the daemon's log.
+_LISTENING = "commandlab daemon listening on"
+# Storage drivers that take a per-container size (overlay2 only on xfs with pquota).
+_DISK_QUOTA_DRIVERS = {"btrfs", "zfs", "devicemapper", "windowsfilter"}
+_KEPT = 4000  # characters of a container's startup output kept for its error
+_LAST_WORDS_WAIT = 1.0  # how long an exit waits for the end of the container's output
+
+
+@dataclass
+class _Startup:
+    """What a container printed from its start until its daemon listened or it stopped.
+
+    The engine removes a stopped container (AutoRemove, which the TTL relies on) with
+    its logs, so they are read while it comes up; and how it ended, while it still can be.
+    """
+
+    output: str = ""
+    ended: dict[str, Any] | None = None
+    """Its inspect document once it stopped, if read before the engine removed it."""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class DockerDriver(Driver[DockerTarget]):
@@ -37,12 +59,22 @@ class DockerDriver(Driver[DockerTarget]):
     default_limits = Limits(creates_in_flight=32, creates_per_second=math.inf, probes_in_flight=128)
     # Loopback probes are cheap: poll often so readiness is seen within ~20 ms.
     probe_interval = 0.02
+    # A busy local engine answers within seconds; one silent for 30 s is not answering.
+    call_timeout = 30.0
 
     def __init__(self, target: DockerTarget) -> None:
         super().__init__(target)
         self._docker = aiodocker.Docker(url=target.host)
+        # Sandboxes whose create never reached the engine (it refused the connection):
+        # nothing to delete, and no false "could not delete it" when the engine is down.
+        self._never_sent: set[str] = set()
+        self._startups: dict[str, _Startup] = {}
+        self._disk_refusal: str | None = None  # why this engine cannot limit disk; "" if it can
 
     async def close(self) -> None:
+        for startup in self._startups.values():
+            if startup.task is not None:
+                startup.task.cancel()
         await self._docker.close()
 
     @classmethod
@@ -73,6 +105,7 @@ class DockerDriver(Driver[DockerTarget]):
                 "Memory": spec.memory * _MIB,
                 "MemorySwap": spec.memory * _MIB,
                 "PidsLimit": spec.pids_limit,
+                **({"StorageOpt": {"size": f"{spec.disk}M"}} if spec.disk is not None else {}),
                 "SecurityOpt": ["no-new-privileges"],
                 **self._capabilities(spec),
             },
@@ -92,19 +125,40 @@ class DockerDriver(Driver[DockerTarget]):
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         name = identity.name
         config = self._config(spec, identity)
+        if spec.disk is not None and (refusal := await self._why_no_disk_limit()):
+            self._never_sent.add(name)
+            raise BackendError(
+                f"disk: {refusal}; leave `disk` unset on this engine",
+                sandbox=name,
+                platform=self.platform,
+                code="disk_unsupported",
+            )
+
+        reached = False
 
         async def create_once() -> None:
+            nonlocal reached
             try:
                 await self._docker.containers.create(config, name=name)
             except aiodocker.DockerError as exc:
+                # aiodocker's 900 wraps a connection error; one that never connected
+                # means this attempt never reached the engine.
+                if exc.status == 900 and isinstance(exc.__context__, aiohttp.ClientConnectorError):
+                    raise
+                reached = True
                 # A retried create whose first attempt reached the engine: it is ours.
                 if exc.status == 409 and await self._owned(identity):
                     return
+                raise
+            except BaseException:
+                reached = True  # sent, perhaps acted on: only a delete can tell
                 raise
 
         try:
             await self.call("create", name, create_once)
         except BackendError as exc:
+            if not reached:
+                self._never_sent.add(name)
             if exc.code == 404:
                 raise BackendError(
                     f"image {spec.image!r} is not on the engine; build it "
@@ -115,6 +169,45 @@ class DockerDriver(Driver[DockerTarget]):
                 ) from exc.__cause__
             raise
         await self.call("start", name, self._docker.containers.container(name).start)
+        startup = self._startups[name] = _Startup()
+        startup.task = asyncio.create_task(self._follow(identity, startup))
+
+    async def _follow(self, sandbox: SandboxRef, startup: _Startup) -> None:
+        """Keep the container's output until its daemon listens; note how it ended."""
+        # aiodocker's own log() inspects first; the container is known not to use a TTY.
+        logs = self._docker._query(
+            f"containers/{sandbox.name}/logs",
+            params={"follow": 1, "stdout": 1, "stderr": 1},
+            timeout=aiohttp.ClientTimeout(),
+        )
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, BackendError):
+            async with logs as response:
+                async for chunk in _demultiplexed(response.content):
+                    startup.output = (startup.output + chunk)[-_KEPT:]
+                    if _LISTENING in chunk:
+                        return
+            # The output ended: the container stopped. Read why before it is removed.
+            startup.ended = await self._inspect(sandbox)
+
+    async def _why_no_disk_limit(self) -> str:
+        """Why this engine cannot limit a container's writable layer; "" if it can.
+
+        Asked once: the engine's own refusal comes as a 500, retried as transient.
+        """
+        if self._disk_refusal is None:
+            info = await self.call("info", None, self._docker.system.info)
+            driver = info.get("Driver", "")
+            status = dict(pair for pair in info.get("DriverStatus") or [] if len(pair) == 2)
+            backing = status.get("Backing Filesystem", "")
+            able = driver in _DISK_QUOTA_DRIVERS or (driver == "overlay2" and backing == "xfs")
+            self._disk_refusal = (
+                ""
+                if able
+                else f"this engine cannot limit a container's filesystem (storage driver "
+                f"{driver or '?'} on {backing or '?'}; it takes overlay2 on xfs mounted "
+                "with pquota, btrfs or zfs)"
+            )
+        return self._disk_refusal
 
     async def _owned(self, sandbox: SandboxRef) -> bool:
         info = await self._inspect(sandbox)
@@ -135,13 +228,8 @@ class DockerDriver(Driver[DockerTarget]):
         ports = (info or {}).get("NetworkSettings", {}).get("Ports") or {}
         bindings = ports.get(f"{spec.daemon_port}/tcp")
         if info is None or not bindings:
-            state = self._state_of(info)
-            raise SandboxExitedError(
-                f"stopped before its daemon answered: {state.detail}",
-                sandbox=identity.name,
-                platform=self.platform,
-                state=state.detail,
-            )
+            state = await self._final_state(identity, info)
+            raise state.exited_error(identity.name, self.platform)
         port = int(bindings[0]["HostPort"])
         return RunningSandbox(
             name=identity.name,
@@ -153,7 +241,27 @@ class DockerDriver(Driver[DockerTarget]):
         )
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
-        return self._state_of(await self._inspect(sandbox))
+        info = await self._inspect(sandbox)
+        state = self._state_of(info)
+        return await self._final_state(sandbox, info) if state.terminal else state
+
+    async def _final_state(self, sandbox: SandboxRef, info: dict[str, Any] | None) -> SandboxState:
+        """How a stopped container ended, with what it printed, as far as can be known."""
+        startup = self._startups.get(sandbox.name)
+        if startup is None or startup.task is None:
+            return self._state_of(info)
+        # Its output ends as it stops: wait a moment for the last of it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LAST_WORDS_WAIT):
+                await asyncio.shield(startup.task)
+        state = self._state_of(info or startup.ended)
+        return SandboxState(
+            state.detail,
+            terminal=True,
+            exit_code=state.exit_code,
+            reason=state.reason,
+            logs=startup.output,
+        )
 
     @staticmethod
     def _state_of(info: dict[str, Any] | None) -> SandboxState:
@@ -161,11 +269,21 @@ class DockerDriver(Driver[DockerTarget]):
             return SandboxState("gone (exited and removed)", terminal=True)
         state = info["State"]
         status = state["Status"]
-        if status in _TERMINAL:
-            return SandboxState(f"{status} (exit code {state.get('ExitCode')})", terminal=True)
-        return SandboxState(status)
+        if status not in _TERMINAL:
+            return SandboxState(status)
+        code = state.get("ExitCode")
+        said = "OOM killed" if state.get("OOMKilled") else state.get("Error") or None
+        detail = f"{status} (exit code {code}{f'; {said}' if said else ''})"
+        reason = said or "exited"
+        return SandboxState(detail, terminal=True, exit_code=code, reason=reason)
 
     async def destroy(self, sandbox: SandboxRef) -> None:
+        startup = self._startups.pop(sandbox.name, None)
+        if startup is not None and startup.task is not None:
+            startup.task.cancel()
+        if sandbox.name in self._never_sent:
+            self._never_sent.discard(sandbox.name)
+            return
         container = self._docker.containers.container(sandbox.name)
 
         async def delete() -> None:
@@ -198,3 +316,14 @@ class DockerDriver(Driver[DockerTarget]):
             name = container["Names"][0].lstrip("/")
             records.append(SandboxRecord(name, container["Labels"] or {}, container["State"]))
         return records
+
+
+async def _demultiplexed(body: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The payloads of the engine's log stream (no TTY): 8-byte headers, then data."""
+    while True:
+        try:
+            head = await body.readexactly(8)
+            payload = await body.readexactly(int.from_bytes(head[4:], "big"))
+        except asyncio.IncompleteReadError:
+            return
+        yield payload.decode(errors="replace")
