@@ -59,6 +59,7 @@ MAX_TIMEOUT = 1_000_000.0
 # How much longer than the command's own timeout the client waits for the daemon's answer.
 _REPLY_MARGIN = 30.0
 _CONNECT_TIMEOUT = 10.0
+_HEADERS_TIMEOUT = 30.0
 _STALL_TIMEOUT = 300.0  # a file transfer that moves nothing for this long has failed
 
 # The daemon's error codes that are OS errors: (class, errno).
@@ -504,7 +505,17 @@ class Computer:
     async def _request_headers(self) -> dict[str, str]:
         if self._extra_headers is None:
             return self._headers
-        return {**await self._extra_headers(), **self._headers}
+        # The platform's credentials (a cluster token, say) may need a fetch: bounded too.
+        try:
+            async with asyncio.timeout(_HEADERS_TIMEOUT):
+                extra = await self._extra_headers()
+        except TimeoutError:
+            raise DaemonUnreachableError(
+                "the platform's credentials for reaching the daemon were not had within"
+                f" {_HEADERS_TIMEOUT:g}s",
+                sandbox=self._name,
+            ) from None
+        return {**extra, **self._headers}
 
     async def _probe(self) -> None:
         """The liveness probe: returns if the daemon answers ``/health``, else raises why."""

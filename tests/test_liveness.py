@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
+from commandlab_async import computer as computer_module
+from commandlab_async.computer import Computer
+from commandlab_async.errors import DaemonUnreachableError
 from commandlab_async.liveness import Liveness
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -94,3 +98,25 @@ async def test_the_verdict_does_not_swallow_a_cancellation_that_came_with_it() -
     with pytest.raises(asyncio.CancelledError):
         await task
     assert prober.calls == 1
+
+
+async def test_credentials_that_never_come_are_a_typed_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(computer_module, "_HEADERS_TIMEOUT", 0.2)
+
+    async def never() -> dict[str, str]:
+        await asyncio.sleep(3600)  # a token endpoint that accepts and never answers
+        return {}
+
+    async with aiohttp.ClientSession() as session:
+        computer = Computer(
+            name="sandbox",
+            url="http://127.0.0.1:9",
+            token="t",
+            session=session,
+            platform="kubernetes",
+            extra_headers=never,
+        )
+        with pytest.raises(DaemonUnreachableError, match="credentials"):
+            await computer.run("true")
