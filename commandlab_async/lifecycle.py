@@ -274,11 +274,15 @@ async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
 
 async def _create(member: _Member) -> None:
     """The driver's create; cut short, it may settle within half the cleanup budget."""
+    driver, name = member.backend.driver, member.name
     grace = member.spec.destroy_timeout / 2
     try:
-        await settle(member.backend.driver.create(member.spec, member.identity), grace=grace)
-    except asyncio.CancelledError:
-        member.create_interrupted = True  # _tear_down gets the other half
+        await settle(driver.create(member.spec, member.identity), grace=grace)
+    except BaseException as exc:
+        if driver.take_not_created(name):
+            member.needs_destroy = False  # the backend was never asked
+        elif isinstance(exc, asyncio.CancelledError):
+            member.create_interrupted = True  # _tear_down gets the other half
         raise
 
 

@@ -35,7 +35,7 @@ class Liveness:
 
     def __init__(self, probe: Probe, *, check_after: float = CHECK_AFTER) -> None:
         self._probe = probe
-        self._check_after = check_after
+        self.check_after = check_after
         self._running: asyncio.Future[None] | None = None
 
     @contextmanager
@@ -63,10 +63,6 @@ class Liveness:
             # Read its outcome even if every watcher has left before it ends.
             self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
         return self._running
-
-    @property
-    def check_after(self) -> float:
-        return self._check_after
 
 
 class _Watch:

@@ -31,6 +31,13 @@ pytestmark = pytest.mark.docker
 SLACK = 3.0
 
 
+@pytest.fixture
+def silent_engine(docker_proxy: FaultyDockerProxy) -> FaultyDockerProxy:
+    """An engine that accepts every request and never answers."""
+    docker_proxy.add(Rule(r".*", delay_before=3600))
+    return docker_proxy
+
+
 async def test_a_frozen_daemon_is_a_typed_error_within_the_liveness_bound() -> None:
     loop = asyncio.get_running_loop()
     async with provision(DockerSpec()) as computer:
@@ -70,9 +77,8 @@ async def test_a_long_silent_command_is_not_a_frozen_daemon(
 
 
 async def test_an_engine_that_never_answers_fails_by_the_deadlines(
-    docker_proxy: FaultyDockerProxy,
+    silent_engine: FaultyDockerProxy,
 ) -> None:
-    docker_proxy.add(Rule(r".*", delay_before=3600))
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(ReadyTimeoutError, match="last state: creating") as info:
@@ -109,9 +115,8 @@ async def test_a_computer_kept_past_its_block_says_why() -> None:
 
 
 async def test_gc_against_an_engine_that_never_answers_stops_at_its_deadline(
-    docker_proxy: FaultyDockerProxy,
+    silent_engine: FaultyDockerProxy,
 ) -> None:
-    docker_proxy.add(Rule(r".*", delay_before=3600))
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(BackendTimeoutError, match=r"gc did not finish within 1\.5s"):
@@ -120,9 +125,8 @@ async def test_gc_against_an_engine_that_never_answers_stops_at_its_deadline(
 
 
 async def test_the_gc_command_stops_at_its_deadline_with_one_line(
-    docker_proxy: FaultyDockerProxy,
+    silent_engine: FaultyDockerProxy,
 ) -> None:
-    docker_proxy.add(Rule(r".*", delay_before=3600))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

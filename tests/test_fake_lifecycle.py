@@ -248,12 +248,18 @@ async def test_limits_and_drivers_are_per_target(
     ]
 
 
-async def test_ready_timeout_starts_once_a_create_slot_is_had(
-    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def one_create_at_a_time(fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> FakeCloud:
+    """The fake backend, with creates limited to one in flight for this test only."""
     monkeypatch.setattr(limits_module, "_overrides", {})
     set_limits("docker", Limits(creates_in_flight=1))
-    fake_cloud.create_delay = 0.3
+    return fake_cloud
+
+
+async def test_ready_timeout_starts_once_a_create_slot_is_had(
+    one_create_at_a_time: FakeCloud,
+) -> None:
+    one_create_at_a_time.create_delay = 0.3
     # The fourth member queues ~0.9s for its slot, longer than its ready_timeout: the
     # queue is the fleet's, so it still comes up.
     async with provision_many(DockerSpec(ready_timeout=0.6), count=4) as fleet:
@@ -261,10 +267,9 @@ async def test_ready_timeout_starts_once_a_create_slot_is_had(
 
 
 async def test_a_timeout_names_the_time_queued_for_a_slot_apart(
-    fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+    one_create_at_a_time: FakeCloud,
 ) -> None:
-    monkeypatch.setattr(limits_module, "_overrides", {})
-    set_limits("docker", Limits(creates_in_flight=1))
+    fake_cloud = one_create_at_a_time
     fake_cloud.create_delay = 0.6
     spec = DockerSpec(ready_timeout=0.4, destroy_timeout=2)
     async with provision_many(spec, count=2, keep_going=True) as fleet:

@@ -133,6 +133,21 @@ class Driver(abc.ABC, Generic[TargetT]):
 
     def __init__(self, target: TargetT) -> None:
         self.target = target
+        self._not_created: set[str] = set()
+
+    def mark_not_created(self, name: str) -> None:
+        """From :meth:`create`, before it raises: the backend was never asked (no
+        connection, no credentials), so there is nothing to delete. A delete would only
+        fail the same way and report a sandbox that never existed."""
+        self._not_created.add(name)
+
+    def take_not_created(self, name: str) -> bool:
+        """Whether the failed create of ``name`` was marked by :meth:`mark_not_created`
+        (asked once, by the lifecycle, which then skips the delete)."""
+        if name not in self._not_created:
+            return False
+        self._not_created.discard(name)
+        return True
 
     @classmethod
     @abc.abstractmethod

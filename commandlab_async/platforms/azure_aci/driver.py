@@ -183,7 +183,6 @@ class AciDriver(Driver[AciTarget]):
         self._session: aiohttp.ClientSession | None = None
         self._own_credential: Any = None
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
-        self._refused: set[str] = set()  # creates refused for want of credentials
 
     @classmethod
     def classify(cls, exc: BaseException) -> Failure | None:
@@ -270,7 +269,8 @@ class AciDriver(Driver[AciTarget]):
             )
         except BackendError as exc:
             if isinstance(exc.__cause__, ClientAuthenticationError):
-                self._refused.add(name)  # ARM authenticates before it acts
+                self.mark_not_created(name)  # ARM authenticates before it acts
+                self._tls.pop(name, None)
                 raise
             # A create whose answer was lost and was sent again (by us or by aiohttp)
             # finds the group mid-creation: ours if it carries our session and time.
@@ -340,10 +340,6 @@ class AciDriver(Driver[AciTarget]):
     async def destroy(self, sandbox: SandboxRef) -> None:
         client = await self._client()
         self._tls.pop(sandbox.name, None)
-        if sandbox.name in self._refused:
-            # Never created: asking again would only add the same credential error.
-            self._refused.discard(sandbox.name)
-            return
         rg = self.target.resource_group
         # The delete's operation is not polled: ARM has taken the group out of the
         # quota and the list once the call is accepted.

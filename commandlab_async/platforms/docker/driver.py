@@ -65,16 +65,15 @@ class DockerDriver(Driver[DockerTarget]):
     def __init__(self, target: DockerTarget) -> None:
         super().__init__(target)
         self._docker = aiodocker.Docker(url=target.host)
-        # Sandboxes whose create never reached the engine (it refused the connection):
-        # nothing to delete, and no false "could not delete it" when the engine is down.
-        self._never_sent: set[str] = set()
         self._startups: dict[str, _Startup] = {}
         self._disk_refusal: str | None = None  # why this engine cannot limit disk; "" if it can
 
     async def close(self) -> None:
-        for startup in self._startups.values():
-            if startup.task is not None:
-                startup.task.cancel()
+        followers = [s.task for s in self._startups.values() if s.task is not None]
+        for task in followers:
+            task.cancel()
+        # Let them end before their connections' session closes under them.
+        await asyncio.gather(*followers, return_exceptions=True)
         await self._docker.close()
 
     @classmethod
@@ -125,14 +124,8 @@ class DockerDriver(Driver[DockerTarget]):
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         name = identity.name
         config = self._config(spec, identity)
-        if spec.disk is not None and (refusal := await self._why_no_disk_limit()):
-            self._never_sent.add(name)
-            raise BackendError(
-                f"disk: {refusal}; leave `disk` unset on this engine",
-                sandbox=name,
-                platform=self.platform,
-                code="disk_unsupported",
-            )
+        if spec.disk is not None:
+            await self._check_disk_limit(spec.disk, name)
 
         reached = False
 
@@ -157,8 +150,8 @@ class DockerDriver(Driver[DockerTarget]):
         try:
             await self.call("create", name, create_once)
         except BackendError as exc:
-            if not reached:
-                self._never_sent.add(name)
+            if not reached:  # the engine refused every connection: nothing to delete
+                self.mark_not_created(name)
             if exc.code == 404:
                 raise BackendError(
                     f"image {spec.image!r} is not on the engine; build it "
@@ -188,6 +181,22 @@ class DockerDriver(Driver[DockerTarget]):
                         return
             # The output ended: the container stopped. Read why before it is removed.
             startup.ended = await self._inspect(sandbox)
+
+    async def _check_disk_limit(self, disk: int, name: str) -> None:
+        """Refuse ``disk`` before the create if this engine cannot keep it."""
+        try:
+            refusal = await self._why_no_disk_limit()
+        except BaseException:
+            self.mark_not_created(name)
+            raise
+        if refusal:
+            self.mark_not_created(name)
+            raise BackendError(
+                f"disk={disk}: {refusal}; leave `disk` unset on this engine",
+                sandbox=name,
+                platform=self.platform,
+                code="disk_unsupported",
+            )
 
     async def _why_no_disk_limit(self) -> str:
         """Why this engine cannot limit a container's writable layer; "" if it can.
@@ -281,9 +290,6 @@ class DockerDriver(Driver[DockerTarget]):
         startup = self._startups.pop(sandbox.name, None)
         if startup is not None and startup.task is not None:
             startup.task.cancel()
-        if sandbox.name in self._never_sent:
-            self._never_sent.discard(sandbox.name)
-            return
         container = self._docker.containers.container(sandbox.name)
 
         async def delete() -> None:

@@ -130,7 +130,6 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         self._watch: PodWatch | None = None
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
         self._workloads: dict[str, str] = {}  # name -> "deployment" for those that are
-        self._never_created: set[str] = set()  # creates that failed to log in
         self._awaiting_address: set[str] = set()  # ready pods whose LoadBalancer has none
 
     # -- errors ------------------------------------------------------------------------
@@ -245,7 +244,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
             core, apps = await self._apis()
         except BaseException:
             # Nothing was asked of the cluster: deleting would only log in and fail again.
-            self._never_created.add(name)
+            self.mark_not_created(name)
             raise
         tls = None
         if options.reach != "proxy":
@@ -478,9 +477,6 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         name, ns = sandbox.name, self.target.namespace
         self._tls.pop(name, None)
         self._awaiting_address.discard(name)
-        if name in self._never_created:
-            self._never_created.discard(name)
-            return
         core, apps = await self._apis()
         # Background propagation: the cluster's garbage collector deletes what the
         # sandbox owns (its Service; a Deployment's ReplicaSet and pod). Not polled.
