@@ -289,7 +289,9 @@ class Computer:
 
     # -- files -------------------------------------------------------------
 
-    async def read_file(self, path: str, *, max_size: int | None = DEFAULT_MAX_READ) -> bytes:
+    async def read_file(
+        self, path: str, *, max_size: int | None = DEFAULT_MAX_READ, user: str | int | None = None
+    ) -> bytes:
         """The file at ``path`` as bytes.
 
         A file bigger than ``max_size`` (default 64 MiB; None for no limit) raises
@@ -297,22 +299,25 @@ class Computer:
         or :meth:`stream_file` for big files. Missing files, directories and unreadable
         files raise :class:`RemoteFileNotFoundError`, :class:`RemoteIsADirectoryError`
         and :class:`RemotePermissionError` (also the builtin ``OSError`` subclasses).
+        ``user`` reads it as another user, with that user's permissions (needs
+        ``run_as_root=True``, else :class:`UnsupportedOperationError`).
         """
         parts = bytearray()
-        async with self.stream_file(path, max_size=max_size) as chunks:
+        async with self.stream_file(path, max_size=max_size, user=user) as chunks:
             async for chunk in chunks:
                 parts += chunk
         return bytes(parts)
 
     @asynccontextmanager
     async def stream_file(
-        self, path: str, *, max_size: int | None = None
+        self, path: str, *, max_size: int | None = None, user: str | int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """``async with computer.stream_file(path) as chunks: async for chunk in chunks``.
 
-        Reads in bounded chunks; nothing is held whole. Errors as for :meth:`read_file`.
+        Reads in bounded chunks; nothing is held whole. Errors and ``user`` as for
+        :meth:`read_file`.
         """
-        params = {"path": path}
+        params = _file_params(path, user)
         if max_size is not None:
             if max_size < 0:
                 raise ValueError("max_size must be >= 0")
@@ -345,12 +350,17 @@ class Computer:
             response.close() if not response.content.is_eof() else response.release()
 
     async def download(
-        self, path: str, destination: str | os.PathLike[str], *, max_size: int | None = None
+        self,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        max_size: int | None = None,
+        user: str | int | None = None,
     ) -> int:
         """Copy the sandbox's ``path`` to the local ``destination``; returns the size."""
         size = 0
         async with (
-            self.stream_file(path, max_size=max_size) as chunks,
+            self.stream_file(path, max_size=max_size, user=user) as chunks,
             await anyio.open_file(destination, "wb") as out,
         ):
             async for chunk in chunks:
@@ -364,27 +374,35 @@ class Computer:
         data: bytes | str | AsyncIterable[bytes],
         *,
         mode: int | None = None,
+        user: str | int | None = None,
     ) -> None:
         """Write ``data`` (bytes, str, or an async iterable of bytes) to ``path``.
 
         Parent directories are created. The file appears whole or not at all (written
         aside, then renamed). An existing file keeps its mode and owner and must be
         writable (else :class:`RemotePermissionError`); ``mode`` sets the permission bits.
+        ``user`` writes as another user: new files and directories are theirs, and their
+        permissions apply (needs ``run_as_root=True``).
         """
         if isinstance(data, str):
             data = data.encode()
         body: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-        params = {"path": path}
+        params = _file_params(path, user)
         if mode is not None:
             params["mode"] = format(mode, "o")
         timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=_STALL_TIMEOUT)
         await self._json("PUT", "/files", params=params, data=body, timeout=timeout)
 
     async def upload(
-        self, source: str | os.PathLike[str], path: str, *, mode: int | None = None
+        self,
+        source: str | os.PathLike[str],
+        path: str,
+        *,
+        mode: int | None = None,
+        user: str | int | None = None,
     ) -> None:
         """Copy the local file ``source`` to the sandbox's ``path``, streamed."""
-        await self.write_file(path, read_local(source), mode=mode)
+        await self.write_file(path, read_local(source), mode=mode, user=user)
 
     async def stat(self, path: str) -> FileInfo:
         """What ``path`` is (follows symlinks); :class:`RemoteFileNotFoundError` if nothing."""
@@ -658,3 +676,11 @@ def _exec_header(
             raise ValueError("a command sequence must be a non-empty sequence of str")
         request["argv"] = argv
     return json.dumps(request, separators=(",", ":")).encode() + b"\n"
+
+
+def _file_params(path: str, user: str | int | None) -> dict[str, str]:
+    if user is None:
+        return {"path": path}
+    if isinstance(user, bool) or not isinstance(user, str | int) or user == "":
+        raise ValueError("user must be a user name or uid")
+    return {"path": path, "user": str(user)}

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Build the images the demo and the tests use, without any registry:
-#   commandlab/python-base:bookworm-ps  a Debian rootfs with python3 and procps (mmdebstrap → docker import)
+#   commandlab/python-base:bookworm-ps-users  a Debian rootfs with python3, procps (ps) and adduser/passwd
+#                                    (mmdebstrap → docker import)
 #   commandlab/computer:latest        the computer image FROM that base
 # Each is built only when missing; the computer image is rebuilt when the daemon changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE=commandlab/python-base:bookworm-ps
+BASE=commandlab/python-base:bookworm-ps-users
 COMPUTER=commandlab/computer:latest
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   command -v mmdebstrap >/dev/null || apt-get install -y -qq mmdebstrap >/dev/null
   echo "building $BASE with mmdebstrap (about a minute)"
-  mmdebstrap --quiet --variant=essential --include=python3,procps bookworm - | docker import - "$BASE"
+  mmdebstrap --quiet --variant=essential --include=python3,procps,adduser,passwd bookworm - | docker import - "$BASE"
 fi
 
-sha=$(cat commandlab_async/daemon/server.py commandlab_async/image/Dockerfile | sha256sum | cut -c1-16)
+sha=$( { cat commandlab_async/daemon/server.py commandlab_async/image/Dockerfile; echo "$BASE"; } | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "commandlab.daemon-sha" }}' "$COMPUTER" 2>/dev/null || true)
 if [ "$have" != "$sha" ]; then
   echo "building $COMPUTER"

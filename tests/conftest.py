@@ -24,7 +24,7 @@ pytest_plugins = [
     "tests.k8s_support",
 ]
 
-BASE_IMAGE = "commandlab/python-base:bookworm-ps"
+BASE_IMAGE = "commandlab/python-base:bookworm-ps-users"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
 EXITS_IMAGE = "commandlab-test/exits:latest"
 NO_PYTHON_IMAGE = "commandlab-test/no-python:latest"

@@ -97,11 +97,13 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
 ``POST /processes/<id>/signal?signal=<n>``  signals the process group.
 ``DELETE /processes/<id>``  kills the process group and forgets the process.
 
-``GET /files?path=<p>[&max_size=<n>]``  the file, streamed; ``file_too_large`` before
-    any byte is sent when it is bigger than ``max_size``.
-``PUT /files?path=<p>[&mode=<octal>]``  the body becomes the file (written aside and
-    renamed, parents created).  An existing file keeps its mode and owner and must be
-    writable.  ``{"path", "size"}``.
+``GET /files?path=<p>[&max_size=<n>][&user=<u>]``  the file, streamed;
+    ``file_too_large`` before any byte is sent when it is bigger than ``max_size``.
+``PUT /files?path=<p>[&mode=<octal>][&user=<u>]``  the body becomes the file (written
+    aside and renamed, parents created).  An existing file keeps its mode and owner and
+    must be writable.  ``{"path", "size"}``.
+    With ``user`` (name or uid; needs a root daemon) the file is opened, created and
+    renamed by a short-lived process running as that user, so its permissions apply.
 ``GET /files/stat?path=<p>``  ``{"path", "type", "size", "mode", "mtime", "uid", "gid"}``.
 ``GET /files/list?path=<p>``  ``{"path", "entries": [{"name", "type", "size", "mode",
     "mtime"}], "truncated"}`` (at most ``MAX_LIST_ENTRIES``).
@@ -1867,6 +1869,32 @@ def file_type(mode: int) -> str:
     return "other"
 
 
+def open_for_read(path: str, max_size: int | None) -> tuple[int, int]:
+    """A descriptor of the regular file ``path`` and its size, within ``max_size``."""
+    try:  # O_NONBLOCK: opening a FIFO must not hang the request
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    info = os.fstat(fd)
+    problem: RequestError | None = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
+    elif not stat.S_ISREG(info.st_mode):
+        problem = RequestError(400, "not_a_regular_file", f"not a regular file: {path}", path=path)
+    elif max_size is not None and info.st_size > max_size:
+        problem = RequestError(
+            413,
+            "file_too_large",
+            f"{path} is {info.st_size} bytes, more than the limit of {max_size}",
+            path=path,
+            size=info.st_size,
+        )
+    if problem is not None:
+        os.close(fd)
+        raise problem
+    return fd, info.st_size
+
+
 def handle_get_file(ex: Exchange) -> None:
     params = parse_query(ex.request.query)
     path = resolve_path(ex, params)
@@ -1875,26 +1903,14 @@ def handle_get_file(ex: Exchange) -> None:
         max_size = decimal(params["max_size"])
         if max_size is None:
             raise RequestError(400, "bad_request", "'max_size' must be a non-negative integer")
-    try:  # O_NONBLOCK: opening a FIFO must not hang the request
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise os_error(exc, path) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
-        raise RequestError(400, "not_a_regular_file", f"not a regular file: {path}", path=path)
+    user = resolve_user(params.get("user"))
+    if user is None:
+        fd, size = open_for_read(path, max_size)
+    else:
+        with FileAgent(user, {"op": "read", "path": path, "max_size": max_size}) as agent:
+            reply, fd = agent.receive()
+            size = int(reply["size"])
     with open(fd, "rb", buffering=0) as source:
-        size = info.st_size
-        if max_size is not None and size > max_size:
-            raise RequestError(
-                413,
-                "file_too_large",
-                f"{path} is {size} bytes, more than the limit of {max_size}",
-                path=path,
-                size=size,
-            )
         if size == 0:  # maybe a pseudo file (/proc, /sys) whose size is unknown
             cap = MAX_PSEUDO_FILE if max_size is None else min(max_size, MAX_PSEUDO_FILE)
             try:
@@ -1927,19 +1943,31 @@ def handle_get_file(ex: Exchange) -> None:
             ex.close = True
 
 
-def handle_put_file(ex: Exchange) -> None:
+class Upload:
+    """A file being written: aside under a temporary name, or (``in_place``) over itself."""
+
+    def __init__(
+        self, path: str, fd: int, temp_path: str, in_place: bool, existing: os.stat_result | None
+    ) -> None:
+        self.path = path
+        self.fd = fd
+        self.temp_path = temp_path
+        self.in_place = in_place
+        self.existing = existing
+
+
+def parse_mode(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text or len(text) > 4 or not set(text) <= set("01234567"):
+        raise RequestError(400, "bad_mode", f"mode must be an octal number like 644, got {text!r}")
+    return int(text, 8)
+
+
+def open_for_write(path: str) -> Upload:
+    """Create ``path``'s parents and open where its new content goes."""
     import tempfile  # lazy
 
-    params = parse_query(ex.request.query)
-    path = resolve_path(ex, params)
-    mode_text = params.get("mode")
-    mode: int | None = None
-    if mode_text is not None:
-        if not mode_text or len(mode_text) > 4 or not set(mode_text) <= set("01234567"):
-            raise RequestError(
-                400, "bad_mode", f"mode must be an octal number like 644, got {mode_text!r}"
-            )
-        mode = int(mode_text, 8)
     if path.endswith("/"):
         raise RequestError(400, "is_a_directory", f"path names a directory: {path}", path=path)
     parent = os.path.dirname(path)
@@ -1961,9 +1989,6 @@ def handle_put_file(ex: Exchange) -> None:
         # honour them the way an in-place write would.
         if not os.access(path, os.W_OK):
             raise RequestError(403, "permission_denied", f"permission denied: {path}", path=path)
-    if mode is None:
-        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~ex.server.umask
-    in_place = False
     try:
         fd, temp_path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=parent)
     except PermissionError:
@@ -1974,36 +1999,181 @@ def handle_put_file(ex: Exchange) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         except OSError as exc:
             raise os_error(exc, path) from None
-        temp_path, in_place = path, True
+        return Upload(path, fd, path, True, existing)
     except OSError as exc:
         raise os_error(exc, parent) from None
-    size = 0
+    return Upload(path, fd, temp_path, False, existing)
+
+
+def finish_write(upload: Upload, mode: int | None, umask: int) -> None:
+    """Give the new content its mode (and the old file's owner) and put it in place."""
     try:
-        with open(fd, "wb", buffering=0) as out:
-            while True:
-                chunk = ex.body.read(CHUNK)
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as exc:
-                    raise os_error(exc, path) from None
-                size += len(chunk)
-        if not in_place:
+        if not upload.in_place:
+            existing = upload.existing
+            if existing is not None and mode is None:
+                with contextlib.suppress(OSError):  # only root may give a file away
+                    os.fchown(upload.fd, existing.st_uid, existing.st_gid)
+            if mode is None:
+                mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~umask
+            os.fchmod(upload.fd, mode)
+            os.replace(upload.temp_path, upload.path)
+    except OSError as exc:
+        raise os_error(exc, upload.path) from None
+    finally:
+        os.close(upload.fd)
+
+
+def abort_write(upload: Upload) -> None:
+    os.close(upload.fd)
+    if not upload.in_place:
+        with contextlib.suppress(OSError):
+            os.unlink(upload.temp_path)
+
+
+def receive_body(ex: Exchange, fd: int, path: str) -> int:
+    """Copy the request body into ``fd``; returns its size."""
+    size = 0
+    while True:
+        chunk = ex.body.read(CHUNK)
+        if not chunk:
+            return size
+        view = memoryview(chunk)
+        while view:
             try:
-                if existing is not None and mode_text is None:
-                    with contextlib.suppress(OSError):
-                        os.chown(temp_path, existing.st_uid, existing.st_gid)
-                os.chmod(temp_path, mode)
-                os.replace(temp_path, path)
+                view = view[os.write(fd, view) :]
             except OSError as exc:
                 raise os_error(exc, path) from None
-    except BaseException:
-        if not in_place:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_path)
-        raise
+        size += len(chunk)
+
+
+def handle_put_file(ex: Exchange) -> None:
+    params = parse_query(ex.request.query)
+    path = resolve_path(ex, params)
+    mode = parse_mode(params.get("mode"))
+    user = resolve_user(params.get("user"))
+    if user is None:
+        upload = open_for_write(path)
+        try:
+            size = receive_body(ex, upload.fd, path)
+        except BaseException:
+            abort_write(upload)
+            raise
+        finish_write(upload, mode, ex.server.umask)
+    else:
+        request = {"op": "write", "path": path, "mode": mode, "umask": ex.server.umask}
+        with FileAgent(user, request) as agent:
+            _, fd = agent.receive()
+            try:
+                size = receive_body(ex, fd, path)
+            finally:
+                os.close(fd)
+            agent.commit()
     ex.send_json(200, {"path": path, "size": size})
+
+
+# --------------------------------------------------------------------------
+# Files as another user.  A root daemon must not open paths on a user's behalf (the
+# kernel would check root's permissions, and a path can be swapped under a check), so a
+# short-lived agent process with the user's credentials does the path work: it opens
+# the file and passes the descriptor back over a socket pair; for a write it also puts
+# the new content in place once the daemon has copied the body in.
+
+AGENT_FLAG = "--file-agent"
+AGENT_TIMEOUT = 30.0  # seconds the agent may take to start and answer
+MAX_AGENT_MESSAGE = 64 * 1024
+
+
+class FileAgent:
+    """The daemon's side of one file operation done by an agent running as ``user``."""
+
+    def __init__(self, user: RunAs, request: dict[str, Any]) -> None:
+        import subprocess  # lazy
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    os.path.abspath(__file__),
+                    AGENT_FLAG,
+                    str(theirs.fileno()),
+                ],
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                user=user.uid,
+                group=user.gid,
+                extra_groups=user.groups,
+            )
+        except OSError as exc:
+            ours.close()
+            raise spawn_failure(exc, sys.executable, "/") from None
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.sock.settimeout(AGENT_TIMEOUT)
+        self.sock.send(json.dumps(request).encode())
+
+    def receive(self) -> tuple[dict[str, Any], int]:
+        """The agent's reply and the descriptor it opened; its RequestError re-raised."""
+        reply, fds = self._reply()
+        if not fds:
+            raise RequestError(500, "io_error", "the file agent sent no descriptor")
+        return reply, fds[0]
+
+    def commit(self) -> None:
+        """Tell the agent the content is written, and wait until it is in place."""
+        self.sock.send(b"commit")
+        self._reply()
+
+    def _reply(self) -> tuple[dict[str, Any], list[int]]:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_AGENT_MESSAGE, 1)
+        except OSError as exc:
+            raise RequestError(500, "io_error", f"the file agent did not answer: {exc}") from None
+        if not data:
+            raise RequestError(500, "io_error", "the file agent exited without answering")
+        reply = json.loads(data)
+        if "error" in reply:
+            for fd in fds:
+                os.close(fd)
+            raise RequestError(reply["status"], reply["error"], reply["message"], **reply["extra"])
+        return reply, fds
+
+    def __enter__(self) -> FileAgent:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()  # an agent still waiting takes this as "abort"
+        try:
+            self.popen.wait(AGENT_TIMEOUT)
+        except Exception:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def file_agent(fd: int) -> None:
+    """The agent's side (``daemon.py --file-agent FD``), running as the user."""
+    sock = socket.socket(fileno=fd)
+    request = json.loads(sock.recv(MAX_AGENT_MESSAGE))
+    try:
+        if request["op"] == "read":
+            opened, size = open_for_read(request["path"], request["max_size"])
+            socket.send_fds(sock, [json.dumps({"size": size}).encode()], [opened])
+            return
+        upload = open_for_write(request["path"])
+        socket.send_fds(sock, [b"{}"], [upload.fd])
+        if sock.recv(16) != b"commit":  # the daemon gave up: the body never came whole
+            abort_write(upload)
+            return
+        finish_write(upload, request["mode"], request["umask"])
+        sock.send(b"{}")
+    except RequestError as exc:
+        error = {"status": exc.status, "error": exc.code, "message": exc.message}
+        sock.send(json.dumps({**error, "extra": exc.extra}).encode())
 
 
 def stat_payload(path: str, info: os.stat_result) -> dict[str, Any]:
@@ -2609,6 +2779,9 @@ def _exit_now(status: int) -> NoReturn:
 
 def main() -> None:
     """Start the daemon from its environment and serve until a signal or the TTL."""
+    if len(sys.argv) == 3 and sys.argv[1] == AGENT_FLAG:
+        file_agent(int(sys.argv[2]))
+        return
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
