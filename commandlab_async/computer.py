@@ -112,6 +112,7 @@ class Computer:
         self._cwd: str | None = None
         self._liveness = Liveness(self._probe, check_after=CHECK_AFTER)
         self._deleted: str | None = None
+        self._kept = False
 
     @property
     def name(self) -> str:
@@ -129,6 +130,19 @@ class Computer:
 
     def __repr__(self) -> str:
         return f"Computer(name={self._name!r}, platform={self._platform!r}, url={self._url!r})"
+
+    def keep(self) -> None:
+        """Leave the sandbox running when its ``provision`` block ends, instead of deleting it.
+
+        Its TTL still deletes it, and so does ``commandlab gc`` once this process has
+        exited. This object stops working when the block ends either way.
+        """
+        self._kept = True
+
+    @property
+    def kept(self) -> bool:
+        """True once :meth:`keep` was called."""
+        return self._kept
 
     # -- daemon ------------------------------------------------------------
 

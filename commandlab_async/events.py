@@ -14,7 +14,8 @@ log = logging.getLogger("commandlab_async")
 
 
 class EventKind(enum.StrEnum):
-    """The steps of a sandbox's life, in order (``FAILED`` replaces the rest on failure)."""
+    """The steps of a sandbox's life, in order (``FAILED`` replaces the rest on failure,
+    ``KEPT`` the deletion of a kept sandbox)."""
 
     CREATING = "creating"
     CREATED = "created"
@@ -23,6 +24,8 @@ class EventKind(enum.StrEnum):
     FAILED = "failed"
     DESTROYING = "destroying"
     DESTROYED = "destroyed"
+    KEPT = "kept"
+    """Left running when its block ended (:meth:`Computer.keep`); its TTL still applies."""
 
 
 @dataclass(frozen=True)

@@ -320,12 +320,16 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     If cleanup fails while another error is on its way out, that error stays the one
     raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
     """
+    kept = member.computer is not None and member.computer.kept
     if member.computer is not None:
         member.computer._mark_deleted(
-            "its sandbox was deleted when its provision block ended; a Computer works only"
-            " inside that block"
+            f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
+            " a Computer works only inside that block"
         )
     if not member.needs_destroy:
+        return
+    if kept:
+        member.emit(EventKind.KEPT, f"until its TTL ({member.spec.ttl}s) or `commandlab gc`")
         return
     driver, limiter = member.backend.driver, member.backend.limiter
     budget = member.spec.destroy_timeout

@@ -46,7 +46,9 @@ async def test_happy_path_events_and_cleanup(fake_cloud: FakeCloud) -> None:
         assert fake_cloud.live() == [computer.name]
         assert (await computer.health())["version"] == "fake"
     assert fake_cloud.live() == []
-    assert [e.kind for e in events] == [k for k in EventKind if k is not EventKind.FAILED]
+    assert [e.kind for e in events] == [
+        k for k in EventKind if k not in (EventKind.FAILED, EventKind.KEPT)
+    ]
     assert all(driver.closed for driver in fake_cloud.drivers)
 
 
@@ -316,3 +318,22 @@ async def test_a_computer_used_after_its_block_says_so(fake_cloud: FakeCloud) ->
         await computer.health()
     with pytest.raises(SandboxDeletedError, match="provision block ended"):
         await computer.health()
+
+
+async def test_a_kept_sandbox_outlives_its_block_even_when_it_failed(
+    fake_cloud: FakeCloud,
+) -> None:
+    events: list[LifecycleEvent] = []
+    with pytest.raises(RuntimeError, match="the test failed"):
+        async with provision(FAST, on_event=events.append) as computer:
+            computer.keep()
+            raise RuntimeError("the test failed")
+    assert computer.kept
+    assert fake_cloud.count("destroy") == 0
+    assert list(fake_cloud.sandboxes) == [computer.name]
+    assert events[-1].kind is EventKind.KEPT
+    with pytest.raises(SandboxDeletedError, match=r"the sandbox was kept"):
+        await computer.health()
+    async with provision(FAST) as other:
+        pass  # not kept: deleted as usual
+    assert other.name not in fake_cloud.sandboxes
