@@ -467,7 +467,7 @@ async def _local(target: KubernetesTarget, result: ClusterLogin) -> None:
 
 def _kubeconfig_loader(kube_config: Any, paths: str, context: str | None) -> Any:
     """Read and merge the kubeconfig file(s), pick the context (a worker thread)."""
-    import yaml  # type: ignore[import-untyped]  # kubernetes_asyncio's dependency
+    import yaml  # kubernetes_asyncio's dependency
 
     names = [p for p in paths.split(kube_config.ENV_KUBECONFIG_PATH_SEPARATOR) if p]
     if not any(os.path.isfile(os.path.expanduser(p)) for p in names):

@@ -1,0 +1,309 @@
+"""``CommandLabSandbox``: Inspect's ``SandboxEnvironment`` on a commandlab computer.
+
+Each sample's sandbox is one ``provision`` block, entered in ``sample_init`` and left in
+``sample_cleanup`` (or ``task_cleanup``, for samples Inspect did not clean up), so it
+comes up under our per-target limits and is deleted shielded and bounded like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import weakref
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Any, Literal, overload
+
+from inspect_ai.util import (
+    ExecResult,
+    OutputLimitExceededError,
+    SandboxConnection,
+    SandboxEnvironment,
+    SandboxEnvironmentConfigType,
+    SandboxEnvironmentLimits,
+    SandboxUnavailableError,
+    SandboxUserUnsupportedError,
+    sandboxenv,
+)
+from inspect_ai.util._sandbox.exec_remote import (
+    ExecRemoteAwaitableOptions,
+    ExecRemoteProcess,
+    ExecRemoteStreamingOptions,
+)
+from pydantic import BaseModel
+
+from ...computer import Computer
+from ...errors import (
+    CleanupError,
+    CommandTimeoutError,
+    DaemonError,
+    DaemonUnreachableError,
+    FileTooLargeError,
+    RemoteFileNotFoundError,
+    UnsupportedOperationError,
+)
+from ...lifecycle import provision
+from ...reaper import gc
+from ...specs import DockerPlatform
+from .config import load_config
+from .streaming import StreamingProcess, exit_status
+
+__all__ = ["CommandLabSandbox"]
+
+log = logging.getLogger("commandlab_async.inspect")
+
+# Sandboxes Inspect has not cleaned up yet, by (unqualified) task name.
+_live: dict[str, weakref.WeakSet[CommandLabSandbox]] = {}
+
+
+def _task_key(task_name: str) -> str:
+    # Inspect hands sample_init the unqualified task name and the rest the qualified one.
+    return task_name.rsplit("/", 1)[-1]
+
+
+@sandboxenv(name="commandlab")
+class CommandLabSandbox(SandboxEnvironment):
+    """A sample's sandbox: one commandlab computer on any platform we support."""
+
+    def __init__(
+        self, computer: Computer, stack: AsyncExitStack, user: str | None, working_dir: str
+    ) -> None:
+        super().__init__()
+        self._computer = computer
+        self._stack = stack
+        self._user = user
+        self._working_dir = working_dir
+
+    @property
+    def computer(self) -> Computer:
+        """The commandlab :class:`Computer` behind this sandbox (for the full API)."""
+        return self._computer
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def config_deserialize(cls, config: dict[str, Any]) -> BaseModel:
+        return load_config(config)
+
+    @classmethod
+    async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
+        # Fail the task at once on a bad config, before any sample starts.
+        load_config(config).to_spec()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "the commandlab sandbox needs Inspect's asyncio backend (not trio)"
+            ) from None
+
+    @classmethod
+    async def sample_init(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
+    ) -> dict[str, SandboxEnvironment]:
+        settings = load_config(config)
+        spec = settings.to_spec()
+        spec = replace(spec, labels={**spec.labels, "inspect-task": _task_key(task_name)[:63]})
+        stack = AsyncExitStack()
+        computer = await stack.enter_async_context(provision(spec))
+        try:
+            working_dir = await computer.working_dir()
+        except BaseException:
+            await stack.aclose()
+            raise
+        sandbox = cls(computer, stack, settings.user, working_dir)
+        _live.setdefault(_task_key(task_name), weakref.WeakSet()).add(sandbox)
+        return {"default": sandbox}
+
+    @classmethod
+    async def sample_cleanup(
+        cls,
+        task_name: str,
+        config: SandboxEnvironmentConfigType | None,
+        environments: dict[str, SandboxEnvironment],
+        interrupted: bool,
+    ) -> None:
+        # Interrupted or not, delete at once (shielded and bounded inside provision):
+        # nothing is gained by waiting for the task's end.
+        ours = [e for e in environments.values() if isinstance(e, CommandLabSandbox)]
+        await asyncio.gather(*(sandbox._close() for sandbox in ours))
+
+    @classmethod
+    async def task_cleanup(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, cleanup: bool
+    ) -> None:
+        left = list(_live.pop(_task_key(task_name), ()))
+        if not left:
+            return
+        if not cleanup:  # --no-sandbox-cleanup: keep them for the user to look into
+            for sandbox in left:
+                sandbox._computer.keep()
+            ttl = load_config(config).ttl
+            names = " ".join(s._computer.name for s in left)
+            print(
+                f"commandlab: kept {len(left)} sandbox(es) running: {names}\n"
+                f"  each deletes itself after its TTL ({ttl}s); `commandlab gc`"
+                " deletes them now"
+            )
+        await asyncio.gather(*(sandbox._close() for sandbox in left))
+
+    @classmethod
+    async def cli_cleanup(cls, id: str | None) -> None:
+        """``inspect sandbox cleanup commandlab``: delete what interrupted evals left."""
+        reaped = await gc()
+        for gone in reaped:
+            print(f"deleted {gone}")
+        print(f"commandlab: {len(reaped)} sandbox(es) deleted")
+
+    async def _close(self) -> None:
+        for sandboxes in _live.values():
+            sandboxes.discard(self)
+        try:
+            await self._stack.aclose()
+        except CleanupError as exc:  # the TTL and gc remain; the sample's result stands
+            log.warning("%s", exc)
+
+    # -- commands ----------------------------------------------------------
+
+    async def exec(
+        self,
+        cmd: list[str],
+        input: str | bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        timeout: int | None = None,
+        timeout_retry: bool = True,
+        concurrency: bool = True,
+    ) -> ExecResult[str]:
+        limit = SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE
+        try:
+            # Twice the limit keeps (at least) its last `limit` bytes: Inspect's contract
+            # is the trailing portion of each stream.
+            result = await self._computer.run(
+                cmd,
+                stdin=input,
+                cwd=cwd,
+                env=env,
+                user=user or self._user,
+                timeout=timeout,
+                max_output=2 * limit,
+            )
+        except CommandTimeoutError as exc:
+            error = TimeoutError(f"Command timed out after {timeout} seconds")
+            partial = exc.result.stdout + exc.result.stderr
+            if partial:
+                error.truncated_output = partial  # type: ignore[attr-defined]
+            raise error from exc
+        except UnsupportedOperationError as exc:
+            raise SandboxUserUnsupportedError(str(exc)) from exc
+        except RemoteFileNotFoundError as exc:  # the program, or cwd: the command's failure
+            return ExecResult(False, 127, "", f"{exc}\n")
+        except DaemonUnreachableError as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        except DaemonError as exc:
+            if exc.code in ("no_such_user", "exec_format_error"):
+                return ExecResult(False, 126, "", f"{exc}\n")
+            raise
+        status = exit_status(result.exit_code)
+        stdout, stderr = result.stdout_bytes[-limit:], result.stderr_bytes[-limit:]
+        return ExecResult(
+            status == 0,
+            status,
+            stdout.decode("utf-8", "replace"),
+            stderr.decode("utf-8", "replace"),
+        )
+
+    @overload
+    async def exec_remote(
+        self,
+        cmd: list[str],
+        options: ExecRemoteStreamingOptions | None = None,
+        *,
+        stream: Literal[True] = True,
+    ) -> ExecRemoteProcess: ...
+
+    @overload
+    async def exec_remote(
+        self,
+        cmd: list[str],
+        options: ExecRemoteAwaitableOptions | None = None,
+        *,
+        stream: Literal[False],
+    ) -> ExecResult[str]: ...
+
+    async def exec_remote(
+        self,
+        cmd: list[str],
+        options: ExecRemoteStreamingOptions | ExecRemoteAwaitableOptions | None = None,
+        *,
+        stream: bool = True,
+    ) -> ExecRemoteProcess | ExecResult[str]:
+        """Run ``cmd`` with output streamed as it comes, over the daemon's own exec stream.
+
+        Unlike the default, nothing is injected into the sandbox and nothing is polled.
+        """
+        if not stream:
+            awaitable = options if isinstance(options, ExecRemoteAwaitableOptions) else None
+            opts = awaitable or ExecRemoteAwaitableOptions()
+            timeout = None if opts.timeout is None else max(1, round(opts.timeout))
+            return await self.exec(cmd, opts.input, opts.cwd, opts.env, opts.user, timeout=timeout)
+        opts_s = options if isinstance(options, ExecRemoteStreamingOptions) else None
+        opts_s = opts_s or ExecRemoteStreamingOptions()
+        try:
+            process = await self._computer.start(
+                cmd, cwd=opts_s.cwd, env=opts_s.env, user=opts_s.user or self._user
+            )
+        except UnsupportedOperationError as exc:
+            raise SandboxUserUnsupportedError(str(exc)) from exc
+        except DaemonUnreachableError as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        streaming = StreamingProcess(process, stdin_open=opts_s.stdin_open)
+        if opts_s.input is not None:
+            await process.write(opts_s.input)
+        if not opts_s.stdin_open:
+            await process.close_stdin()
+        return streaming
+
+    # -- files -------------------------------------------------------------
+
+    async def write_file(self, file: str, contents: str | bytes) -> None:
+        data = contents.encode() if isinstance(contents, str) else contents
+        await self._computer.write_file(file, data, user=self._user)
+
+    @overload
+    async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
+
+    @overload
+    async def read_file(self, file: str, text: Literal[False]) -> bytes: ...
+
+    async def read_file(self, file: str, text: bool = True) -> str | bytes:
+        try:
+            data = await self._computer.read_file(
+                file, max_size=SandboxEnvironmentLimits.MAX_READ_FILE_SIZE, user=self._user
+            )
+        except FileTooLargeError as exc:
+            raise OutputLimitExceededError(
+                SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, truncated_output=None
+            ) from exc
+        return data.decode("utf-8") if text else data
+
+    # -- people ------------------------------------------------------------
+
+    async def connection(self, *, user: str | None = None) -> SandboxConnection:
+        if self._computer.platform != DockerPlatform.LOCAL:
+            raise NotImplementedError(
+                f"no interactive connection to a {self._computer.platform} sandbox yet"
+            )
+        name = self._computer.name
+        who = user or self._user
+        command = ["docker", "exec", "-it", *(["--user", who] if who else []), name, "bash", "-l"]
+        return SandboxConnection(
+            type="commandlab",
+            command=shlex.join(command),
+            vscode_command=["remote-containers.attachToRunningContainer", name],
+            container=name,
+        )
+
+    def default_polling_interval(self) -> float:
+        return 0.2
