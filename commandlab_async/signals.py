@@ -2,9 +2,11 @@
 
 ``asyncio.run`` already turns SIGINT into a cancellation of the main task, so cleanup
 runs. SIGTERM's default action kills the process on the spot, leaking every sandbox.
-While sandboxes are held, and only if nobody else handles SIGTERM, a handler cancels
-the tasks holding them; when the last one has cleaned up, the default action is
-restored and the signal raised again, so the process still exits by SIGTERM.
+While sandboxes are held, a handler cancels the tasks holding them (and any that start
+holding one afterwards); when the last one has cleaned up, the handler that was there
+before is put back and the signal raised again, so the process still ends the way it
+would have. A handler installed before ours (a web server's graceful shutdown, say)
+thus runs after cleanup instead of racing it; an ignored SIGTERM stays ignored.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import signal
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 __all__ = ["terminate_after_cleanup"]
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class _Guard:
@@ -27,12 +34,18 @@ class _Guard:
         self.holders: Counter[asyncio.Task[object]] = Counter()
         self.installed = False
         self.terminating = False
+        self.previous: _Handler = signal.SIG_DFL
+        self.ours: _Handler = None
 
     def enter(self, task: asyncio.Task[object]) -> None:
         if not self.holders and not self.installed and self._may_install():
+            self.previous = signal.getsignal(signal.SIGTERM)
             self.loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            self.ours = signal.getsignal(signal.SIGTERM)
             self.installed = True
         self.holders[task] += 1
+        if self.terminating:  # too late to start: clean up with the others
+            task.cancel("SIGTERM")
 
     def leave(self, task: asyncio.Task[object]) -> None:
         self.holders[task] -= 1
@@ -40,15 +53,21 @@ class _Guard:
             del self.holders[task]
         if self.holders or not self.installed:
             return
-        self.loop.remove_signal_handler(signal.SIGTERM)  # restores SIG_DFL
+        current = signal.getsignal(signal.SIGTERM)
+        self.loop.remove_signal_handler(signal.SIGTERM)  # sets SIG_DFL
+        if current is not self.ours:
+            signal.signal(signal.SIGTERM, current)  # replaced after us: theirs stays
+        elif self.previous is not None:  # None: set outside Python, cannot be restored
+            signal.signal(signal.SIGTERM, self.previous)
         self.installed = False
         if self.terminating:
+            self.terminating = False
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _may_install(self) -> bool:
         return (
             threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
         )
 
     def _on_sigterm(self) -> None:

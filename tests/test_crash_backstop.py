@@ -71,9 +71,13 @@ class Holder:
 async def spawn() -> AsyncIterator[Callable[..., Coroutine[Any, Any, Holder]]]:
     holders: list[Holder] = []
 
-    async def start(count: int = 2, image: str | None = None) -> Holder:
+    async def start(
+        count: int = 2, image: str | None = None, env: dict[str, str] | None = None
+    ) -> Holder:
         args = [sys.executable, "-m", "tests.holder", str(count)] + ([image] if image else [])
-        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})}
+        )
         holders.append(Holder(proc))
         return holders[-1]
 
@@ -110,6 +114,17 @@ async def test_signal_cleans_up_then_exits_by_the_signal(
     status = await holder.stop(sig)
     assert status == -sig, f"exit status {status}, expected death by {sig.name}"
     assert containers_of(holder.pid) == []
+
+
+async def test_a_programs_own_sigterm_handler_runs_after_cleanup(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]],
+) -> None:
+    holder = await spawn(2, env={"HOLDER_OWN_SIGTERM": "1"})
+    await holder.wait_ready()
+    assert await holder.stop(signal.SIGTERM) == 3  # the program's handler ended it...
+    assert holder.proc.stdout is not None
+    said = await holder.proc.stdout.read()
+    assert said == b"own handler: 0 sandboxes left\n"  # ...once its sandboxes were gone
 
 
 async def test_sigkill_leaves_sandboxes_that_gc_removes_without_touching_siblings(

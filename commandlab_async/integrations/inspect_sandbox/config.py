@@ -55,6 +55,9 @@ class CommandLabSandboxConfig(BaseModel):
     namespace: str | None = None
     cluster_name: str | None = None
 
+    def __hash__(self) -> int:  # Inspect keys caches by config; dict fields don't hash
+        return hash(self.model_dump_json())
+
     def to_spec(self) -> DockerSpec | KubernetesSpec:
         """The spec each sample's sandbox is provisioned from (:class:`SpecError` if invalid)."""
         platform = _PLATFORMS.get(self.platform)

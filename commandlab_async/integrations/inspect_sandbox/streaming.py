@@ -61,7 +61,7 @@ class StreamingProcess(ExecRemoteProcess):
         try:
             async for chunk in self._process.output():
                 if self._killed:
-                    break
+                    return
                 text = decoders[chunk.stream].decode(chunk.data)
                 if text:
                     yield ExecStdout(text) if chunk.stream == "stdout" else ExecStderr(text)
@@ -72,6 +72,10 @@ class StreamingProcess(ExecRemoteProcess):
         except asyncio.CancelledError:
             await asyncio.shield(self.kill())
             raise
+        except Exception:
+            if not self._killed:
+                raise
+            # kill() closed the stream under the read: the events simply end
         finally:
             await self._process.close()
 

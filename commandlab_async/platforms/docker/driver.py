@@ -175,10 +175,13 @@ class DockerDriver(Driver[DockerTarget]):
         )
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, BackendError):
             async with logs as response:
-                async for chunk in _demultiplexed(response.content):
-                    startup.output = (startup.output + chunk)[-_KEPT:]
-                    if _LISTENING in chunk:
-                        return
+                try:
+                    async for chunk in _demultiplexed(response.content):
+                        startup.output = (startup.output + chunk)[-_KEPT:]
+                        if _LISTENING in chunk:
+                            return
+                finally:
+                    response.close()  # _query leaves that to us; the stream may not end
             # The output ended: the container stopped. Read why before it is removed.
             startup.ended = await self._inspect(sandbox)
 
