@@ -101,6 +101,33 @@ async def test_sigterm_mid_eval_deletes_every_sandbox_then_ends_by_sigterm(
 
 
 @pytest.mark.docker
+async def test_inspect_sandbox_cleanup_removes_what_a_killed_eval_left(tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:12]
+    proc = await start_eval(run, 600, tmp_path)
+    try:
+        async with asyncio.timeout(120):
+            while len(sandboxes_of(run)) < 10:
+                await asyncio.sleep(0.2)
+        proc.kill()  # SIGKILL: no cleanup at all
+        await proc.wait()
+        assert len(sandboxes_of(run)) == 10
+        inspect_cli = Path(sys.executable).parent / "inspect"
+        cleanup = await asyncio.create_subprocess_exec(
+            str(inspect_cli), "sandbox", "cleanup", "commandlab", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(cleanup.communicate(), 120)
+        assert cleanup.returncode == 0
+        assert "sandbox(es) deleted" in out.decode()
+        assert sandboxes_of(run) == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if left := sandboxes_of(run):
+            docker("rm", "-f", *left)
+
+
+@pytest.mark.docker
 async def test_no_sandbox_cleanup_keeps_the_sandbox_and_says_how_it_goes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import weakref
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any, Literal, overload
@@ -53,8 +52,9 @@ __all__ = ["CommandLabSandbox"]
 
 log = logging.getLogger("commandlab_async.inspect")
 
-# Sandboxes Inspect has not cleaned up yet, by (unqualified) task name.
-_live: dict[str, weakref.WeakSet[CommandLabSandbox]] = {}
+# Sandboxes Inspect has not cleaned up yet, by (unqualified) task name. Held strongly:
+# a provision block must be left by _close, never by the garbage collector.
+_live: dict[str, set[CommandLabSandbox]] = {}
 
 
 def _task_key(task_name: str) -> str:
@@ -112,7 +112,7 @@ class CommandLabSandbox(SandboxEnvironment):
             await stack.aclose()
             raise
         sandbox = cls(computer, stack, settings.user, working_dir)
-        _live.setdefault(_task_key(task_name), weakref.WeakSet()).add(sandbox)
+        _live.setdefault(_task_key(task_name), set()).add(sandbox)
         return {"default": sandbox}
 
     @classmethod
@@ -149,7 +149,13 @@ class CommandLabSandbox(SandboxEnvironment):
 
     @classmethod
     async def cli_cleanup(cls, id: str | None) -> None:
-        """``inspect sandbox cleanup commandlab``: delete what interrupted evals left."""
+        """``inspect sandbox cleanup commandlab``: delete what interrupted evals left.
+
+        Runs ``gc`` on local Docker: every sandbox whose owner process is gone or whose
+        TTL passed. It deletes no sandbox by id (a live eval's are its own).
+        """
+        if id is not None:
+            print(f"commandlab: deleting what dead evals left, not {id} alone")
         reaped = await gc()
         for gone in reaped:
             print(f"deleted {gone}")
