@@ -66,14 +66,11 @@ def _task_key(task_name: str) -> str:
 class CommandLabSandbox(SandboxEnvironment):
     """A sample's sandbox: one commandlab computer on any platform we support."""
 
-    def __init__(
-        self, computer: Computer, stack: AsyncExitStack, user: str | None, working_dir: str
-    ) -> None:
+    def __init__(self, computer: Computer, stack: AsyncExitStack, user: str | None) -> None:
         super().__init__()
         self._computer = computer
         self._stack = stack
         self._user = user
-        self._working_dir = working_dir
 
     @property
     def computer(self) -> Computer:
@@ -104,14 +101,11 @@ class CommandLabSandbox(SandboxEnvironment):
         settings = load_config(config)
         spec = settings.to_spec()
         spec = replace(spec, labels={**spec.labels, "inspect-task": _task_key(task_name)[:63]})
+        # Relative paths and commands start in the daemon's working directory (the
+        # image's, /home/computer by default), which is the sample's directory.
         stack = AsyncExitStack()
         computer = await stack.enter_async_context(provision(spec))
-        try:
-            working_dir = await computer.working_dir()
-        except BaseException:
-            await stack.aclose()
-            raise
-        sandbox = cls(computer, stack, settings.user, working_dir)
+        sandbox = cls(computer, stack, settings.user)
         _live.setdefault(_task_key(task_name), set()).add(sandbox)
         return {"default": sandbox}
 
@@ -142,8 +136,8 @@ class CommandLabSandbox(SandboxEnvironment):
             names = " ".join(s._computer.name for s in left)
             print(
                 f"commandlab: kept {len(left)} sandbox(es) running: {names}\n"
-                f"  each deletes itself after its TTL ({ttl}s); `commandlab gc`"
-                " deletes them now"
+                f"  each deletes itself after its TTL ({ttl}s); `commandlab gc` deletes"
+                " them once this process has exited"
             )
         await asyncio.gather(*(sandbox._close() for sandbox in left))
 
@@ -158,7 +152,7 @@ class CommandLabSandbox(SandboxEnvironment):
             print(f"commandlab: deleting what dead evals left, not {id} alone")
         reaped = await gc()
         for gone in reaped:
-            print(f"deleted {gone}")
+            print(f"deleted {gone.name} ({gone.reason})")
         print(f"commandlab: {len(reaped)} sandbox(es) deleted")
 
     async def _close(self) -> None:
