@@ -12,6 +12,8 @@ import json
 import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -78,20 +80,18 @@ async def test_ten_samples_run_at_once_are_scored_and_leave_nothing(tmp_path: Pa
     assert sandboxes_of(run) == []
 
 
-@pytest.mark.docker
-async def test_sigterm_mid_eval_deletes_every_sandbox_then_ends_by_sigterm(
+@asynccontextmanager
+async def eval_with_ten_sandboxes_up(
     tmp_path: Path,
-) -> None:
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """An eval whose 10 samples hold their sandboxes (for 10 minutes) when the block starts."""
     run = uuid.uuid4().hex[:12]
     proc = await start_eval(run, 600, tmp_path)
     try:
         async with asyncio.timeout(120):
             while len(sandboxes_of(run)) < 10:
                 await asyncio.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 90)
-        assert proc.returncode == -signal.SIGTERM
-        assert sandboxes_of(run) == []
+        yield run, proc
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -101,13 +101,19 @@ async def test_sigterm_mid_eval_deletes_every_sandbox_then_ends_by_sigterm(
 
 
 @pytest.mark.docker
+async def test_sigterm_mid_eval_deletes_every_sandbox_then_ends_by_sigterm(
+    tmp_path: Path,
+) -> None:
+    async with eval_with_ten_sandboxes_up(tmp_path) as (run, proc):
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 90)
+        assert proc.returncode == -signal.SIGTERM
+        assert sandboxes_of(run) == []
+
+
+@pytest.mark.docker
 async def test_inspect_sandbox_cleanup_removes_what_a_killed_eval_left(tmp_path: Path) -> None:
-    run = uuid.uuid4().hex[:12]
-    proc = await start_eval(run, 600, tmp_path)
-    try:
-        async with asyncio.timeout(120):
-            while len(sandboxes_of(run)) < 10:
-                await asyncio.sleep(0.2)
+    async with eval_with_ten_sandboxes_up(tmp_path) as (run, proc):
         proc.kill()  # SIGKILL: no cleanup at all
         await proc.wait()
         assert len(sandboxes_of(run)) == 10
@@ -119,12 +125,6 @@ async def test_inspect_sandbox_cleanup_removes_what_a_killed_eval_left(tmp_path:
         assert cleanup.returncode == 0
         assert "sandbox(es) deleted" in out.decode()
         assert sandboxes_of(run) == []
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if left := sandboxes_of(run):
-            docker("rm", "-f", *left)
 
 
 @pytest.mark.docker
