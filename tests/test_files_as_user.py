@@ -31,7 +31,7 @@ async def root_computer() -> AsyncIterator[Computer]:
         # No agent outlives its request (one cut short ends as soon as the daemon sees
         # the client gone), and no half-written upload is left behind.
         async with asyncio.timeout(10):
-            while "--file-agent" in (await computer.run(["ps", "-eo", "args"])).stdout:
+            while "file_agent" in (await computer.run(["ps", "-eo", "args"])).stdout:
                 await asyncio.sleep(0.1)
         leftovers = await computer.run("find / -xdev -name '.commandlab-upload-*' | head")
         assert leftovers.stdout == ""

@@ -2078,7 +2078,16 @@ def handle_put_file(ex: Exchange) -> None:
 # the file and passes the descriptor back over a socket pair; for a write it also puts
 # the new content in place once the daemon has copied the body in.
 
-AGENT_FLAG = "--file-agent"
+# The agent imports this file as a module rather than running it as a script: a module's
+# compiled bytecode is cached (the image compiles it), which halves the agent's start.
+AGENT_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "__import__(sys.argv[2]).file_agent(int(sys.argv[3]))"
+)
+AGENT_MODULE = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.splitext(os.path.basename(__file__))[0],
+)
 AGENT_TIMEOUT = 30.0  # seconds the agent may take to start and answer
 MAX_AGENT_MESSAGE = 64 * 1024
 
@@ -2092,14 +2101,7 @@ class FileAgent:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    os.path.abspath(__file__),
-                    AGENT_FLAG,
-                    str(theirs.fileno()),
-                ],
+                [sys.executable, "-I", "-S", "-c", AGENT_BOOT, *AGENT_MODULE, str(theirs.fileno())],
                 cwd="/",
                 env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
                 stdin=subprocess.DEVNULL,
@@ -2156,7 +2158,7 @@ class FileAgent:
 
 
 def file_agent(fd: int) -> None:
-    """The agent's side (``daemon.py --file-agent FD``), running as the user."""
+    """The agent's side (``AGENT_BOOT``), running as the user."""
     sock = socket.socket(fileno=fd)
     request = json.loads(sock.recv(MAX_AGENT_MESSAGE))
     try:
@@ -2779,9 +2781,6 @@ def _exit_now(status: int) -> NoReturn:
 
 def main() -> None:
     """Start the daemon from its environment and serve until a signal or the TTL."""
-    if len(sys.argv) == 3 and sys.argv[1] == AGENT_FLAG:
-        file_agent(int(sys.argv[2]))
-        return
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
