@@ -329,7 +329,9 @@ async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     if not member.needs_destroy:
         return
     if kept:
-        member.emit(EventKind.KEPT, f"until its TTL ({member.spec.ttl}s) or `commandlab gc`")
+        ttl = member.spec.ttl
+        until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
+        member.emit(EventKind.KEPT, f"until {until}, or `commandlab gc` once we exit")
         return
     driver, limiter = member.backend.driver, member.backend.limiter
     budget = member.spec.destroy_timeout

@@ -6,7 +6,8 @@ While sandboxes are held, a handler cancels the tasks holding them (and any that
 holding one afterwards); when the last one has cleaned up, the handler that was there
 before is put back and the signal raised again, so the process still ends the way it
 would have. A handler installed before ours (a web server's graceful shutdown, say)
-thus runs after cleanup instead of racing it; an ignored SIGTERM stays ignored.
+thus runs after cleanup instead of racing it; an ignored SIGTERM stays ignored, and one
+the program gave its event loop stays the loop's.
 """
 
 from __future__ import annotations
@@ -65,9 +66,14 @@ class _Guard:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _may_install(self) -> bool:
+        handler = signal.getsignal(signal.SIGTERM)
         return (
             threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+            and handler is not signal.SIG_IGN
+            # The program gave SIGTERM to its event loop (loop.add_signal_handler, as
+            # aiohttp's run_app does): the loop keeps one callback per signal, so ours
+            # would replace theirs. Their shutdown cancels our holders anyway.
+            and getattr(handler, "__module__", None) != "asyncio.unix_events"
         )
 
     def _on_sigterm(self) -> None:

@@ -2,8 +2,9 @@
 
 Prints ``ready`` once the fleet is up. Signal and crash tests run it as a subprocess;
 ``HOLDER_PLATFORM=kubernetes`` makes it hold pods on the cluster ``KUBECONFIG`` names;
-``HOLDER_OWN_SIGTERM=1`` installs the program's own SIGTERM handler first (it prints
-``own handler: N sandboxes left`` and exits 3), as a web server's graceful shutdown would.
+``HOLDER_OWN_SIGTERM=signal`` installs the program's own SIGTERM handler first (it prints
+``own handler: N sandboxes left`` and exits 3), as a web server's graceful shutdown would;
+``=loop`` gives SIGTERM to the event loop, whose callback cancels the program.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from commandlab_async.specs import Spec
 
 
 async def main(count: int, image: str) -> None:
+    if os.environ.get("HOLDER_OWN_SIGTERM") == "loop":  # an asyncio app's own shutdown
+        task = asyncio.current_task()
+        assert task is not None
+
+        def shut_down() -> None:
+            print("own loop handler", flush=True)
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, shut_down)
     spec: Spec = DockerSpec(image=image, ready_timeout=600)
     if os.environ.get("HOLDER_PLATFORM") == "kubernetes":  # the cluster KUBECONFIG names
         spec = KubernetesSpec(namespace="sandboxes", image=image, ready_timeout=600)
@@ -38,6 +48,6 @@ def own_sigterm_handler(signum: int, frame: FrameType | None) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("HOLDER_OWN_SIGTERM"):
+    if os.environ.get("HOLDER_OWN_SIGTERM") == "signal":
         signal.signal(signal.SIGTERM, own_sigterm_handler)
     asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else DEFAULT_IMAGE))

@@ -119,12 +119,23 @@ async def test_signal_cleans_up_then_exits_by_the_signal(
 async def test_a_programs_own_sigterm_handler_runs_after_cleanup(
     spawn: Callable[..., Coroutine[Any, Any, Holder]],
 ) -> None:
-    holder = await spawn(2, env={"HOLDER_OWN_SIGTERM": "1"})
+    holder = await spawn(2, env={"HOLDER_OWN_SIGTERM": "signal"})
     await holder.wait_ready()
     assert await holder.stop(signal.SIGTERM) == 3  # the program's handler ended it...
     assert holder.proc.stdout is not None
     said = await holder.proc.stdout.read()
     assert said == b"own handler: 0 sandboxes left\n"  # ...once its sandboxes were gone
+
+
+async def test_a_sigterm_the_program_gave_its_event_loop_stays_the_loops(
+    spawn: Callable[..., Coroutine[Any, Any, Holder]],
+) -> None:
+    holder = await spawn(2, env={"HOLDER_OWN_SIGTERM": "loop"})
+    await holder.wait_ready()
+    assert await holder.stop(signal.SIGTERM) == 1  # cancelled by its own handler
+    assert holder.proc.stdout is not None
+    assert await holder.proc.stdout.read() == b"own loop handler\n"
+    assert containers_of(holder.pid) == []
 
 
 async def test_sigkill_leaves_sandboxes_that_gc_removes_without_touching_siblings(
