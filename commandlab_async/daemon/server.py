@@ -2117,7 +2117,11 @@ class FileAgent:
             theirs.close()
         self.sock = ours
         self.sock.settimeout(AGENT_TIMEOUT)
-        self.sock.send(json.dumps(request).encode())
+        try:
+            self.sock.send(json.dumps(request).encode())
+        except OSError as exc:  # it died at once: reap it, then say so
+            self.__exit__()
+            raise RequestError(500, "io_error", f"the file agent did not start: {exc}") from None
 
     def receive(self) -> tuple[dict[str, Any], int]:
         """The agent's reply and the descriptor it opened; its RequestError re-raised."""
