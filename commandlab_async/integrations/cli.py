@@ -14,9 +14,9 @@ from ..errors import CommandLabError
 from ..events import EventCallback, EventKind, LifecycleEvent
 from ..lifecycle import Fleet, provision, provision_many
 from ..platforms import driver_class, options_class
-from ..platforms.base import Target
+from ..platforms.base import PLATFORMS, Target
 from ..reaper import GC_TIMEOUT, gc
-from ..specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform
+from ..specs import DEFAULT_IMAGE, DockerSpec
 
 __all__ = ["main"]
 
@@ -93,7 +93,7 @@ async def _gc(args: argparse.Namespace) -> None:
     }
     targets: list[Target] = []
     for name in args.platform or ["docker"]:
-        platform = _platform(name)
+        platform = PLATFORMS[name]
         driver_class(platform)  # a platform without a driver says so before its scope
         targets.append(options_class(platform).target_from(scope))
     reaped = await gc(targets, dry_run=args.dry_run, timeout=args.timeout)
@@ -101,12 +101,6 @@ async def _gc(args: argparse.Namespace) -> None:
     for item in reaped:
         print(f"{verb} {item.target} {item.name}: {item.reason}")
     print(f"{verb} {len(reaped)} sandbox(es)")
-
-
-def _platform(name: str) -> DockerPlatform | KubernetesPlatform:
-    if name in DockerPlatform._value2member_map_:
-        return DockerPlatform(name)
-    return KubernetesPlatform(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc_parser.add_argument(
         "--platform",
         action="append",
-        choices=[p.value for p in (*DockerPlatform, *KubernetesPlatform)],
+        choices=list(PLATFORMS),
         help="platform to sweep (repeatable; default: docker)",
     )
     for flag in _SCOPE_FLAGS:

@@ -52,6 +52,9 @@ class KubernetesPlatform(enum.StrEnum):
 
 Platform = DockerPlatform | KubernetesPlatform
 
+PLATFORMS: dict[str, Platform] = {str(p): p for p in (*DockerPlatform, *KubernetesPlatform)}
+"""Every platform by its name (``docker``, ``aws-ecs``, ... ``gcp-gke``)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Target:

@@ -10,11 +10,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ...errors import SpecError
 from ...platforms import options_class
-from ...specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
+from ...platforms.base import PLATFORMS
+from ...specs import DEFAULT_IMAGE, DockerSpec, KubernetesPlatform, KubernetesSpec
 
 __all__ = ["CommandLabSandboxConfig", "load_config"]
-
-_PLATFORMS = {str(p): p for p in (*DockerPlatform, *KubernetesPlatform)}
 
 
 class CommandLabSandboxConfig(BaseModel):
@@ -60,10 +59,10 @@ class CommandLabSandboxConfig(BaseModel):
 
     def to_spec(self) -> DockerSpec | KubernetesSpec:
         """The spec each sample's sandbox is provisioned from (:class:`SpecError` if invalid)."""
-        platform = _PLATFORMS.get(self.platform)
+        platform = PLATFORMS.get(self.platform)
         if platform is None:
             raise SpecError(
-                "platform", f"must be one of {sorted(_PLATFORMS)}, got {self.platform!r}"
+                "platform", f"must be one of {sorted(PLATFORMS)}, got {self.platform!r}"
             )
         try:
             options = options_class(platform)(**self.options)
