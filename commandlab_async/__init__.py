@@ -33,12 +33,15 @@ from .errors import (
     ResourceExhaustedError,
     SandboxDeletedError,
     SandboxExitedError,
+    SandboxNotFoundError,
     SpecError,
     UnsupportedOperationError,
     UnsupportedPlatformError,
 )
-from .events import EventKind, LifecycleEvent
+from .events import EventKind, EventStream, LifecycleEvent, lifecycle_events
 from .files import FileInfo
+from .handles import connect
+from .history import CommandRecord
 from .lifecycle import Fleet, provision, provision_many
 from .limits import Limits, set_limits
 from .platforms.aws_ecs.options import EcsOptions
@@ -48,7 +51,7 @@ from .platforms.docker.options import DockerOptions
 from .platforms.gcp_cloud_run.options import CloudRunOptions
 from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
 from .process import CommandResult, OutputChunk, Process, ProcessInfo
-from .reaper import Reaped, gc
+from .reaper import Reaped, gc, remove
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
 
 __version__ = "0.1.0"
@@ -64,6 +67,7 @@ __all__ = [
     "CleanupError",
     "CloudRunOptions",
     "CommandLabError",
+    "CommandRecord",
     "CommandResult",
     "CommandTimeoutError",
     "Computer",
@@ -76,6 +80,7 @@ __all__ = [
     "EcsOptions",
     "EksOptions",
     "EventKind",
+    "EventStream",
     "FileInfo",
     "FileTooLargeError",
     "Fleet",
@@ -105,13 +110,17 @@ __all__ = [
     "RunningSandbox",
     "SandboxDeletedError",
     "SandboxExitedError",
+    "SandboxNotFoundError",
     "SpecError",
     "Target",
     "UnsupportedOperationError",
     "UnsupportedPlatformError",
     "__version__",
+    "connect",
     "gc",
+    "lifecycle_events",
     "provision",
     "provision_many",
+    "remove",
     "set_limits",
 ]

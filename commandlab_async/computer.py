@@ -9,6 +9,7 @@ import json
 import math
 import os
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, NoReturn
@@ -35,7 +36,9 @@ from .errors import (
     UnsupportedOperationError,
 )
 from .files import FileInfo, read_local
+from .history import CommandRecord, History
 from .liveness import CHECK_AFTER, PROBE_TIMEOUT, Liveness
+from .loop_sessions import on_loop, session_for
 from .platforms.base import HeaderSource
 from .process import (
     Collector,
@@ -104,6 +107,10 @@ class Computer:
         # Run's IAM reads it. The daemon accepts both.
         self._headers = {"X-CommandLab-Token": token}
         self._session = session
+        try:  # the loop ``session`` belongs to; used on another, a Computer uses that loop's
+            self._home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._home = None
         self._platform = platform
         # Per request, so each platform's verification (or a pinned certificate) applies
         # on the one connection pool every Computer of the process shares.
@@ -113,6 +120,7 @@ class Computer:
         self._liveness = Liveness(self._probe, check_after=CHECK_AFTER)
         self._deleted: str | None = None
         self._kept = False
+        self._history = History()
 
     @property
     def name(self) -> str:
@@ -143,6 +151,11 @@ class Computer:
     def kept(self) -> bool:
         """True once :meth:`keep` was called."""
         return self._kept
+
+    def history(self, since: float = 0.0) -> list[CommandRecord]:
+        """The last commands :meth:`run` ran (up to 20; those begun at ``since`` or later),
+        each with its exit code, duration and the tails of its output."""
+        return self._history.records(since)
 
     # -- daemon ------------------------------------------------------------
 
@@ -208,6 +221,21 @@ class Computer:
         )
         if isinstance(stdin, str):
             stdin = stdin.encode()
+        started_at = time.time()
+        try:
+            result = await self._run(header, stdin, timeout, max_output)
+        except (CommandTimeoutError, OutputLimitExceededError) as exc:
+            self._history.add(command, started_at, exc.result, exc)
+            raise
+        except BaseException as exc:
+            self._history.add(command, started_at, None, exc)
+            raise
+        self._history.add(command, started_at, result)
+        return result
+
+    async def _run(
+        self, header: bytes, stdin: Stdin, timeout: float | None, max_output: int
+    ) -> CommandResult:
         total = None if timeout is None else timeout + _REPLY_MARGIN
         async with self._exec(header, stdin, total) as response:
             collector = Collector()
@@ -498,7 +526,7 @@ class Computer:
         if content_type is not None:
             headers = {**headers, "Content-Type": content_type}
         with self._unreachable(f"{method} {route}"), self._liveness.watch():
-            response = await self._session.request(
+            response = await self._http().request(
                 method,
                 self._url + route,
                 headers=headers,
@@ -534,13 +562,25 @@ class Computer:
         finally:
             response.release()
 
+    def _http(self) -> aiohttp.ClientSession:
+        """The connection pool of the running loop.
+
+        On the loop the sandbox was brought up on, the pool it was given; on any other
+        (a test's own loop, another thread's), that loop's own pool (:mod:`.loop_sessions`),
+        so a Computer works from every loop of the process.
+        """
+        loop = asyncio.get_running_loop()
+        if self._home is None:
+            self._home = loop
+        return self._session if loop is self._home else session_for(loop)
+
     async def _request_headers(self) -> dict[str, str]:
         if self._extra_headers is None:
             return self._headers
         # The platform's credentials (a cluster token, say) may need a fetch: bounded too.
         try:
             async with asyncio.timeout(_HEADERS_TIMEOUT):
-                extra = await self._extra_headers()
+                extra = await on_loop(self._home, self._extra_headers)
         except TimeoutError:
             raise DaemonUnreachableError(
                 "the platform's credentials for reaching the daemon were not had within"
@@ -553,7 +593,7 @@ class Computer:
         """The liveness probe: returns if the daemon answers ``/health``, else raises why."""
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):  # the platform's headers included
-                response = await self._session.get(
+                response = await self._http().get(
                     self._url + "/health", headers=await self._request_headers(), ssl=self._ssl
                 )
                 response.release()

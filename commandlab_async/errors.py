@@ -13,6 +13,7 @@ CommandLabError
 │   └── ReadyTimeoutError         readiness deadline passed; names the last state (TimeoutError)
 ├── FleetError                    several sandboxes failed (an ExceptionGroup of the above)
 ├── CleanupError                  a sandbox could not be deleted (names it: it may still exist)
+├── SandboxNotFoundError          no sandbox of that name is known here (LookupError)
 └── DaemonError                   the daemon inside a sandbox refused or failed a request
     ├── DaemonUnreachableError    no connection to the daemon
     │   ├── DaemonUnresponsiveError   it stopped answering (frozen, starved) (TimeoutError)
@@ -73,6 +74,7 @@ __all__ = [
     "ResourceExhaustedError",
     "SandboxDeletedError",
     "SandboxExitedError",
+    "SandboxNotFoundError",
     "SpecError",
     "UnsupportedOperationError",
     "UnsupportedPlatformError",
@@ -228,6 +230,15 @@ class CleanupError(CommandLabError):
         super().__init__(f"{platform} sandbox {sandbox}: {message}")
         self.sandbox = sandbox
         self.platform = platform
+
+
+class SandboxNotFoundError(CommandLabError, LookupError):
+    """No sandbox of that name is known: not on the backend, or, to reach one from another
+    process, no handle of it is saved here (only kept and detached sandboxes have one)."""
+
+    def __init__(self, message: str, *, sandbox: str) -> None:
+        super().__init__(f"sandbox {sandbox}: {message}")
+        self.sandbox = sandbox
 
 
 class DaemonError(CommandLabError):

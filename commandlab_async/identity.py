@@ -16,8 +16,12 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ __all__ = [
     "LABEL_PREFIX",
     "SESSION_ID",
     "SandboxIdentity",
+    "labelled",
     "new_identity",
     "owner_labels",
     "owner_namespace",
@@ -42,6 +47,9 @@ OWNER_NS = LABEL_PREFIX + "owner-ns"
 PID_START = LABEL_PREFIX + "pid-start"
 CREATED_AT = LABEL_PREFIX + "created-at"
 EXPIRES_AT = LABEL_PREFIX + "expires-at"
+DETACHED = LABEL_PREFIX + "detached"
+TEST_RUN = LABEL_PREFIX + "test-run"
+WORKER = LABEL_PREFIX + "worker"
 NEVER = "never"
 
 #: Identifies this process's sandboxes for the reaper.
@@ -128,12 +136,51 @@ def owner_labels() -> dict[str, str]:
     return labels
 
 
+@dataclass(frozen=True)
+class _Provenance:
+    labels: Mapping[str, str]
+    owned: bool
+
+
+_OWNED = _Provenance(MappingProxyType({}), owned=True)
+_provenance: ContextVar[_Provenance] = ContextVar("commandlab_provenance", default=_OWNED)
+
+
+@contextmanager
+def labelled(labels: Mapping[str, str], *, owned: bool = True) -> Iterator[None]:
+    """Sandboxes created in this context carry ``labels`` (reserved keys allowed) too.
+
+    For our own tools: the pytest plugin's test run and worker, the CLI's ``up``. With
+    ``owned=False`` they belong to no process: no owner labels (so the reaper judges
+    them by their TTL alone), ``commandlab.detached=true``, and left running when their
+    block ends without an error.
+    """
+    outer = _provenance.get()
+    merged = MappingProxyType({**outer.labels, **labels})
+    token = _provenance.set(_Provenance(merged, owned=outer.owned and owned))
+    try:
+        yield
+    finally:
+        _provenance.reset(token)
+
+
+def is_detached(labels: Mapping[str, str]) -> bool:
+    """Whether a sandbox with these labels belongs to no process (see :func:`labelled`)."""
+    return labels.get(DETACHED) == "true"
+
+
 def new_identity(spec: Spec) -> SandboxIdentity:
     """Choose the name, labels and token of a new sandbox."""
     now = time.time()
     expires_at = None if spec.ttl is None else now + spec.ttl
+    provenance = _provenance.get()
     labels = dict(spec.labels)
-    labels.update(owner_labels())
+    labels.update(provenance.labels)
+    owner = owner_labels()
+    if not provenance.owned:  # no pid, no namespace: nothing for the reaper to judge by
+        owner = {k: v for k, v in owner.items() if k in (MANAGED, SESSION, HOST)}
+        owner[DETACHED] = "true"
+    labels.update(owner)
     labels[CREATED_AT] = str(int(now))
     labels[EXPIRES_AT] = NEVER if expires_at is None else str(int(expires_at) + 1)
     return SandboxIdentity(

@@ -14,7 +14,10 @@ import aiohttp
 from .computer import Computer
 from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError, SpecError
 from .events import EventCallback, EventKind, emit
-from .identity import SandboxIdentity, new_identity
+from .handles import Handle
+from .handles import save as save_handle
+from .identity import SandboxIdentity, is_detached, new_identity
+from .loop_sessions import new_session
 from .pools import Backend, lease, open_backend
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
@@ -24,11 +27,7 @@ from .specs import DockerSpec, KubernetesSpec, RunningSandbox, Spec
 __all__ = ["Fleet", "provision", "provision_many"]
 
 log = logging.getLogger("commandlab_async")
-
-
-def _http_session() -> aiohttp.ClientSession:
-    # One pool for every Computer of the process; no cap, so a fleet's commands never queue.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+_SAVE_TIMEOUT = 10.0
 
 
 def _check_spec(spec: object) -> Spec:
@@ -87,7 +86,7 @@ async def provision(
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
         (backend,) = await _open_backends(stack, [spec])
-        http = await stack.enter_async_context(lease("http", _http_session))
+        http = await stack.enter_async_context(lease("http", new_session))
         member = _Member(spec, backend, new_identity(spec), on_event)
         try:
             await _bring_up(member, http)
@@ -161,7 +160,7 @@ async def provision_many(
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
         backends = await _open_backends(stack, spec_list)
-        http = await stack.enter_async_context(lease("http", _http_session))
+        http = await stack.enter_async_context(lease("http", new_session))
         members = [
             _Member(spec, backend, new_identity(spec), on_event)
             for spec, backend in zip(spec_list, backends, strict=True)
@@ -314,24 +313,47 @@ async def _tear_down_all(members: Sequence[_Member], *, pending: BaseException |
         raise FleetError(f"{len(errors)} sandboxes could not be deleted", errors)
 
 
+async def _keep(member: _Member, computer: Computer, detached: bool) -> None:
+    """Leave the sandbox running, its handle saved so another process can reach it."""
+    identity = member.identity
+    handle = Handle(
+        name=identity.name,
+        platform=computer.platform,
+        url=computer.url,
+        expires_at=identity.expires_at,
+        labels=dict(identity.labels),
+        token=identity.token,
+    )
+    ttl = member.spec.ttl
+    until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
+    detail = f"until {until}" if detached else f"until {until}, or `commandlab gc` once we exit"
+    try:
+        await shielded(asyncio.to_thread(save_handle, handle), timeout=_SAVE_TIMEOUT)
+    except Exception as exc:  # the sandbox stays kept; only other processes cannot reach it
+        log.warning("could not save the handle of kept sandbox %s: %r", identity.name, exc)
+        detail += f"; its handle could not be saved ({exc!r})"
+    member.emit(EventKind.KEPT, detail)
+
+
 async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
     """Delete the sandbox, shielded from cancellation and bounded in time.
 
     If cleanup fails while another error is on its way out, that error stays the one
     raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
     """
-    kept = member.computer is not None and member.computer.kept
-    if member.computer is not None:
-        member.computer._mark_deleted(
+    computer = member.computer
+    detached = is_detached(member.identity.labels) and pending is None
+    kept = computer is not None and (computer.kept or detached)
+    if computer is not None:
+        computer._mark_deleted(
             f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
             " a Computer works only inside that block"
         )
     if not member.needs_destroy:
         return
     if kept:
-        ttl = member.spec.ttl
-        until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
-        member.emit(EventKind.KEPT, f"until {until}, or `commandlab gc` once we exit")
+        assert computer is not None
+        await _keep(member, computer, detached)
         return
     driver, limiter = member.backend.driver, member.backend.limiter
     budget = member.spec.destroy_timeout

@@ -58,11 +58,13 @@ class Liveness:
 
     def shared_probe(self) -> asyncio.Future[None]:
         """The probe in flight, or a new one: concurrent calls ask the daemon once."""
-        if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(self._probe())
+        # A Computer may be used from several loops: a probe serves only its own.
+        running, loop = self._running, asyncio.get_running_loop()
+        if running is None or running.done() or running.get_loop() is not loop:
+            running = self._running = asyncio.ensure_future(self._probe())
             # Read its outcome even if every watcher has left before it ends.
-            self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return self._running
+            running.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return running
 
 
 class _Watch:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from .errors import BackendTimeoutError, CleanupError, SpecError
+from .handles import forget as forget_handle
 from .identity import (
     EXPIRES_AT,
     MANAGED,
@@ -36,7 +37,7 @@ from .shielding import shielded
 from .specs import DockerSpec, KubernetesSpec, Spec
 from .validation import check_number
 
-__all__ = ["Reaped", "gc"]
+__all__ = ["Reaped", "gc", "remove"]
 
 _DELETE_TIMEOUT = 60.0
 GC_TIMEOUT = 60.0
@@ -71,6 +72,52 @@ async def gc(
     ``timeout`` seconds, else :class:`BackendTimeoutError` names the target that did not
     answer (what was deleted by then stays deleted).
     """
+    return await _sweep_all(where, _reasons, "gc", dry_run=dry_run, timeout=timeout)
+
+
+async def remove(
+    where: Iterable[Spec | Target] | Spec | Target | None = None,
+    *,
+    names: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
+    dry_run: bool = False,
+    timeout: float = GC_TIMEOUT,
+) -> list[Reaped]:
+    """Delete the sandboxes carrying all of ``labels`` (those named ``names`` among them,
+    if given), whoever owns them (alive or not, kept or detached); return them.
+
+    Only sandboxes we made (``commandlab.managed``) are ever touched. ``where``,
+    ``timeout`` and the errors are as for :func:`gc`; a name found on no target is not
+    an error (check the result).
+    """
+    wanted = set(names)
+    if not wanted and not labels:
+        raise SpecError("remove", "needs names or labels: it never deletes everything")
+    if labels is not None and not (
+        isinstance(labels, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise SpecError("labels", "must be a mapping of str to str")
+
+    def judge(records: list[SandboxRecord]) -> list[str | None]:
+        if not wanted:
+            return ["labelled"] * len(records)
+        return ["named" if record.name in wanted else None for record in records]
+
+    return await _sweep_all(
+        where, judge, "remove", dry_run=dry_run, timeout=timeout, labels=labels or {}
+    )
+
+
+async def _sweep_all(
+    where: Iterable[Spec | Target] | Spec | Target | None,
+    judge: Judge,
+    what: str,
+    *,
+    dry_run: bool,
+    timeout: float,
+    labels: Mapping[str, str] | None = None,
+) -> list[Reaped]:
     check_number("timeout", timeout, low=0.1, high=24 * 3600)
     targets = _targets(DockerSpec() if where is None else where)
     reaped: list[Reaped] = []
@@ -83,12 +130,14 @@ async def gc(
         async with asyncio.timeout_at(deadline), AsyncExitStack() as stack:
             for target in targets:
                 backend = await open_backend(stack, target)
-                reaped += await _sweep(backend, dry_run=dry_run, deadline=deadline)
+                reaped += await _sweep(
+                    backend, judge, dry_run=dry_run, deadline=deadline, labels=labels
+                )
     except TimeoutError:
         if loop.time() < deadline:
             raise  # not ours
         raise BackendTimeoutError(
-            f"gc did not finish within {timeout:g}s: the backend did not answer"
+            f"{what} did not finish within {timeout:g}s: the backend did not answer"
             f" ({len(reaped)} sandbox(es) deleted before that)",
             sandbox=None,
             platform=str(target),
@@ -108,11 +157,21 @@ def _targets(where: Iterable[Spec | Target] | Spec | Target) -> list[Target]:
     return list(dict.fromkeys(targets))
 
 
-async def _sweep(backend: Backend, *, dry_run: bool, deadline: float) -> list[Reaped]:
+Judge = Callable[[list[SandboxRecord]], list[str | None]]
+"""Why to delete each record, or None to leave it; runs in a thread (it may read /proc)."""
+
+
+async def _sweep(
+    backend: Backend,
+    judge: Judge,
+    *,
+    dry_run: bool,
+    deadline: float,
+    labels: Mapping[str, str] | None = None,
+) -> list[Reaped]:
     driver, target = backend.driver, backend.target
-    records = await driver.list_sandboxes({MANAGED: "true"})
-    # why_reap reads /proc: off the loop.
-    reasons = await asyncio.to_thread(_reasons, records)
+    records = await driver.list_sandboxes({**(labels or {}), MANAGED: "true"})
+    reasons = await asyncio.to_thread(judge, records)
     doomed = [
         (record, Reaped(record.name, str(target.platform), reason, str(target)))
         for record, reason in zip(records, reasons, strict=True)
@@ -139,6 +198,9 @@ async def _sweep(backend: Backend, *, dry_run: bool, deadline: float) -> list[Re
     for _, error in failures:
         if not isinstance(error, Exception):
             raise error  # cancellation, once every delete has finished
+    failed = {name for name, _ in failures}
+    gone = [record.name for record, _ in doomed if record.name not in failed]
+    await asyncio.to_thread(_forget_handles, gone)
     if failures:  # the rest are deleted: say which are not, and why
         raise CleanupError(
             "; ".join(f"{name}: {error!r}" for name, error in failures),
@@ -146,6 +208,11 @@ async def _sweep(backend: Backend, *, dry_run: bool, deadline: float) -> list[Re
             platform=str(target),
         )
     return [reaped for _, reaped in doomed]
+
+
+def _forget_handles(names: list[str]) -> None:
+    for name in names:
+        forget_handle(name)
 
 
 def _reasons(records: list[SandboxRecord]) -> list[str | None]:

@@ -10,11 +10,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import SpecError
 from .platforms import options_class
 from .platforms.base import (
+    PLATFORMS,
     DockerPlatform,
     EndpointResolver,
     KubernetesPlatform,
@@ -37,6 +38,7 @@ __all__ = [
     "PlatformOptions",
     "RunningSandbox",
     "Spec",
+    "spec_for",
 ]
 
 #: The project's computer image, built locally by ``scripts/build-images.sh``
@@ -238,3 +240,39 @@ class KubernetesSpec(_SandboxSpec):
 
 
 Spec = DockerSpec | KubernetesSpec
+
+
+_KUBERNETES_ONLY = ("namespace", "cluster_name")
+
+
+def spec_for(
+    platform: str | Platform,
+    *,
+    options: PlatformOptions | Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> Spec:
+    """A :class:`DockerSpec` or :class:`KubernetesSpec` for a platform given by name.
+
+    For configuration read from text (a command line, an ini file, a YAML config):
+    ``platform`` is a name such as ``docker`` or ``aws-eks``, ``options`` the platform's
+    options or a mapping of their fields, ``fields`` the spec's fields. Anything that
+    does not fit is a :class:`SpecError` naming it.
+    """
+    chosen = PLATFORMS.get(str(platform))
+    if chosen is None:
+        raise SpecError("platform", f"must be one of {sorted(PLATFORMS)}, got {platform!r}")
+    if isinstance(options, Mapping):
+        try:
+            options = options_class(chosen)(**options)
+        except TypeError as exc:
+            raise SpecError("options", f"not options of {chosen}: {exc}") from None
+    kind: type[DockerSpec] | type[KubernetesSpec] = (
+        KubernetesSpec if isinstance(chosen, KubernetesPlatform) else DockerSpec
+    )
+    known = {f for f in kind.__dataclass_fields__ if not f.startswith("_")}
+    for name in fields:
+        if name in _KUBERNETES_ONLY and kind is DockerSpec:
+            raise SpecError(name, f"has no meaning on platform {str(chosen)!r}")
+        if name not in known:
+            raise SpecError(name, "is not a field of a spec")
+    return kind(platform=chosen, options=options, **fields)  # type: ignore[arg-type]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerOptions
 from tests.fake_driver import FakeCloud, FakeDriver
 from tests.fault_proxy import FaultyDockerProxy
+
+# A user's project, run in subprocesses by test_pytest_plugin.py.
+collect_ignore = ["plugin_project"]
 
 pytest_plugins = [
     "tests.aws_support",
@@ -49,6 +55,11 @@ _TEST_IMAGES = {
     NO_PYTHON_IMAGE: 'CMD ["sh", "-c", "exec python3.99 -I -S /opt/commandlab/daemon.py"]',
 }
 
+
+# Handles of kept sandboxes go to a directory of this run, never the user's own.
+_STATE_DIR = tempfile.mkdtemp(prefix="commandlab-state-")
+os.environ["COMMANDLAB_STATE_DIR"] = _STATE_DIR
+atexit.register(shutil.rmtree, _STATE_DIR, ignore_errors=True)
 
 # The engine as the test process found it: tests point DOCKER_HOST at a proxy served by
 # their own event loop, which a blocking `docker` call from that loop would deadlock on.

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
 
@@ -25,7 +25,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import BackendError, BackendTimeoutError, SandboxExitedError
+from ..errors import (
+    BackendError,
+    BackendTimeoutError,
+    SandboxExitedError,
+    UnsupportedOperationError,
+)
 from ..identity import SandboxIdentity
 from ..limits import Limits
 from ..specs import Spec
@@ -176,6 +181,15 @@ class Driver(abc.ABC, Generic[TargetT]):
     @abc.abstractmethod
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
         """Every sandbox on the target carrying all of ``labels``."""
+
+    def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """What the sandbox printed (its daemon's log), as it comes with ``follow``.
+
+        Drivers that cannot read it raise :class:`UnsupportedOperationError`.
+        """
+        raise UnsupportedOperationError(
+            f"reading logs is not supported on {self.platform} yet", sandbox=sandbox.name
+        )
 
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
         """What the backend last said about a sandbox :meth:`running` still waits for

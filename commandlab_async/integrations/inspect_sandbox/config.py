@@ -9,9 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ...errors import SpecError
-from ...platforms import options_class
-from ...platforms.base import PLATFORMS
-from ...specs import DEFAULT_IMAGE, DockerSpec, KubernetesPlatform, KubernetesSpec
+from ...specs import DEFAULT_IMAGE, DockerSpec, KubernetesSpec, spec_for
 
 __all__ = ["CommandLabSandboxConfig", "load_config"]
 
@@ -59,18 +57,7 @@ class CommandLabSandboxConfig(BaseModel):
 
     def to_spec(self) -> DockerSpec | KubernetesSpec:
         """The spec each sample's sandbox is provisioned from (:class:`SpecError` if invalid)."""
-        platform = PLATFORMS.get(self.platform)
-        if platform is None:
-            raise SpecError(
-                "platform", f"must be one of {sorted(PLATFORMS)}, got {self.platform!r}"
-            )
-        try:
-            options = options_class(platform)(**self.options)
-        except TypeError as exc:
-            raise SpecError("options", f"not options of {self.platform}: {exc}") from None
         fields: dict[str, Any] = {
-            "platform": platform,
-            "options": options,
             "image": self.image,
             "env": self.env,
             "cpu": self.cpu,
@@ -87,14 +74,11 @@ class CommandLabSandboxConfig(BaseModel):
             "resource_group": self.resource_group,
             "project_id": self.project_id,
         }
-        if isinstance(platform, KubernetesPlatform):
-            return KubernetesSpec(
-                **fields, namespace=self.namespace or "default", cluster_name=self.cluster_name
-            )
+        # Set only: a Kubernetes field on another platform is an error, not a default.
         for name in ("namespace", "cluster_name"):
             if getattr(self, name) is not None:
-                raise SpecError(name, f"has no meaning on platform {self.platform!r}")
-        return DockerSpec(**fields)
+                fields[name] = getattr(self, name)
+        return spec_for(self.platform, options=self.options, **fields)
 
 
 def load_config(config: object) -> CommandLabSandboxConfig:

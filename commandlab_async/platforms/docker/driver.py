@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import aiodocker
 import aiohttp
 
-from ...errors import BackendError
+from ...errors import BackendError, SandboxNotFoundError
 from ...identity import SESSION, SandboxIdentity
 from ...limits import Limits
 from ...specs import Spec
@@ -177,13 +177,29 @@ class DockerDriver(Driver[DockerTarget]):
             async with logs as response:
                 try:
                     async for chunk in _demultiplexed(response.content):
-                        startup.output = (startup.output + chunk)[-_KEPT:]
-                        if _LISTENING in chunk:
+                        text = chunk.decode(errors="replace")
+                        startup.output = (startup.output + text)[-_KEPT:]
+                        if _LISTENING in text:
                             return
                 finally:
                     response.close()  # _query leaves that to us; the stream may not end
             # The output ended: the container stopped. Read why before it is removed.
             startup.ended = await self._inspect(sandbox)
+
+    async def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        if await self._inspect(sandbox) is None:
+            raise SandboxNotFoundError("no such container", sandbox=sandbox.name)
+        query = self._docker._query(
+            f"containers/{sandbox.name}/logs",
+            params={"follow": int(follow), "stdout": 1, "stderr": 1},
+            timeout=aiohttp.ClientTimeout(),
+        )
+        async with query as response:
+            try:
+                async for chunk in _demultiplexed(response.content):
+                    yield chunk
+            finally:
+                response.close()
 
     async def _check_disk_limit(self, disk: int, name: str) -> None:
         """Refuse ``disk`` before the create if this engine cannot keep it."""
@@ -327,7 +343,7 @@ class DockerDriver(Driver[DockerTarget]):
         return records
 
 
-async def _demultiplexed(body: aiohttp.StreamReader) -> AsyncIterator[str]:
+async def _demultiplexed(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The payloads of the engine's log stream (no TTY): 8-byte headers, then data."""
     while True:
         try:
@@ -335,4 +351,4 @@ async def _demultiplexed(body: aiohttp.StreamReader) -> AsyncIterator[str]:
             payload = await body.readexactly(int.from_bytes(head[4:], "big"))
         except asyncio.IncompleteReadError:
             return
-        yield payload.decode(errors="replace")
+        yield payload
