@@ -1,0 +1,217 @@
+"""The ``commandlab`` command line: sandboxes for people.
+
+Exit status: 0 done; 1 failed (the one-line error on stderr says why); 2 bad usage;
+130 interrupted. ``exec`` exits with the command's own status (128+N when a signal N
+killed it), 126 when it cannot be executed, 127 when it is not found, and 125 when
+commandlab itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from ... import __version__
+from ...errors import (
+    CommandLabError,
+    RemoteFileNotFoundError,
+    RemotePermissionError,
+    SpecError,
+)
+from ...platforms.base import PLATFORMS
+from ...reaper import GC_TIMEOUT
+from ...specs import DEFAULT_IMAGE
+from . import remote, sandboxes
+from .demo import demo
+
+__all__ = ["main"]
+
+FAILED, USAGE, EXEC_FAILED, CANNOT_EXECUTE, NOT_FOUND, INTERRUPTED = 1, 2, 125, 126, 127, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="commandlab",
+        description="Sandboxes for AI agents and evals: bring them up, use them, delete them.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    demo_parser = commands.add_parser(
+        "demo", help="bring up a sandbox on local Docker, use it, delete it"
+    )
+    demo_parser.add_argument("--image", default=DEFAULT_IMAGE)
+    demo_parser.add_argument("--count", type=int, default=1, help="sandboxes to bring up at once")
+
+    up = commands.add_parser(
+        "up", help="bring sandboxes up and leave them running (until their TTL or rm)"
+    )
+    _platform(up, repeat=False)
+    up.add_argument("--image", default=DEFAULT_IMAGE)
+    up.add_argument("-n", "--count", type=int, default=1, help="how many (default: 1)")
+    up.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until each deletes itself (3600)"
+    )
+    up.add_argument("-l", "--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    up.add_argument("-e", "--env", action="append", metavar="NAME=VALUE", help="repeatable")
+    up.add_argument("--option", action="append", metavar="FIELD=VALUE", help="platform option")
+    up.add_argument("--root", action="store_true", help="run the daemon as root (run_as_root)")
+    _json(up)
+
+    ls = commands.add_parser("ls", help="list our sandboxes")
+    _platform(ls, repeat=True)
+    ls.add_argument("-l", "--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    ls.add_argument("--older-than", type=float, metavar="SECONDS")
+    ls.add_argument("--newer-than", type=float, metavar="SECONDS")
+    _json(ls)
+
+    exec_parser = commands.add_parser(
+        "exec", help="run a command in a sandbox left running: commandlab exec NAME -- CMD..."
+    )
+    exec_parser.add_argument("name")
+    exec_parser.add_argument("command", nargs=argparse.REMAINDER)
+    exec_parser.add_argument("-i", "--interactive", action="store_true", help="send our stdin")
+    exec_parser.add_argument("-u", "--user")
+    exec_parser.add_argument("-w", "--cwd")
+    exec_parser.add_argument("-e", "--env", action="append", metavar="NAME=VALUE")
+    exec_parser.add_argument("--timeout", type=float, help="seconds; killed after")
+
+    cp = commands.add_parser(
+        "cp", help="copy a file: cp LOCAL NAME:PATH or cp NAME:PATH LOCAL ('-': stdin/stdout)"
+    )
+    cp.add_argument("source")
+    cp.add_argument("dest")
+
+    logs = commands.add_parser("logs", help="what a sandbox's daemon printed")
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it comes")
+    _platform(logs, repeat=False)
+
+    rm = commands.add_parser("rm", help="delete sandboxes by name or label, whoever owns them")
+    rm.add_argument("names", nargs="*", metavar="NAME")
+    rm.add_argument("-l", "--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    _platform(rm, repeat=True)
+    _json(rm)
+
+    gc = commands.add_parser(
+        "gc", help="delete sandboxes whose TTL passed or whose owner process died"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    gc.add_argument(
+        "--timeout",
+        type=float,
+        default=GC_TIMEOUT,
+        help=f"give up after this many seconds (default: {GC_TIMEOUT:g})",
+    )
+    _platform(gc, repeat=True)
+    _json(gc)
+    return parser
+
+
+def _platform(parser: argparse.ArgumentParser, *, repeat: bool) -> None:
+    parser.add_argument(
+        "--platform",
+        action="append" if repeat else "store",
+        choices=list(PLATFORMS),
+        default=None if repeat else "docker",
+        help="where" + (" (repeatable)" if repeat else "") + " (default: docker)",
+    )
+    for flag in sandboxes.SCOPE_FLAGS:
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            help=f"the {flag.replace('_', ' ')}, where the platform has one",
+        )
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    command = args.verb
+    if command == "demo":
+        await demo(args.image, args.count)
+    elif command == "up":
+        started = await sandboxes.up(args)
+        _print(args, started, sandboxes.print_up)
+    elif command == "ls":
+        found = await sandboxes.ls(args)
+        _print(args, found, sandboxes.print_ls)
+    elif command == "exec":
+        if args.command and args.command[0] == "--":
+            args.command = args.command[1:]
+        return await _exec(args)
+    elif command == "cp":
+        print(await remote.cp(args), file=sys.stderr)
+    elif command == "logs":
+        await remote.logs(args)
+    elif command in ("rm", "gc"):
+        if command == "rm":
+            reaped = await sandboxes.rm(args)
+        else:
+            reaped = await sandboxes.gc_command(args)
+        if args.json:
+            print(sandboxes.reaped_json(reaped))
+        else:
+            verb = "would delete" if getattr(args, "dry_run", False) else "deleted"
+            sandboxes.print_reaped(reaped, verb)
+    return 0
+
+
+async def _exec(args: argparse.Namespace) -> int:
+    try:
+        return await remote.exec_command(args)
+    except RemoteFileNotFoundError as exc:
+        _error(exc)
+        return NOT_FOUND
+    except RemotePermissionError as exc:
+        _error(exc)
+        return CANNOT_EXECUTE
+    except (CommandLabError, OSError) as exc:
+        _error(exc)
+        return USAGE if isinstance(exc, SpecError) else EXEC_FAILED
+
+
+def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
+    if args.json:
+        print(json.dumps(data))
+    else:
+        human(data)
+
+
+def _error(exc: BaseException | str) -> None:
+    """One line on stderr, never a traceback; a group (a fleet) says its first error."""
+    if isinstance(exc, BaseExceptionGroup):
+        first, more = exc.exceptions[0], len(exc.exceptions) - 1
+        exc = f"{exc.message}: {first}" + (f" (and {more} more)" if more else "")
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"commandlab: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except SpecError as exc:
+        _error(exc)
+        return USAGE
+    except (CommandLabError, OSError) as exc:
+        _error(exc)
+        return FAILED
+    except Exception as exc:
+        if os.environ.get("COMMANDLAB_DEBUG"):
+            traceback.print_exception(exc)
+        else:
+            _error(f"internal error: {exc!r} (COMMANDLAB_DEBUG=1 shows where)")
+        return FAILED

@@ -1,0 +1,253 @@
+"""``commandlab up / ls / rm / gc``: sandboxes on their backends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict
+from typing import Any
+
+from ...errors import SandboxNotFoundError, SpecError
+from ...handles import forget, load_all
+from ...identity import (
+    CREATED_AT,
+    EXPIRES_AT,
+    MANAGED,
+    NEVER,
+    PID,
+    is_detached,
+    labelled,
+)
+from ...lifecycle import provision_many
+from ...platforms import driver_class, options_class
+from ...platforms.base import PLATFORMS, KubernetesPlatform, Target
+from ...platforms.driver import SandboxRecord
+from ...pools import open_backend
+from ...reaper import Reaped, gc, remove, why_reap
+from ...specs import Spec, spec_for
+
+__all__ = ["SCOPE_FLAGS", "gc_command", "ls", "rm", "targets", "up"]
+
+# Scope flags -> the target field each names.
+SCOPE_FLAGS = {
+    "region": "region",
+    "cluster": "cluster",
+    "namespace": "namespace",
+    "resource_group": "resource_group",
+    "project": "project_id",
+    "subscription": "subscription_id",
+}
+
+
+def _scope(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        field: getattr(args, flag)
+        for flag, field in SCOPE_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    """The targets the ``--platform`` flags and scope flags name (default: docker)."""
+    names = args.platform if isinstance(args.platform, list) else [args.platform]
+    found = []
+    for name in [n for n in names if n] or ["docker"]:
+        platform = PLATFORMS[name]
+        driver_class(platform)  # a platform without a driver says so before its scope
+        found.append(options_class(platform).target_from(_scope(args)))
+    return found
+
+
+def pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``["k=v", ...]`` as a dict; SpecError naming ``flag`` for an item without ``=``."""
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(flag, f"takes KEY=VALUE, got {item!r}")
+        result[key] = value
+    return result
+
+
+def _up_spec(args: argparse.Namespace) -> Spec:
+    """The spec of ``up``: flat scope flags where the spec has them, else options."""
+    platform = PLATFORMS[args.platform]
+    fields: dict[str, Any] = {
+        "image": args.image,
+        "ttl": args.ttl,
+        "labels": pairs(args.label, "--label"),
+        "env": pairs(args.env, "--env"),
+        "run_as_root": args.root,
+    }
+    options: dict[str, Any] = pairs(args.option, "--option")
+    for flag, field in SCOPE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag == "cluster":
+            if isinstance(platform, KubernetesPlatform):
+                fields["cluster_name"] = value
+            else:
+                options["cluster"] = value
+        elif flag == "subscription":
+            options[field] = value
+        else:
+            fields[field] = value
+    return spec_for(platform, options=options or None, **fields)
+
+
+async def up(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Bring sandboxes up and leave them running, detached, with handles saved."""
+    spec = _up_spec(args)
+    with labelled({}, owned=False):
+        async with provision_many(spec, count=args.count) as fleet:
+            started = [c for c in fleet]
+    handles = {h.name: h for h in load_all()}
+    return [
+        {
+            "name": c.name,
+            "platform": c.platform,
+            "url": c.url,
+            "expires_at": handles[c.name].expires_at if c.name in handles else None,
+        }
+        for c in started
+    ]
+
+
+def print_up(items: list[dict[str, Any]]) -> None:
+    for item in items:
+        expires = _when(item["expires_at"])
+        print(f"{item['name']}  {item['platform']}  {item['url']}  until {expires}")
+    if items:
+        first = items[0]["name"]
+        print(f"run a command:  commandlab exec {first} -- uname -a")
+        print(f"remove:         commandlab rm {' '.join(i['name'] for i in items)}")
+
+
+async def find(where: list[Target], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every sandbox of ours on ``where`` carrying ``labels``, described for ``ls``."""
+    found: list[tuple[Target, SandboxRecord]] = []
+    async with AsyncExitStack() as stack:
+        for target in where:
+            backend = await open_backend(stack, target)
+            records = await backend.driver.list_sandboxes({**labels, MANAGED: "true"})
+            found += [(target, record) for record in records]
+    reasons = await asyncio.to_thread(lambda: [why_reap(r) for _, r in found])
+    handles = {h.name for h in await asyncio.to_thread(load_all)}
+    return [
+        _describe(target, record, reason, record.name in handles)
+        for (target, record), reason in zip(found, reasons, strict=True)
+    ]
+
+
+def _describe(
+    target: Target, record: SandboxRecord, reason: str | None, handle: bool
+) -> dict[str, Any]:
+    labels = dict(record.labels)
+    created = _number(labels.get(CREATED_AT, ""))
+    expires_text = labels.get(EXPIRES_AT, NEVER)
+    if is_detached(labels):
+        owner = "detached"
+    elif PID in labels:
+        owner = f"pid {labels[PID]}" + (" (gone)" if reason and "owner" in reason else "")
+    else:
+        owner = "unknown"
+    return {
+        "name": record.name,
+        "platform": str(target.platform),
+        "target": str(target),
+        "state": record.state,
+        "created_at": created,
+        "expires_at": None if expires_text == NEVER else _number(expires_text),
+        "owner": owner,
+        "reapable": reason,
+        "handle": handle,
+        "labels": labels,
+    }
+
+
+async def ls(args: argparse.Namespace) -> list[dict[str, Any]]:
+    items = await find(targets(args), pairs(args.label, "--label"))
+    now = time.time()
+    if args.older_than is not None:
+        items = [i for i in items if i["created_at"] and now - i["created_at"] >= args.older_than]
+    if args.newer_than is not None:
+        items = [i for i in items if i["created_at"] and now - i["created_at"] < args.newer_than]
+    return sorted(items, key=lambda i: (i["created_at"] or 0, i["name"]))
+
+
+def print_ls(items: list[dict[str, Any]]) -> None:
+    rows = [("NAME", "PLATFORM", "STATE", "AGE", "EXPIRES", "OWNER", "REACHABLE")]
+    now = time.time()
+    for i in items:
+        age = _duration(now - i["created_at"]) if i["created_at"] else "?"
+        expires = "never" if i["expires_at"] is None else _duration(i["expires_at"] - now)
+        rows.append(
+            (
+                i["name"],
+                i["platform"],
+                i["state"],
+                age,
+                expires,
+                i["owner"],
+                "yes" if i["handle"] else "no",
+            )
+        )
+    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def rm(args: argparse.Namespace) -> list[Reaped]:
+    labels = pairs(args.label, "--label")
+    if not args.names and not labels:
+        raise SpecError("rm", "takes sandbox names or -l KEY=VALUE")
+    gone = await remove(targets(args), names=args.names, labels=labels or None)
+    missing = sorted(set(args.names) - {r.name for r in gone})
+    for name in missing:  # a stale handle goes too
+        await asyncio.to_thread(forget, name)
+    if missing:
+        raise SandboxNotFoundError(
+            f"no such sandbox on {', '.join(map(str, targets(args)))}"
+            f" ({len(gone)} other(s) deleted)",
+            sandbox=", ".join(missing),
+        )
+    return gone
+
+
+async def gc_command(args: argparse.Namespace) -> list[Reaped]:
+    return await gc(targets(args), dry_run=args.dry_run, timeout=args.timeout)
+
+
+def print_reaped(reaped: list[Reaped], verb: str) -> None:
+    for item in reaped:
+        print(f"{verb} {item.target} {item.name}: {item.reason}")
+    print(f"{verb} {len(reaped)} sandbox(es)")
+
+
+def reaped_json(reaped: list[Reaped]) -> str:
+    return json.dumps([asdict(r) for r in reaped])
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _when(at: float | None) -> str:
+    return "deleted by hand" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
