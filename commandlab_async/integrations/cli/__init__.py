@@ -170,14 +170,13 @@ async def _exec(args: argparse.Namespace) -> int:
     try:
         return await remote.exec_command(args)
     except RemoteFileNotFoundError as exc:
-        _error(exc)
-        return NOT_FOUND
+        return _fail(exc, NOT_FOUND)
     except RemotePermissionError as exc:
-        _error(exc)
-        return CANNOT_EXECUTE
+        return _fail(exc, CANNOT_EXECUTE)
+    except SpecError as exc:
+        return _fail(exc, USAGE)
     except (CommandLabError, OSError) as exc:
-        _error(exc)
-        return USAGE if isinstance(exc, SpecError) else EXEC_FAILED
+        return _fail(exc, EXEC_FAILED)
 
 
 def _print(args: argparse.Namespace, data: Any, human: Any) -> None:
@@ -196,6 +195,11 @@ def _error(exc: BaseException | str) -> None:
     print(f"commandlab: {text}", file=sys.stderr)
 
 
+def _fail(exc: BaseException | str, status: int) -> int:
+    _error(exc)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -204,14 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return INTERRUPTED
     except SpecError as exc:
-        _error(exc)
-        return USAGE
+        return _fail(exc, USAGE)
     except (CommandLabError, OSError) as exc:
-        _error(exc)
-        return FAILED
+        return _fail(exc, FAILED)
     except Exception as exc:
-        if os.environ.get("COMMANDLAB_DEBUG"):
-            traceback.print_exception(exc)
-        else:
-            _error(f"internal error: {exc!r} (COMMANDLAB_DEBUG=1 shows where)")
+        if not os.environ.get("COMMANDLAB_DEBUG"):
+            return _fail(f"internal error: {exc!r} (COMMANDLAB_DEBUG=1 shows where)", FAILED)
+        traceback.print_exception(exc)
         return FAILED
