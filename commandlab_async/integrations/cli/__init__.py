@@ -1,7 +1,7 @@
 """The ``commandlab`` command line: sandboxes for people.
 
 Exit status: 0 done; 1 failed (the one-line error on stderr says why); 2 bad usage;
-130 interrupted. ``exec`` exits with the command's own status (128+N when a signal N
+130 interrupted. "exec" exits with the command's own status (128+N when a signal N
 killed it), 126 when it cannot be executed, 127 when it is not found, and 125 when
 commandlab itself failed.
 """
