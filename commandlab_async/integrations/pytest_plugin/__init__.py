@@ -87,11 +87,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     lab = config.stash.get(_LAB, None)
-    if lab is not None:
+    if lab is not None:  # a warning this late would not be shown: say it
         for error in lab.close():
-            config.issue_config_time_warning(
-                pytest.PytestWarning(f"commandlab: cleanup failed: {error}"), stacklevel=1
-            )
+            lab.say(f"cleanup failed (the TTL or `commandlab gc` will finish it): {error}")
 
 
 @pytest.hookimpl(optionalhook=True)
