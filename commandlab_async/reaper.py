@@ -35,7 +35,7 @@ from .platforms.driver import SandboxRecord
 from .pools import Backend, open_backend
 from .shielding import shielded
 from .specs import DockerSpec, KubernetesSpec, Spec
-from .validation import check_number
+from .validation import check_number, to_number
 
 __all__ = ["Reaped", "gc", "remove"]
 
@@ -224,7 +224,7 @@ def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
     labels = record.labels
     now = time.time() if now is None else now
     expires = labels.get(EXPIRES_AT, NEVER)
-    if expires != NEVER and _number(expires) is not None and now >= float(expires):
+    if expires != NEVER and to_number(expires) is not None and now >= float(expires):
         return "expired"
     if record.finished:
         return f"finished ({record.state})"
@@ -239,13 +239,6 @@ def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
     if not _owner_alive(pid, labels.get(PID_START)):
         return f"owner process {pid} is gone"
     return None
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def _pid(text: str) -> int | None:

@@ -11,6 +11,14 @@ from .errors import SpecError
 __all__ = ["check_bool", "check_ids", "check_int", "check_number", "check_str_map", "check_text"]
 
 
+def to_number(text: str) -> float | None:
+    """``text`` as a number (a label value, say), or None if it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def check_number(name: str, value: object, *, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(name, f"must be a number, got {type(value).__name__}")

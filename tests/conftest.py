@@ -78,6 +78,19 @@ def docker(*args: str) -> str:
     ).stdout
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``commandlab`` CLI in a process of its own (against the real engine)."""
+    return subprocess.run(
+        [sys.executable, "-m", "commandlab_async.integrations.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env=ENGINE_ENV if env is None else env,
+    )
+
+
 async def commandlab_cli(*args: str) -> str:
     """Run the ``commandlab`` CLI in a process of its own; its output (it must succeed)."""
     proc = await asyncio.create_subprocess_exec(

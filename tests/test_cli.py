@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ENGINE_ENV, docker
+from tests.conftest import ENGINE_ENV, docker, run_cli
 
 pytestmark = pytest.mark.docker
 
@@ -25,13 +24,7 @@ class Cli:
     def __call__(
         self, *args: str, stdin: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [sys.executable, "-m", "commandlab_async.integrations.cli", *args],
-            input=stdin,
-            capture_output=True,
-            timeout=120,
-            env=self.env,
-        )
+        return run_cli(*args, env=self.env, stdin=stdin)
 
     def json(self, *args: str) -> Any:
         done = self(*args, "--json")

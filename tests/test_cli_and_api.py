@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
 import commandlab_async
-from tests.conftest import ENGINE_ENV
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.docker
 
 
 def _commandlab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "commandlab_async.integrations.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=ENGINE_ENV,
+    done = run_cli(*args)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
     )
 
 

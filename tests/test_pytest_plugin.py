@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINE_ENV, docker
+from tests.conftest import ENGINE_ENV, docker, run_cli
 
 pytestmark = pytest.mark.docker
 
@@ -51,14 +51,8 @@ class Project:
         self.runs.append(found[1])
         return found[1]
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "commandlab_async.integrations.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=self.env,
-        )
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return run_cli(*args, env=self.env)
 
 
 def containers(run: str) -> list[str]:
@@ -150,7 +144,7 @@ def test_keep_failed_keeps_the_failed_tests_sandbox_and_says_how_to_enter_it(
     assert f"commandlab exec -i {name} -- sh" in output
     assert f"commandlab rm {name}" in output
     evidence = project.cli("exec", name, "--", "cat", "/tmp/evidence")
-    assert evidence.stdout == "left for a human"
+    assert evidence.stdout.decode() == "left for a human"
     assert project.cli("rm", name).returncode == 0
     assert containers(project.runs[0]) == []
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ...errors import SandboxNotFoundError, SpecError
-from ...handles import forget, load_all
+from ...handles import forget, load, load_all
 from ...identity import (
     CREATED_AT,
     EXPIRES_AT,
@@ -29,6 +29,7 @@ from ...platforms.driver import SandboxRecord
 from ...pools import open_backend
 from ...reaper import Reaped, gc, remove, why_reap
 from ...specs import Spec, spec_for
+from ...validation import to_number
 
 __all__ = ["SCOPE_FLAGS", "gc_command", "ls", "rm", "targets", "up"]
 
@@ -106,16 +107,19 @@ async def up(args: argparse.Namespace) -> list[dict[str, Any]]:
     with labelled({}, owned=False):
         async with provision_many(spec, count=args.count) as fleet:
             started = [c for c in fleet]
-    handles = {h.name: h for h in load_all()}
+    expiries = await asyncio.to_thread(lambda: [_expiry(c.name) for c in started])
     return [
-        {
-            "name": c.name,
-            "platform": c.platform,
-            "url": c.url,
-            "expires_at": handles[c.name].expires_at if c.name in handles else None,
-        }
-        for c in started
+        {"name": c.name, "platform": c.platform, "url": c.url, "expires_at": expires_at}
+        for c, expires_at in zip(started, expiries, strict=True)
     ]
+
+
+def _expiry(name: str) -> float | None:
+    """From its saved handle; None if saving it failed (the sandbox still runs)."""
+    try:
+        return load(name).expires_at
+    except SandboxNotFoundError:
+        return None
 
 
 def print_up(items: list[dict[str, Any]]) -> None:
@@ -148,7 +152,7 @@ def _describe(
     target: Target, record: SandboxRecord, reason: str | None, handle: bool
 ) -> dict[str, Any]:
     labels = dict(record.labels)
-    created = _number(labels.get(CREATED_AT, ""))
+    created = to_number(labels.get(CREATED_AT, ""))
     expires_text = labels.get(EXPIRES_AT, NEVER)
     if is_detached(labels):
         owner = "detached"
@@ -162,7 +166,7 @@ def _describe(
         "target": str(target),
         "state": record.state,
         "created_at": created,
-        "expires_at": None if expires_text == NEVER else _number(expires_text),
+        "expires_at": None if expires_text == NEVER else to_number(expires_text),
         "owner": owner,
         "reapable": reason,
         "handle": handle,
@@ -206,14 +210,14 @@ async def rm(args: argparse.Namespace) -> list[Reaped]:
     labels = pairs(args.label, "--label")
     if not args.names and not labels:
         raise SpecError("rm", "takes sandbox names or -l KEY=VALUE")
-    gone = await remove(targets(args), names=args.names, labels=labels or None)
+    where = targets(args)
+    gone = await remove(where, names=args.names, labels=labels or None)
     missing = sorted(set(args.names) - {r.name for r in gone})
     for name in missing:  # a stale handle goes too
         await asyncio.to_thread(forget, name)
     if missing:
         raise SandboxNotFoundError(
-            f"no such sandbox on {', '.join(map(str, targets(args)))}"
-            f" ({len(gone)} other(s) deleted)",
+            f"no such sandbox on {', '.join(map(str, where))} ({len(gone)} other(s) deleted)",
             sandbox=", ".join(missing),
         )
     return gone
@@ -231,13 +235,6 @@ def print_reaped(reaped: list[Reaped], verb: str) -> None:
 
 def reaped_json(reaped: list[Reaped]) -> str:
     return json.dumps([asdict(r) for r in reaped])
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def _when(at: float | None) -> str:
