@@ -22,6 +22,7 @@ from commandlab_async import (
     Computer,
     DockerSpec,
     FileTooLargeError,
+    OutputChunk,
     OutputLimitExceededError,
     RemoteFileNotFoundError,
     RemoteIsADirectoryError,
@@ -239,16 +240,25 @@ async def test_relative_paths_stat_and_listing(computer: Computer) -> None:
 async def test_streaming_a_process_with_stdin_and_signals(computer: Computer) -> None:
     async with computer.start(["python3", "-u", "-c", LOOP]) as process:
         output = process.output()
-        first = await anext(output)
-        assert (first.stream, first.data) == ("stdout", b"ready\n")
+        assert await _line(output) == b"ready\n"
         await process.write("echo this\n")
-        assert (await anext(output)).data == b"echo this\n"
+        assert await _line(output) == b"echo this\n"
         await process.signal(15)
         assert [chunk async for chunk in output] == []
         assert process.exit_code == -15
 
 
 LOOP = "import sys\nprint('ready')\nfor line in sys.stdin: print(line, end='')\n"
+
+
+async def _line(output: AsyncIterator[OutputChunk]) -> bytes:
+    """One stdout line, however the pipe split it into chunks (print writes its end apart)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await anext(output)
+        assert chunk.stream == "stdout"
+        line += chunk.data
+    return line
 
 
 async def test_background_processes_outlive_the_call_and_reattach(computer: Computer) -> None:
