@@ -49,6 +49,7 @@ from .process import (
     ProcessStart,
     stdin_body,
 )
+from .unix_sockets import http_url
 
 __all__ = ["CommandResult", "Computer"]
 
@@ -103,6 +104,7 @@ class Computer:
     ) -> None:
         self._name = name
         self._url = url.rstrip("/")
+        self._base = http_url(self._url)  # where requests go (a Unix socket's stand-in)
         # Not ``Authorization``: the Kubernetes API server's proxy strips it, and Cloud
         # Run's IAM reads it. The daemon accepts both.
         self._headers = {"X-CommandLab-Token": token}
@@ -129,7 +131,8 @@ class Computer:
 
     @property
     def url(self) -> str:
-        """Base URL of the daemon."""
+        """Base URL of the daemon: ``http(s)://...``, or ``unix:<path>`` for a daemon on
+        a Unix socket (local Docker)."""
         return self._url
 
     @property
@@ -528,7 +531,7 @@ class Computer:
         with self._unreachable(f"{method} {route}"), self._liveness.watch():
             response = await self._http().request(
                 method,
-                self._url + route,
+                self._base + route,
                 headers=headers,
                 timeout=timeout,
                 ssl=self._ssl,
@@ -594,7 +597,7 @@ class Computer:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):  # the platform's headers included
                 response = await self._http().get(
-                    self._url + "/health", headers=await self._request_headers(), ssl=self._ssl
+                    self._base + "/health", headers=await self._request_headers(), ssl=self._ssl
                 )
                 response.release()
         except TimeoutError:

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import aiohttp
 
+from .unix_sockets import RoutingConnector
+
 __all__ = ["on_loop", "session_for"]
 
 T = TypeVar("T")
@@ -29,8 +31,9 @@ _sessions: weakref.WeakKeyDictionary[
 
 
 def new_session() -> aiohttp.ClientSession:
-    """A connection pool with no cap, so a fleet's commands never queue."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    """A connection pool with no cap, so a fleet's commands never queue; it reaches daemons
+    on Unix sockets too (:mod:`.unix_sockets`)."""
+    return aiohttp.ClientSession(connector=RoutingConnector(limit=0))
 
 
 async def _hold(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from .errors import SpecError
 from .platforms import options_class
@@ -92,6 +92,9 @@ class _SandboxSpec:
     on xfs with ``pquota``, btrfs, zfs); Kubernetes sets the pod's ``ephemeral-storage``
     limit (the kubelet evicts past it); Fargate sizes the task's ephemeral storage
     (21 to 200 GiB). ACI and Cloud Run cannot limit it (a SpecError)."""
+    network: Literal["none"] | None = None
+    """``"none"``: the sandbox has no network at all, only loopback (local Docker, whose
+    daemon then serves on a Unix socket). None: the platform's default network."""
     run_as_root: bool = False
     """Run the daemon and commands as root with the platform's default capabilities (for
     workloads that install packages); by default the image's unprivileged user runs
@@ -185,6 +188,8 @@ class _SandboxSpec:
             )
         if self.disk is not None:
             check_int("disk", self.disk, low=64, high=16 * 1024 * 1024, unit="MiB")
+        if self.network not in (None, "none"):
+            raise SpecError("network", f"must be None or 'none', got {self.network!r}")
         check_bool("run_as_root", self.run_as_root)
         if self.ttl is not None:
             check_number("ttl", self.ttl, low=1, high=7 * 24 * 3600)

@@ -13,6 +13,10 @@ Configuration (environment variables)
     refused with exit status 2.
 ``COMMANDLAB_PORT``   TCP port, default 8000 (0 picks one; the startup line says which).
 ``COMMANDLAB_HOST``   bind address, default ``0.0.0.0`` (IPv6 literals work).
+``COMMANDLAB_SOCKET``  optional absolute path: listen on a Unix socket there instead of
+    TCP (host and port are then ignored).  A stale socket file is replaced; the new one
+    is made connectable by any user (mode 0666), so whoever may reach its directory
+    decides who may connect: the client's host directory is private to it.
 ``COMMANDLAB_TTL``    optional lifetime in seconds: at expiry every process group we
     started is SIGKILLed and the daemon exits 0, which stops the container.
 ``COMMANDLAB_TLS_CERT`` and ``COMMANDLAB_TLS_KEY``  optional, both or neither: the PEM
@@ -24,11 +28,11 @@ Configuration (environment variables)
     Only one set, a malformed PEM, a key that does not match the certificate or a
     Python without ``ssl``: a message on stderr (never the key) and exit status 2.
 
-Startup prints ``commandlab daemon listening on <host>:<port>`` on stderr (nothing
-follows the port on that line), then ``commandlab daemon: serving TLS (https)`` when
-TLS is on.  SIGTERM and
-SIGINT kill every process group and exit 0.  One terse log line per request (client,
-method, path without query, status); headers are never logged.  The daemon marks
+Startup prints ``commandlab daemon listening on <host>:<port>`` (or ``unix:<path>``)
+on stderr (nothing follows the port on that line), then ``commandlab daemon: serving
+TLS (https)`` when TLS is on.  SIGTERM and SIGINT kill every process group and exit
+0.  One terse log line per request (client, method, path without query, status);
+headers are never logged.  The daemon marks
 itself non-dumpable so commands running as the same user cannot read its memory.
 
 Why it is shaped like this
@@ -146,6 +150,7 @@ TOKEN_SHA256_ENV = "COMMANDLAB_TOKEN_SHA256"
 LEGACY_TOKEN_ENV = "COMMANDLAB_TOKEN"
 PORT_ENV = "COMMANDLAB_PORT"
 HOST_ENV = "COMMANDLAB_HOST"
+SOCKET_ENV = "COMMANDLAB_SOCKET"
 TTL_ENV = "COMMANDLAB_TTL"
 TLS_CERT_ENV = "COMMANDLAB_TLS_CERT"
 TLS_KEY_ENV = "COMMANDLAB_TLS_KEY"
@@ -229,13 +234,19 @@ class Config:
         ttl: float | None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        socket_path: str | None = None,
     ) -> None:
         self.token_sha256 = token_sha256
         self.host = host
         self.port = port
+        self.socket_path = socket_path  # a Unix socket instead of host and port
         self.ttl = ttl
         self.tls_cert = tls_cert  # PEM text, or None for plain HTTP
         self.tls_key = tls_key
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path else f"{self.host}:{self.port}"
 
 
 def parse_token_sha256(text: str) -> bytes:
@@ -291,7 +302,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
         raise ConfigError(
             f"{given} is set but {missing} is not: TLS needs both the certificate and its key"
         )
-    return Config(token_sha256, host, port, ttl, tls_cert, tls_key)
+    socket_path = environ.get(SOCKET_ENV, "").strip() or None
+    if socket_path is not None and not socket_path.startswith("/"):
+        raise ConfigError(f"{SOCKET_ENV} must be an absolute path, got {socket_path!r}")
+    return Config(token_sha256, host, port, ttl, tls_cert, tls_key, socket_path)
 
 
 def _encrypted_key() -> bytes:
@@ -2294,6 +2308,26 @@ def _printable(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def listen(config: Config) -> socket.socket:
+    """The listening socket: TCP on host and port, or the Unix socket at ``socket_path``."""
+    path = config.socket_path
+    if path is None:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((config.host, config.port))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a previous daemon's: nothing listens on it any more
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        # The client's host user is rarely the sandbox's: the directory guards access.
+        os.chmod(path, 0o666)
+    listener.listen(1024)
+    listener.setblocking(False)
+    return listener
+
+
 class Server:
     def __init__(
         self,
@@ -2312,13 +2346,8 @@ class Server:
         self.workdir = workdir
         self.started = time.monotonic()
         self.deadline = None if config.ttl is None else self.started + config.ttl
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((config.host, config.port))
-        self.listener.listen(1024)
-        self.listener.setblocking(False)
-        self.port = self.listener.getsockname()[1]
+        self.listener = listen(config)
+        self.port = 0 if config.socket_path else self.listener.getsockname()[1]
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.wake_r, self.wake_w = socket.socketpair()
@@ -2812,7 +2841,7 @@ def main() -> None:
     try:
         server = Server(config, registry, os.environ, umask, os.getcwd(), tls)
     except OSError as exc:
-        _fail(f"cannot listen on {config.host}:{config.port}: {exc}", 1)
+        _fail(f"cannot listen on {config.address}: {exc}", 1)
 
     def stop(reason: str) -> NoReturn:
         killed = registry.kill_all()
@@ -2822,9 +2851,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: stop(f"received signal {signum}"))
     signal.signal(signal.SIGINT, lambda signum, frame: stop(f"received signal {signum}"))
     # Tools parse the port at the end of this line: nothing may follow it.
-    print(
-        f"commandlab daemon listening on {config.host}:{server.port}", file=sys.stderr, flush=True
-    )
+    where = config.address if config.socket_path else f"{config.host}:{server.port}"
+    print(f"commandlab daemon listening on {where}", file=sys.stderr, flush=True)
     if tls is not None:
         print("commandlab daemon: serving TLS (https)", file=sys.stderr, flush=True)
     server.serve_forever(on_expiry=lambda: stop(f"ttl of {config.ttl}s expired"))

@@ -45,6 +45,7 @@ class EcsOptions(PlatformOptions):
     defaults: ClassVar[dict[str, object]] = {"memory": 2048}
     not_honoured: ClassVar[dict[str, str]] = {
         "pids_limit": "Fargate has no per-task process limit",
+        "network": "the daemon is reached over the task's network interface",
     }
 
     subnets: tuple[str, ...] = ()

@@ -57,6 +57,7 @@ class AciOptions(PlatformOptions):
     scope: ClassVar[dict[str, bool]] = {"resource_group": True, "region": True}
     not_honoured: ClassVar[dict[str, str]] = {
         "pids_limit": "ACI has no per-container process limit",
+        "network": "the daemon is reached over the container group's network",
         "disk": "ACI cannot limit a container's filesystem",
         "run_as_root": "ACI runs the image's own USER: build the image with the one you want",
     }

@@ -1,7 +1,9 @@
 """Local Docker Engine driver (aiodocker).
 
-Each sandbox is one container: labelled, port published on 127.0.0.1 with an ephemeral
-host port, resource-limited, auto-removed when its daemon exits at the TTL.
+Each sandbox is one container: labelled, resource-limited, named and hostnamed after the
+sandbox, auto-removed when its daemon exits at the TTL. Its daemon serves on a Unix
+socket in a private host directory mounted into it (:mod:`.socket_dirs`), or, for an
+engine on another machine, on a port published on 127.0.0.1 with an ephemeral host port.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any, ClassVar
 import aiodocker
 import aiohttp
 
-from ...errors import BackendError, SandboxNotFoundError
+from ...errors import BackendError, SandboxNotFoundError, SpecError
 from ...identity import SESSION, SandboxIdentity
 from ...limits import Limits
 from ...specs import Spec
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
-from .options import DockerTarget
+from . import socket_dirs
+from .options import DockerOptions, DockerTarget
 
 __all__ = ["DockerDriver"]
 
@@ -86,16 +89,39 @@ class DockerDriver(Driver[DockerTarget]):
             return Failure(None, transient=False)
         return None
 
-    def _config(self, spec: Spec, identity: SandboxIdentity) -> dict[str, Any]:
-        port = f"{spec.daemon_port}/tcp"
+    def _uses_socket(self, spec: Spec) -> bool:
+        assert isinstance(spec.options, DockerOptions)
+        return spec.options.uses_unix_socket(spec, self.target)
+
+    def _config(self, spec: Spec, identity: SandboxIdentity, socket: bool) -> dict[str, Any]:
+        env = daemon_env(spec, identity)
+        if socket:
+            env["COMMANDLAB_SOCKET"] = f"{socket_dirs.IN_SANDBOX}/{socket_dirs.SOCKET_NAME}"
+            endpoint: dict[str, Any] = {
+                "Mounts": [
+                    {
+                        "Type": "bind",
+                        "Source": str(socket_dirs.path_of(identity.name)),
+                        "Target": socket_dirs.IN_SANDBOX,
+                    }
+                ],
+            }
+            exposed: dict[str, Any] = {}
+        else:
+            port = f"{spec.daemon_port}/tcp"
+            # Loopback only, ephemeral host port: sandboxes never collide or leak outside.
+            endpoint = {"PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]}}
+            exposed = {"ExposedPorts": {port: {}}}
         return {
             "Image": spec.image,
-            "Env": [f"{k}={v}" for k, v in daemon_env(spec, identity).items()],
+            "Hostname": identity.name,
+            "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": identity.labels,
-            "ExposedPorts": {port: {}},
+            **exposed,
             "HostConfig": {
-                # Loopback only, ephemeral host port: sandboxes never collide or leak outside.
-                "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                **endpoint,
+                # Only loopback: nothing in or out (the daemon is on its Unix socket).
+                **({"NetworkMode": "none"} if spec.network == "none" else {}),
                 # The daemon exits at the TTL; the engine then removes the container.
                 "AutoRemove": True,
                 # An init process reaps the orphans of killed commands.
@@ -123,7 +149,34 @@ class DockerDriver(Driver[DockerTarget]):
 
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         name = identity.name
-        config = self._config(spec, identity)
+        try:
+            socket = self._uses_socket(spec)
+        except SpecError:
+            self.mark_not_created(name)
+            raise
+        if not socket:
+            await self._create(spec, identity, socket)
+            return
+        try:
+            socket_dirs.make(name)  # a few syscalls: not worth a thread
+        except OSError as exc:
+            self.mark_not_created(name)
+            raise BackendError(
+                f"cannot make the directory of its daemon's socket: {exc}",
+                sandbox=name,
+                platform=self.platform,
+                code="socket_dir",
+            ) from exc
+        try:
+            await self._create(spec, identity, socket)
+        except BaseException:
+            if name in self._not_created:  # no delete will come to remove it
+                socket_dirs.remove(name)
+            raise
+
+    async def _create(self, spec: Spec, identity: SandboxIdentity, socket: bool) -> None:
+        name = identity.name
+        config = self._config(spec, identity, socket)
         if spec.disk is not None:
             await self._check_disk_limit(spec.disk, name)
 
@@ -251,8 +304,21 @@ class DockerDriver(Driver[DockerTarget]):
         return info
 
     async def running(self, spec: Spec, identity: SandboxIdentity) -> RunningSandbox:
-        # The container was started by create(); only its published port is missing.
+        # The container was started by create(); only its address is missing.
         info = await self._inspect(identity)
+        if self._uses_socket(spec):
+            if info is None or self._state_of(info).terminal:
+                state = await self._final_state(identity, info)
+                raise state.exited_error(identity.name, self.platform)
+            socket = socket_dirs.path_of(identity.name) / socket_dirs.SOCKET_NAME
+            return RunningSandbox(
+                name=identity.name,
+                platform=self.platform,
+                port=0,
+                addresses={"unix": str(socket)},
+                url=f"unix:{socket}",
+                raw=info,
+            )
         ports = (info or {}).get("NetworkSettings", {}).get("Ports") or {}
         bindings = ports.get(f"{spec.daemon_port}/tcp")
         if info is None or not bindings:
@@ -323,6 +389,7 @@ class DockerDriver(Driver[DockerTarget]):
                 await self._wait_gone(sandbox)
 
         await self.call("delete", sandbox.name, delete)
+        socket_dirs.remove(sandbox.name)
 
     async def _wait_gone(self, sandbox: SandboxRef) -> None:
         delay = 0.01

@@ -48,6 +48,7 @@ class CloudRunOptions(PlatformOptions):
     scope: ClassVar[dict[str, bool]] = {"project_id": True, "region": True}
     not_honoured: ClassVar[dict[str, str]] = {
         "pids_limit": "Cloud Run has no per-instance process limit",
+        "network": "the daemon is reached over the service's HTTPS front end",
         "disk": "Cloud Run's filesystem is in memory: writes count against `memory`",
         "run_as_root": "Cloud Run runs the image's own USER: build the image with the one you want",
     }

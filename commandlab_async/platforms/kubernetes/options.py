@@ -36,7 +36,10 @@ ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 Reach = Literal["proxy", "service", "pod-ip"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
-_PIDS = {"pids_limit": "a pod's process limit is a node setting (the kubelet's podPidsLimit)"}
+_NOT_HONOURED = {
+    "pids_limit": "a pod's process limit is a node setting (the kubelet's podPidsLimit)",
+    "network": "the daemon is reached over the pod's network (through the API server)",
+}
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -75,7 +78,7 @@ def _label_key(key: str) -> bool:
 class _KubernetesOptions(PlatformOptions):
     """What every kind of cluster takes: the pod's shape, how it is exposed and reached."""
 
-    not_honoured: ClassVar[dict[str, str]] = _PIDS
+    not_honoured: ClassVar[dict[str, str]] = _NOT_HONOURED
     option_scope: ClassVar[tuple[str, ...]] = ()
     """Option fields ``commandlab gc`` may name besides the spec's scope fields."""
 
