@@ -172,6 +172,8 @@ async def _sweep(
     driver, target = backend.driver, backend.target
     records = await driver.list_sandboxes({**(labels or {}), MANAGED: "true"})
     reasons = await asyncio.to_thread(judge, records)
+    if not labels and not dry_run:  # a full sweep: it saw every sandbox on the target
+        await driver.tidy(records)
     doomed = [
         (record, Reaped(record.name, str(target.platform), reason, str(target)))
         for record, reason in zip(records, reasons, strict=True)

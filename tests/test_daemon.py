@@ -16,12 +16,14 @@ import os
 import pwd
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -1859,12 +1861,44 @@ def start_daemon_expecting_failure(env: dict[str, str | None]) -> str:
         ({"COMMANDLAB_TTL": "nan"}, "COMMANDLAB_TTL"),
         ({"COMMANDLAB_PORT": "http"}, "COMMANDLAB_PORT"),
         ({"COMMANDLAB_PORT": "65536"}, "COMMANDLAB_PORT"),
+        ({"COMMANDLAB_SOCKET": "relative/daemon.sock"}, "COMMANDLAB_SOCKET"),
     ],
 )
 def test_refuses_to_start_with_bad_configuration(env: dict[str, str | None], message: str) -> None:
     stderr = start_daemon_expecting_failure(env)
     assert message in stderr
     assert TOKEN not in stderr
+
+
+def test_serves_on_a_unix_socket_that_replaces_a_stale_one() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="cl-"))  # short: a socket path holds 107 bytes
+    path = directory / "daemon.sock"
+    path.write_text("a previous daemon's")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        log = directory / "daemon.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMMANDLAB_")}
+        env.update(COMMANDLAB_TOKEN_SHA256=TOKEN_SHA256, COMMANDLAB_SOCKET=str(path))
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [DAEMON_PYTHON, str(DAEMON_SCRIPT)], env=env, stdout=out, stderr=out
+                )
+            )
+        assert wait_for(lambda: f"listening on unix:{path}" in log.read_text(), 10)
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666  # its directory decides who connects
+        client = http.client.HTTPConnection("localhost")
+        client.sock = socket.socket(socket.AF_UNIX)
+        client.sock.connect(str(path))
+        client.request("GET", "/health", headers={"X-CommandLab-Token": TOKEN})
+        response = client.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["version"]
+        client.close()
+    finally:
+        stop_daemons(procs)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize(

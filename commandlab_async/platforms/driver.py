@@ -196,6 +196,10 @@ class Driver(abc.ABC, Generic[TargetT]):
         (e.g. why a pod is not scheduled), without asking it again; None if nothing."""
         return None
 
+    async def tidy(self, existing: list[SandboxRecord]) -> None:
+        """Remove what sandboxes that no longer exist left outside the backend (``gc``
+        calls it with every sandbox of the target, before it deletes any)."""
+
     async def close(self) -> None:
         """Release the SDK client and its connections."""
 

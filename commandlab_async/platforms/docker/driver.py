@@ -101,7 +101,7 @@ class DockerDriver(Driver[DockerTarget]):
                 "Mounts": [
                     {
                         "Type": "bind",
-                        "Source": str(socket_dirs.path_of(identity.name)),
+                        "Source": str(socket_dirs.path_of(self.target.host, identity.name)),
                         "Target": socket_dirs.IN_SANDBOX,
                     }
                 ],
@@ -158,7 +158,7 @@ class DockerDriver(Driver[DockerTarget]):
             await self._create(spec, identity, socket)
             return
         try:
-            socket_dirs.make(name)  # a few syscalls: not worth a thread
+            await asyncio.to_thread(socket_dirs.make, self.target.host, name)
         except OSError as exc:
             self.mark_not_created(name)
             raise BackendError(
@@ -171,7 +171,7 @@ class DockerDriver(Driver[DockerTarget]):
             await self._create(spec, identity, socket)
         except BaseException:
             if name in self._not_created:  # no delete will come to remove it
-                socket_dirs.remove(name)
+                await asyncio.to_thread(socket_dirs.remove, self.target.host, name)
             raise
 
     async def _create(self, spec: Spec, identity: SandboxIdentity, socket: bool) -> None:
@@ -310,7 +310,7 @@ class DockerDriver(Driver[DockerTarget]):
             if info is None or self._state_of(info).terminal:
                 state = await self._final_state(identity, info)
                 raise state.exited_error(identity.name, self.platform)
-            socket = socket_dirs.path_of(identity.name) / socket_dirs.SOCKET_NAME
+            socket = socket_dirs.path_of(self.target.host, identity.name) / socket_dirs.SOCKET_NAME
             return RunningSandbox(
                 name=identity.name,
                 platform=self.platform,
@@ -389,13 +389,18 @@ class DockerDriver(Driver[DockerTarget]):
                 await self._wait_gone(sandbox)
 
         await self.call("delete", sandbox.name, delete)
-        socket_dirs.remove(sandbox.name)
+        await asyncio.to_thread(socket_dirs.remove, self.target.host, sandbox.name)
 
     async def _wait_gone(self, sandbox: SandboxRef) -> None:
         delay = 0.01
         while await self._inspect(sandbox) is not None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def tidy(self, existing: list[SandboxRecord]) -> None:
+        # The socket directories of sandboxes the engine removed by itself (at the TTL).
+        names = {record.name for record in existing}
+        await asyncio.to_thread(socket_dirs.prune, self.target.host, names)
 
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
