@@ -53,6 +53,7 @@ from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, Ku
 from .process import CommandResult, OutputChunk, Process, ProcessInfo
 from .reaper import Reaped, gc, remove
 from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
+from .warm_pools import WarmPool
 
 __version__ = "0.1.0"
 
@@ -115,6 +116,7 @@ __all__ = [
     "Target",
     "UnsupportedOperationError",
     "UnsupportedPlatformError",
+    "WarmPool",
     "__version__",
     "connect",
     "gc",

@@ -30,6 +30,9 @@ class EventKind(enum.StrEnum):
     DESTROYED = "destroyed"
     KEPT = "kept"
     """Left running when its block ended (:meth:`Computer.keep`); its TTL still applies."""
+    POOL_HIT = "pool-hit"
+    """Handed out ready by a :class:`WarmPool` (instead of ``creating`` ... ``ready``: a
+    cold start); the detail says how long the caller waited, if at all."""
 
 
 @dataclass(frozen=True)

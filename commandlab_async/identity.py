@@ -50,6 +50,7 @@ EXPIRES_AT = LABEL_PREFIX + "expires-at"
 DETACHED = LABEL_PREFIX + "detached"
 TEST_RUN = LABEL_PREFIX + "test-run"
 WORKER = LABEL_PREFIX + "worker"
+POOL = LABEL_PREFIX + "pool"
 NEVER = "never"
 
 #: Identifies this process's sandboxes for the reaper.

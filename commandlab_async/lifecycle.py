@@ -1,63 +1,26 @@
-"""provision and provision_many: identity → create → ready → yield → shielded destroy."""
+"""provision and provision_many: identity → create → ready → yield → shielded destroy.
+
+With a :class:`WarmPool` of the spec open, the first steps are a hand-out instead.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import overload
 
-import aiohttp
-
 from .computer import Computer
-from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError, SpecError
-from .events import EventCallback, EventKind, emit
-from .handles import Handle
-from .handles import save as save_handle
-from .identity import SandboxIdentity, is_detached, new_identity
+from .errors import FleetError, SpecError
+from .events import EventCallback
+from .identity import new_identity
 from .loop_sessions import new_session
+from .members import Member, bring_up, bring_up_all, tear_down, tear_down_all
 from .pools import Backend, lease, open_backend
-from .readiness import Progress, wait_ready
-from .shielding import settle, shielded
 from .signals import terminate_after_cleanup
-from .specs import DockerSpec, KubernetesSpec, RunningSandbox, Spec
+from .specs import DockerSpec, KubernetesSpec, Spec, checked_spec
+from .warm_pools import find as find_pool
 
 __all__ = ["Fleet", "provision", "provision_many"]
-
-log = logging.getLogger("commandlab_async")
-_SAVE_TIMEOUT = 10.0
-
-
-def _check_spec(spec: object) -> Spec:
-    if not isinstance(spec, DockerSpec | KubernetesSpec):
-        kind = type(spec).__name__
-        raise SpecError("spec", f"must be a DockerSpec or KubernetesSpec, got {kind}")
-    return spec
-
-
-@dataclass
-class _Member:
-    """One sandbox of a provision or a fleet, from identity to deletion."""
-
-    spec: Spec
-    backend: Backend
-    identity: SandboxIdentity
-    on_event: EventCallback | None
-    computer: Computer | None = None
-    needs_destroy: bool = False
-    """True from the moment its create may have reached the backend until it is deleted."""
-    create_interrupted: bool = False
-    """Its create was cut short and given half of ``destroy_timeout`` to settle."""
-    progress: Progress = field(default_factory=Progress)
-
-    @property
-    def name(self) -> str:
-        return self.identity.name
-
-    def emit(self, kind: EventKind, detail: str = "") -> None:
-        emit(self.on_event, self.name, str(self.backend.driver.platform), kind, detail)
 
 
 async def _open_backends(stack: AsyncExitStack, specs: Sequence[Spec]) -> list[Backend]:
@@ -81,22 +44,29 @@ async def provision(
     Raises :class:`SpecError` or :class:`BackendUnavailableError` before anything is
     created, and :class:`ProvisionError` (naming the sandbox) when it cannot come up.
     ``on_event`` receives a :class:`LifecycleEvent` at each step.
+
+    While a :class:`WarmPool` of an equal spec is open on this event loop, a ready member
+    of it is handed out instead (event ``pool-hit``), or the next one to come up.
     """
-    spec = _check_spec(spec)
+    spec = checked_spec(spec)
     async with AsyncExitStack() as stack:
         stack.enter_context(terminate_after_cleanup())
         (backend,) = await _open_backends(stack, [spec])
         http = await stack.enter_async_context(lease("http", new_session))
-        member = _Member(spec, backend, new_identity(spec), on_event)
+        pool = find_pool(spec)
+        if pool is not None:  # on failure nothing is ours: the pool keeps or deletes it
+            member = await pool.take(on_event)
+        else:
+            member = Member(spec, backend, new_identity(spec), on_event)
         try:
-            await _bring_up(member, http)
+            await bring_up(member, http)
             assert member.computer is not None
             yield member.computer
         except BaseException as exc:
-            await _tear_down(member, pending=exc)
+            await tear_down(member, pending=exc)
             raise
         else:
-            await _tear_down(member, pending=None)
+            await tear_down(member, pending=None)
 
 
 class Fleet(Sequence[Computer]):
@@ -146,6 +116,9 @@ async def provision_many(
     per failed member, each naming its sandbox) is raised. With ``keep_going=True`` the
     fleet holds the members that came up and ``fleet.failed`` the errors of the others.
     Every member is deleted when the block exits, whatever happens.
+
+    Members whose spec has an open :class:`WarmPool` on this loop are taken from it while
+    it has ready ones; the rest are created.
     """
     if isinstance(specs, DockerSpec | KubernetesSpec):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -154,7 +127,7 @@ async def provision_many(
     else:
         if count is not None:
             raise SpecError("count", "is only used with a single spec")
-        spec_list = [_check_spec(spec) for spec in specs]
+        spec_list = [checked_spec(spec) for spec in specs]
         if not spec_list:
             raise SpecError("specs", "must not be empty")
     async with AsyncExitStack() as stack:
@@ -162,222 +135,36 @@ async def provision_many(
         backends = await _open_backends(stack, spec_list)
         http = await stack.enter_async_context(lease("http", new_session))
         members = [
-            _Member(spec, backend, new_identity(spec), on_event)
+            Member(spec, backend, new_identity(spec), on_event)
             for spec, backend in zip(spec_list, backends, strict=True)
         ]
         try:
-            failed = await _bring_up_all(members, http, keep_going=keep_going)
+            await _draw_from_pools(members, on_event)
+            failed = await bring_up_all(members, http, keep_going=keep_going)
             if failed and not keep_going:
                 raise FleetError(
                     f"{len(failed)} of {len(members)} sandboxes failed to come up", failed
                 )
             if failed:
                 gone = [m for m in members if m.computer is None]
-                await _tear_down_all(gone, pending=None)
+                await tear_down_all(gone, pending=None)
             yield Fleet([m.computer for m in members if m.computer is not None], failed)
         except BaseException as exc:
-            await _tear_down_all(members, pending=exc)
+            await tear_down_all(members, pending=exc)
             raise
         else:
-            await _tear_down_all(members, pending=None)
+            await tear_down_all(members, pending=None)
 
 
-async def _bring_up_all(
-    members: list[_Member], http: aiohttp.ClientSession, *, keep_going: bool
-) -> list[Exception]:
-    """Bring every member up concurrently; return the errors of those that failed."""
-    tasks = [asyncio.create_task(_bring_up(m, http)) for m in members]
-    try:
-        if keep_going:
-            await asyncio.wait(tasks)
+async def _draw_from_pools(members: list[Member], on_event: EventCallback | None) -> None:
+    """Replace members by ready ones of open warm pools of their specs, while any are."""
+    empty: set[int] = set()
+    for index, member in enumerate(members):
+        pool = find_pool(member.spec)
+        if pool is None or id(pool) in empty:
+            continue
+        taken = await pool.take_ready(on_event)
+        if taken is None:
+            empty.add(id(pool))
         else:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in tasks:
-                task.cancel()  # all or nothing: one failed, the rest need not finish
-            await asyncio.wait(tasks)
-    except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        # Each member lets its in-flight create settle; wait for that before cleanup.
-        grace = max(m.spec.destroy_timeout for m in members) + 1.0
-        await shielded(asyncio.wait(tasks), timeout=grace)
-        raise
-    failed: list[Exception] = []
-    for task in tasks:
-        if not task.cancelled() and (error := task.exception()) is not None:
-            if not isinstance(error, Exception):
-                raise error
-            failed.append(error)
-    return failed
-
-
-async def _bring_up(member: _Member, http: aiohttp.ClientSession) -> None:
-    """Create the sandbox and wait until its daemon answers, within ``ready_timeout``.
-
-    The deadline starts once a create slot is had: time queued behind the target's
-    create limit is the fleet's, not the sandbox's, and is named apart in the error.
-    """
-    spec, identity, progress = member.spec, member.identity, member.progress
-    driver, limiter = member.backend.driver, member.backend.limiter
-    loop = asyncio.get_running_loop()
-    queued_at = loop.time()
-    queued = 0.0
-    try:
-        async with asyncio.timeout(None) as deadline:
-            progress.state = "waiting for a create slot"
-            async with limiter.create():
-                queued = loop.time() - queued_at
-                deadline.reschedule(loop.time() + spec.ready_timeout)
-                progress.state = "creating"
-                member.emit(EventKind.CREATING)
-                member.needs_destroy = True
-                await _create(member)
-            member.emit(EventKind.CREATED)
-            progress.state = "created; waiting for the backend to run it"
-            running = await driver.running(spec, identity)
-            url = await _resolve(spec, running)
-            member.emit(EventKind.RUNNING, url)
-            progress.state = "running"
-            computer = Computer(
-                name=identity.name,
-                url=url,
-                token=identity.token,
-                session=http,
-                platform=str(driver.platform),
-                ssl_context=running.ssl,
-                extra_headers=running.headers,
-            )
-            await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
-    except TimeoutError as exc:
-        if deadline.expired():
-            said = driver.waiting_on(identity) if progress.state.startswith("created") else None
-            state = f"{progress.state}: {said}" if said else progress.state
-            if queued >= 0.1:
-                state += f"; it had waited {queued:.1f}s for a create slot before that"
-            error: BaseException = ReadyTimeoutError(
-                sandbox=identity.name,
-                platform=str(driver.platform),
-                timeout=spec.ready_timeout,
-                state=state,
-            )
-            member.emit(EventKind.FAILED, str(error))
-            raise error from None
-        member.emit(EventKind.FAILED, repr(exc))
-        raise
-    except ProvisionError as exc:
-        member.emit(EventKind.FAILED, str(exc))
-        raise
-    member.computer = computer
-    member.emit(EventKind.READY)
-
-
-async def _create(member: _Member) -> None:
-    """The driver's create; cut short, it may settle within half the cleanup budget."""
-    driver, name = member.backend.driver, member.name
-    grace = member.spec.destroy_timeout / 2
-    try:
-        await settle(driver.create(member.spec, member.identity), grace=grace)
-    except BaseException as exc:
-        if driver.take_not_created(name):
-            member.needs_destroy = False  # the backend was never asked
-        elif isinstance(exc, asyncio.CancelledError):
-            member.create_interrupted = True  # _tear_down gets the other half
-        raise
-
-
-async def _resolve(spec: Spec, running: RunningSandbox) -> str:
-    """The daemon's base URL: the spec's resolver decides, else the driver's choice."""
-    if spec.endpoint_resolver is not None:
-        return await spec.endpoint_resolver(running)
-    if running.url is None:
-        raise ProvisionError(
-            "the backend gave it no address to reach; set spec.endpoint_resolver",
-            sandbox=running.name,
-            platform=str(running.platform),
-        )
-    return running.url
-
-
-async def _tear_down_all(members: Sequence[_Member], *, pending: BaseException | None) -> None:
-    """Delete members concurrently (each within its own limits), reporting every failure."""
-    results = await asyncio.gather(
-        *(_tear_down(m, pending=pending) for m in members), return_exceptions=True
-    )
-    errors: list[Exception] = []
-    for result in results:
-        if isinstance(result, Exception):
-            errors.append(result)
-        elif isinstance(result, BaseException):
-            raise result  # cancellation, once every delete has finished
-    if errors:
-        raise FleetError(f"{len(errors)} sandboxes could not be deleted", errors)
-
-
-async def _keep(member: _Member, computer: Computer, detached: bool) -> None:
-    """Leave the sandbox running, its handle saved so another process can reach it."""
-    identity = member.identity
-    handle = Handle(
-        name=identity.name,
-        platform=computer.platform,
-        url=computer.url,
-        expires_at=identity.expires_at,
-        labels=dict(identity.labels),
-        token=identity.token,
-    )
-    ttl = member.spec.ttl
-    until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
-    detail = f"until {until}" if detached else f"until {until}, or `commandlab gc` once we exit"
-    try:
-        await shielded(asyncio.to_thread(save_handle, handle), timeout=_SAVE_TIMEOUT)
-    except Exception as exc:  # the sandbox stays kept; only other processes cannot reach it
-        log.warning("could not save the handle of kept sandbox %s: %r", identity.name, exc)
-        detail += f"; its handle could not be saved ({exc!r})"
-    member.emit(EventKind.KEPT, detail)
-
-
-async def _tear_down(member: _Member, *, pending: BaseException | None) -> None:
-    """Delete the sandbox, shielded from cancellation and bounded in time.
-
-    If cleanup fails while another error is on its way out, that error stays the one
-    raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
-    """
-    computer = member.computer
-    detached = is_detached(member.identity.labels) and pending is None
-    kept = computer is not None and (computer.kept or detached)
-    if computer is not None:
-        computer._mark_deleted(
-            f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
-            " a Computer works only inside that block"
-        )
-    if not member.needs_destroy:
-        return
-    if kept:
-        assert computer is not None
-        await _keep(member, computer, detached)
-        return
-    driver, limiter = member.backend.driver, member.backend.limiter
-    budget = member.spec.destroy_timeout
-    if member.create_interrupted:
-        budget /= 2  # the create's settling had the first half
-
-    async def destroy() -> None:
-        async with limiter.destroys.hold():
-            member.emit(EventKind.DESTROYING)
-            await driver.destroy(member.identity)
-
-    try:
-        await shielded(destroy(), timeout=budget)
-    except Exception as exc:
-        error = CleanupError(
-            f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",
-            sandbox=member.name,
-            platform=str(driver.platform),
-        )
-        member.emit(EventKind.FAILED, str(error))
-        if pending is None:
-            raise error from exc
-        log.error("%s", error)
-        pending.add_note(str(error))
-    else:
-        member.needs_destroy = False
-        member.emit(EventKind.DESTROYED)
+            members[index] = taken  # no await between: a cancellation cannot lose it

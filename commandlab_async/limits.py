@@ -3,6 +3,8 @@ fleet of a process.
 
 Creates are bounded in flight and in rate (a token bucket with jitter), readiness probes
 in flight, and deletes have their own bound so teardown never waits behind creates.
+Background creates (warm pools' refills) take at most half the create slots and wait
+while any user's create is queued, so they never starve what a user waits for.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,9 +86,16 @@ class _Gauge:
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.size)
 
+    @property
+    def full(self) -> bool:
+        """Whether a new holder would have to wait."""
+        return self._sem.locked()
+
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, on_held: Callable[[], object] | None = None) -> AsyncIterator[None]:
         async with self._sem:
+            if on_held is not None:
+                on_held()
             self._held += 1
             self.peak = max(self.peak, self._held)
             try:
@@ -131,14 +140,48 @@ class Limiter:
         self.creates = _Gauge(limits.creates_in_flight)
         self.probes = _Gauge(limits.probes_in_flight)
         self.destroys = _Gauge(limits.destroys_in_flight)
+        self.background = _Gauge(max(1, limits.creates_in_flight // 2))
         self._create_rate = TokenBucket(limits.creates_per_second, limits.create_burst)
+        self._queued = 0  # users' creates waiting for a slot
+        self._changed = asyncio.Event()  # set when a slot frees or the queue empties
 
     async def close(self) -> None:
         """Nothing to release; present so a Limiter can be leased like a client."""
 
     @asynccontextmanager
-    async def create(self) -> AsyncIterator[None]:
-        """Hold a create slot, after waiting for the rate limit."""
-        await self._create_rate.take()
-        async with self.creates.hold():
-            yield
+    async def create(self, *, background: bool = False) -> AsyncIterator[None]:
+        """Hold a create slot, after waiting for the rate limit.
+
+        A ``background`` create also holds one of its own (half the slots), and takes a
+        create slot only when one is free and no user's create is queued for it.
+        """
+        if background:
+            async with self.background.hold():
+                await self._create_rate.take()
+                while self._queued or self.creates.full:
+                    self._changed.clear()
+                    await self._changed.wait()
+                try:
+                    async with self.creates.hold():  # free: taken without waiting
+                        yield
+                finally:
+                    self._changed.set()
+            return
+        self._queued += 1
+        waiting = True
+
+        def got_slot() -> None:
+            nonlocal waiting
+            waiting = False
+            self._queued -= 1
+            if not self._queued:
+                self._changed.set()
+
+        try:
+            await self._create_rate.take()
+            async with self.creates.hold(on_held=got_slot):
+                yield
+        finally:
+            if waiting:  # cancelled or failed while queued
+                got_slot()
+            self._changed.set()

@@ -38,6 +38,7 @@ __all__ = [
     "PlatformOptions",
     "RunningSandbox",
     "Spec",
+    "checked_spec",
     "spec_for",
 ]
 
@@ -248,6 +249,14 @@ Spec = DockerSpec | KubernetesSpec
 
 
 _KUBERNETES_ONLY = ("namespace", "cluster_name")
+
+
+def checked_spec(spec: object) -> Spec:
+    """``spec`` itself if it is a spec, else SpecError (for arguments typed as a Spec)."""
+    if not isinstance(spec, DockerSpec | KubernetesSpec):
+        kind = type(spec).__name__
+        raise SpecError("spec", f"must be a DockerSpec or KubernetesSpec, got {kind}")
+    return spec
 
 
 def spec_for(

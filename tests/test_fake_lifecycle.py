@@ -47,7 +47,7 @@ async def test_happy_path_events_and_cleanup(fake_cloud: FakeCloud) -> None:
         assert (await computer.health())["version"] == "fake"
     assert fake_cloud.live() == []
     assert [e.kind for e in events] == [
-        k for k in EventKind if k not in (EventKind.FAILED, EventKind.KEPT)
+        k for k in EventKind if k not in (EventKind.FAILED, EventKind.KEPT, EventKind.POOL_HIT)
     ]
     assert all(driver.closed for driver in fake_cloud.drivers)
 

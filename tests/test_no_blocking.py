@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from commandlab_async import DockerSpec, provision, provision_many
+from commandlab_async import DockerSpec, WarmPool, provision, provision_many
+from commandlab_async.reaper import gc as reap
 from tests.aci_emulator import AciEmulator
 from tests.aws_support import Aws
 from tests.azure_support import aci_spec
@@ -51,6 +52,11 @@ async def test_a_whole_lifecycle_never_blocks(blockbuster: BlockBuster) -> None:
             assert len(await computer.read_file("/tmp/f")) == 100_000
     async with provision(DockerSpec()) as computer:
         await computer.health()
+    spec = DockerSpec(network="none")
+    async with WarmPool(spec, size=2) as pool, provision(spec) as computer:
+        await computer.run("true")
+        await reap()  # tidies socket directories too
+    assert pool.hits == 1
 
 
 async def test_ecs_lifecycle_never_blocks(aws: Aws, blockbuster: BlockBuster) -> None:

@@ -1,0 +1,259 @@
+"""One sandbox's life, from identity to deletion: what provision, fleets and warm pools share.
+
+:func:`bring_up` creates a sandbox and waits until its daemon answers, within its
+``ready_timeout``; :func:`tear_down` deletes it, shielded from cancellation and bounded by
+its ``destroy_timeout``; the ``_all`` forms do many at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from .computer import Computer
+from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError
+from .events import EventCallback, EventKind, emit
+from .handles import Handle
+from .handles import save as save_handle
+from .identity import SandboxIdentity, is_detached
+from .pools import Backend
+from .readiness import Progress, wait_ready
+from .shielding import settle, shielded
+from .specs import RunningSandbox, Spec
+
+__all__ = ["Member", "bring_up", "bring_up_all", "tear_down", "tear_down_all"]
+
+log = logging.getLogger("commandlab_async")
+_SAVE_TIMEOUT = 10.0
+
+
+@dataclass
+class Member:
+    """One sandbox of a provision or a fleet, from identity to deletion."""
+
+    spec: Spec
+    backend: Backend
+    identity: SandboxIdentity
+    on_event: EventCallback | None
+    computer: Computer | None = None
+    needs_destroy: bool = False
+    """True from the moment its create may have reached the backend until it is deleted."""
+    create_interrupted: bool = False
+    """Its create was cut short and given half of ``destroy_timeout`` to settle."""
+    progress: Progress = field(default_factory=Progress)
+    background: bool = False
+    """Made ahead of need (a warm pool's refill): it yields create slots to users' creates."""
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    def emit(self, kind: EventKind, detail: str = "") -> None:
+        emit(self.on_event, self.name, str(self.backend.driver.platform), kind, detail)
+
+
+async def bring_up_all(
+    members: list[Member], http: aiohttp.ClientSession, *, keep_going: bool
+) -> list[Exception]:
+    """Bring every member up concurrently; return the errors of those that failed."""
+    tasks = [asyncio.create_task(bring_up(m, http)) for m in members]
+    try:
+        if keep_going:
+            await asyncio.wait(tasks)
+        else:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                task.cancel()  # all or nothing: one failed, the rest need not finish
+            await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        # Each member lets its in-flight create settle; wait for that before cleanup.
+        grace = max(m.spec.destroy_timeout for m in members) + 1.0
+        await shielded(asyncio.wait(tasks), timeout=grace)
+        raise
+    failed: list[Exception] = []
+    for task in tasks:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            if not isinstance(error, Exception):
+                raise error
+            failed.append(error)
+    return failed
+
+
+async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
+    """Create the sandbox and wait until its daemon answers, within ``ready_timeout``.
+
+    The deadline starts once a create slot is had: time queued behind the target's
+    create limit is the fleet's, not the sandbox's, and is named apart in the error.
+    """
+    if member.computer is not None:
+        return  # already up (taken from a warm pool)
+    spec, identity, progress = member.spec, member.identity, member.progress
+    driver, limiter = member.backend.driver, member.backend.limiter
+    loop = asyncio.get_running_loop()
+    queued_at = loop.time()
+    queued = 0.0
+    try:
+        async with asyncio.timeout(None) as deadline:
+            progress.state = "waiting for a create slot"
+            async with limiter.create(background=member.background):
+                queued = loop.time() - queued_at
+                deadline.reschedule(loop.time() + spec.ready_timeout)
+                progress.state = "creating"
+                member.emit(EventKind.CREATING)
+                member.needs_destroy = True
+                await _create(member)
+            member.emit(EventKind.CREATED)
+            progress.state = "created; waiting for the backend to run it"
+            running = await driver.running(spec, identity)
+            url = await _resolve(spec, running)
+            member.emit(EventKind.RUNNING, url)
+            progress.state = "running"
+            computer = Computer(
+                name=identity.name,
+                url=url,
+                token=identity.token,
+                session=http,
+                platform=str(driver.platform),
+                ssl_context=running.ssl,
+                extra_headers=running.headers,
+            )
+            await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
+    except TimeoutError as exc:
+        if deadline.expired():
+            said = driver.waiting_on(identity) if progress.state.startswith("created") else None
+            state = f"{progress.state}: {said}" if said else progress.state
+            if queued >= 0.1:
+                state += f"; it had waited {queued:.1f}s for a create slot before that"
+            error: BaseException = ReadyTimeoutError(
+                sandbox=identity.name,
+                platform=str(driver.platform),
+                timeout=spec.ready_timeout,
+                state=state,
+            )
+            member.emit(EventKind.FAILED, str(error))
+            raise error from None
+        member.emit(EventKind.FAILED, repr(exc))
+        raise
+    except ProvisionError as exc:
+        member.emit(EventKind.FAILED, str(exc))
+        raise
+    member.computer = computer
+    member.emit(EventKind.READY)
+
+
+async def _create(member: Member) -> None:
+    """The driver's create; cut short, it may settle within half the cleanup budget."""
+    driver, name = member.backend.driver, member.name
+    grace = member.spec.destroy_timeout / 2
+    try:
+        await settle(driver.create(member.spec, member.identity), grace=grace)
+    except BaseException as exc:
+        if driver.take_not_created(name):
+            member.needs_destroy = False  # the backend was never asked
+        elif isinstance(exc, asyncio.CancelledError):
+            member.create_interrupted = True  # _tear_down gets the other half
+        raise
+
+
+async def _resolve(spec: Spec, running: RunningSandbox) -> str:
+    """The daemon's base URL: the spec's resolver decides, else the driver's choice."""
+    if spec.endpoint_resolver is not None:
+        return await spec.endpoint_resolver(running)
+    if running.url is None:
+        raise ProvisionError(
+            "the backend gave it no address to reach; set spec.endpoint_resolver",
+            sandbox=running.name,
+            platform=str(running.platform),
+        )
+    return running.url
+
+
+async def tear_down_all(members: Sequence[Member], *, pending: BaseException | None) -> None:
+    """Delete members concurrently (each within its own limits), reporting every failure."""
+    results = await asyncio.gather(
+        *(tear_down(m, pending=pending) for m in members), return_exceptions=True
+    )
+    errors: list[Exception] = []
+    for result in results:
+        if isinstance(result, Exception):
+            errors.append(result)
+        elif isinstance(result, BaseException):
+            raise result  # cancellation, once every delete has finished
+    if errors:
+        raise FleetError(f"{len(errors)} sandboxes could not be deleted", errors)
+
+
+async def _keep(member: Member, computer: Computer, detached: bool) -> None:
+    """Leave the sandbox running, its handle saved so another process can reach it."""
+    identity = member.identity
+    handle = Handle(
+        name=identity.name,
+        platform=computer.platform,
+        url=computer.url,
+        expires_at=identity.expires_at,
+        labels=dict(identity.labels),
+        token=identity.token,
+    )
+    ttl = member.spec.ttl
+    until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
+    detail = f"until {until}" if detached else f"until {until}, or `commandlab gc` once we exit"
+    try:
+        await shielded(asyncio.to_thread(save_handle, handle), timeout=_SAVE_TIMEOUT)
+    except Exception as exc:  # the sandbox stays kept; only other processes cannot reach it
+        log.warning("could not save the handle of kept sandbox %s: %r", identity.name, exc)
+        detail += f"; its handle could not be saved ({exc!r})"
+    member.emit(EventKind.KEPT, detail)
+
+
+async def tear_down(member: Member, *, pending: BaseException | None) -> None:
+    """Delete the sandbox, shielded from cancellation and bounded in time.
+
+    If cleanup fails while another error is on its way out, that error stays the one
+    raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
+    """
+    computer = member.computer
+    detached = is_detached(member.identity.labels) and pending is None
+    kept = computer is not None and (computer.kept or detached)
+    if computer is not None:
+        computer._mark_deleted(
+            f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
+            " a Computer works only inside that block"
+        )
+    if not member.needs_destroy:
+        return
+    if kept:
+        assert computer is not None
+        await _keep(member, computer, detached)
+        return
+    driver, limiter = member.backend.driver, member.backend.limiter
+    budget = member.spec.destroy_timeout
+    if member.create_interrupted:
+        budget /= 2  # the create's settling had the first half
+
+    async def destroy() -> None:
+        async with limiter.destroys.hold():
+            member.emit(EventKind.DESTROYING)
+            await driver.destroy(member.identity)
+
+    try:
+        await shielded(destroy(), timeout=budget)
+    except Exception as exc:
+        error = CleanupError(
+            f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",
+            sandbox=member.name,
+            platform=str(driver.platform),
+        )
+        member.emit(EventKind.FAILED, str(error))
+        if pending is None:
+            raise error from exc
+        log.error("%s", error)
+        pending.add_note(str(error))
+    else:
+        member.needs_destroy = False
+        member.emit(EventKind.DESTROYED)
