@@ -93,6 +93,13 @@ def test_a_plain_run_passes_and_leaves_nothing(project: Project) -> None:
     assert containers(project.runs[0]) == []
 
 
+def test_a_warm_pool_serves_the_computer_fixture_and_leaves_nothing(project: Project) -> None:
+    status, output = project.run("--commandlab-pool=2", PLUGIN_PROJECT_POOL="1")
+    assert status == 0, output
+    assert f"{PLAIN_TESTS + 1} passed" in output
+    assert containers(project.runs[0]) == []
+
+
 def test_xdist_workers_own_their_sandboxes_and_report_what_they_kept(project: Project) -> None:
     status, output = project.run("-n", "2")
     assert status == 0, output

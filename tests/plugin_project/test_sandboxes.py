@@ -1,13 +1,15 @@
 """Tests as a user of the plugin writes them. Environment switches for the kill tests:
 PLUGIN_PROJECT_FAIL=1 adds a failing test; PLUGIN_PROJECT_UP=<file> makes
 test_wait_for_release write that file once its sandboxes are up, then wait for
-<file>.release; PLUGIN_PROJECT_CRASH=1 kills its own worker process."""
+<file>.release; PLUGIN_PROJECT_CRASH=1 kills its own worker process;
+PLUGIN_PROJECT_POOL=1 adds a test that its sandbox came from the warm pool."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from commandlab_async import Computer, Fleet
 FAIL = os.environ.get("PLUGIN_PROJECT_FAIL") == "1"
 UP = os.environ.get("PLUGIN_PROJECT_UP")
 CRASH = os.environ.get("PLUGIN_PROJECT_CRASH") == "1"
+POOL = os.environ.get("PLUGIN_PROJECT_POOL") == "1"
 
 
 async def test_computer_is_fresh_and_works(computer: Computer) -> None:
@@ -89,3 +92,15 @@ async def test_wait_for_release(computer: Computer, commandlab_fleet: Fleet) -> 
 @pytest.mark.skipif(not CRASH, reason="PLUGIN_PROJECT_CRASH=1 adds it")
 async def test_crashes_its_worker(computer: Computer) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+if POOL:
+
+    def test_the_computer_came_from_the_warm_pool(computer: Computer) -> None:
+        labels = subprocess.run(
+            ["docker", "inspect", "-f", "{{json .Config.Labels}}", computer.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert '"commandlab.pool"' in labels

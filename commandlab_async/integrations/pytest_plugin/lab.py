@@ -17,6 +17,7 @@ from ...handles import load as load_handle
 from ...identity import TEST_RUN, WORKER, labelled
 from ...lifecycle import Fleet, provision, provision_many
 from ...specs import Spec
+from ...warm_pools import WarmPool
 from .background import BackgroundLoop, Hold
 from .settings import Keep, Settings
 
@@ -156,6 +157,9 @@ class CommandLab:
             if self._background is None:
                 self._sigterm.install()
                 self._background = BackgroundLoop("commandlab-pytest")
+                if self.settings.pool:
+                    # Filled in the background; held until the loop closes.
+                    self._background.hold(self._warm_pool(self.settings.pool))
             return self._background
 
     def close(self) -> list[BaseException]:
@@ -173,6 +177,13 @@ class CommandLab:
         with labelled(self.labels):
             async with provision(spec) as computer:
                 yield computer
+
+    @asynccontextmanager
+    async def _warm_pool(self, size: int) -> AsyncIterator[WarmPool]:
+        """Ready sandboxes of the run's own spec, for every provision of it on this loop."""
+        with labelled(self.labels):
+            async with WarmPool(self.spec(), size=size, wait=False) as pool:
+                yield pool
 
     @asynccontextmanager
     async def _fleet(self, spec: Spec, count: int) -> AsyncIterator[Fleet]:

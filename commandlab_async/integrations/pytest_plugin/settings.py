@@ -31,6 +31,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -53,6 +60,13 @@ OPTIONS = (
     ),
     _Option("image", "image of the sandboxes", DEFAULT_IMAGE, str),
     _Option("count", "sandboxes in the commandlab_fleet fixture", "2", _positive_int),
+    _Option(
+        "pool",
+        "sandboxes kept ready (a warm pool per worker) for fixtures of the run's own spec;"
+        " on clouds they bill while idle",
+        "0",
+        _count,
+    ),
     _Option("ttl", "seconds until a sandbox deletes itself, whatever happens", "3600", _seconds),
     _Option(
         "keep",
@@ -92,6 +106,7 @@ class Settings:
     platform: str
     image: str
     count: int
+    pool: int
     ttl: float
     keep: Keep
     keep_ttl: float
