@@ -1,11 +1,13 @@
 """Command round-trip latency: ``computer.run("true")`` against ``docker exec NAME true``.
 
-One sandbox comes up via ``provision(DockerSpec())``. After ``--warmup`` runs, ``--runs``
-sequential ``await computer.run("true")`` round trips are timed (client wall clock,
-request sent to result decoded). Then the same command runs ``--exec-runs`` times through
-the Docker CLI (``docker exec <container name> true``, one process per run, as a user
-without the daemon would do it). Prints median and p99 of both and the ratio of the
-medians. The sandbox is deleted when the script ends, even on error or Ctrl-C.
+One sandbox comes up via ``provision(DockerSpec())`` (its daemon on a Unix socket) and one
+with ``DockerOptions(transport="tcp")`` (a port published on 127.0.0.1). After
+``--warmup`` runs, ``--runs`` sequential ``await computer.run("true")`` round trips are
+timed on each, in alternating halves (client wall clock, request sent to result
+decoded). Then the same command runs ``--exec-runs`` times through the Docker CLI
+(``docker exec <container name> true``, one process per run, as a user without the daemon
+would do it). Prints median and p99 of each and the ratios of the medians. The sandboxes
+are deleted when the script ends, even on error or Ctrl-C.
 
 Run:  .venv/bin/python benchmarks/exec_latency.py [--runs 1000] [--exec-runs 100]
 """
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from _report import table  # benchmarks/ is on sys.path when a script runs
 
-from commandlab_async import Computer, DockerSpec, provision
+from commandlab_async import Computer, DockerOptions, DockerSpec, provision
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -96,44 +98,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def row(label: str, samples: Sequence[float]) -> list[str]:
+    return [
+        label,
+        str(len(samples)),
+        f"{statistics.median(samples) * 1000:.3f}",
+        f"{percentile(samples, 99) * 1000:.3f}",
+        f"{min(samples) * 1000:.3f}",
+        f"{max(samples) * 1000:.3f}",
+    ]
+
+
 async def amain(args: argparse.Namespace) -> int:
     # provision deletes the sandbox on every way out of the block, Ctrl-C included.
-    async with provision(DockerSpec()) as computer:
+    tcp_spec = DockerSpec(options=DockerOptions(transport="tcp"))
+    async with provision(DockerSpec()) as computer, provision(tcp_spec) as over_tcp:
         print(f"sandbox {computer.name} at {computer.url}", flush=True)
+        print(f"sandbox {over_tcp.name} at {over_tcp.url}", flush=True)
         for _ in range(args.warmup):
             await run_true(computer)
-        run_samples = await time_many(lambda: run_true(computer), args.runs)
-        print(f"computer.run: {args.runs} runs done", flush=True)
+            await run_true(over_tcp)
+        # Alternating halves, so drift of the machine falls on both alike.
+        run_samples: list[float] = []
+        tcp_samples: list[float] = []
+        for _ in range(2):
+            run_samples += await time_many(lambda: run_true(computer), args.runs // 2)
+            tcp_samples += await time_many(lambda: run_true(over_tcp), args.runs // 2)
+        print(f"computer.run: {args.runs} runs done on each", flush=True)
         for _ in range(args.exec_warmup):
             await docker_exec_true(computer.name)
         exec_samples = await time_many(lambda: docker_exec_true(computer.name), args.exec_runs)
         print(f"docker exec: {args.exec_runs} runs done", flush=True)
 
     run_median = statistics.median(run_samples) * 1000
+    tcp_median = statistics.median(tcp_samples) * 1000
     exec_median = statistics.median(exec_samples) * 1000
     rows = [
-        [
-            'computer.run("true")',
-            str(len(run_samples)),
-            f"{run_median:.3f}",
-            f"{percentile(run_samples, 99) * 1000:.3f}",
-            f"{min(run_samples) * 1000:.3f}",
-            f"{max(run_samples) * 1000:.3f}",
-        ],
-        [
-            "docker exec NAME true",
-            str(len(exec_samples)),
-            f"{exec_median:.3f}",
-            f"{percentile(exec_samples, 99) * 1000:.3f}",
-            f"{min(exec_samples) * 1000:.3f}",
-            f"{max(exec_samples) * 1000:.3f}",
-        ],
+        row('computer.run("true"), Unix socket', run_samples),
+        row('computer.run("true"), TCP port', tcp_samples),
+        row("docker exec NAME true", exec_samples),
     ]
     print()
     print("Round trip of `true` in one local Docker sandbox (milliseconds)")
     print()
     print(table(["method", "runs", "median", "p99", "min", "max"], rows))
     print()
+    print(f"TCP median / Unix socket median: {tcp_median / run_median:.2f}x")
     print(f"docker exec median / run median: {exec_median / run_median:.1f}x (target ≥ 10x)")
     return 0
 

@@ -10,6 +10,8 @@ For each fleet size N this measures, with the median of ``--repeat`` rounds per 
     delete everything concurrently.
 (c) library, one after another: N sequential ``async with provision(DockerSpec())``;
     ready and destroyed are the sums of the per-sandbox times (only N <= --sequential-max).
+(t) library over TCP: (a) with ``DockerOptions(transport="tcp")``, its daemons on published
+    ports as the baseline's are; (a) serves them on Unix sockets (the default).
 
 It also reports client CPU seconds per sandbox lifecycle for (a) and (b), and the client
 memory held per open sandbox (tracemalloc, in a separate untimed round).
@@ -37,7 +39,7 @@ import aiodocker
 import aiohttp
 from _report import table  # benchmarks/ is on sys.path when a script runs
 
-from commandlab_async import DockerSpec, provision, provision_many
+from commandlab_async import DockerOptions, DockerSpec, provision, provision_many
 from commandlab_async.identity import SESSION, SESSION_ID
 
 IMAGE = "commandlab/computer:latest"
@@ -51,6 +53,8 @@ PROBE_TIMEOUT = 5.0
 MIB = 1024 * 1024
 DEFAULTS = DockerSpec()
 """The library's default spec: the baseline copies its resource limits."""
+OVER_TCP = DockerSpec(options=DockerOptions(transport="tcp"))
+"""(t): the library with its daemons on published TCP ports, as the baseline's are."""
 
 
 # --------------------------------------------------------------------------- results
@@ -82,9 +86,8 @@ class Cell:
 # --------------------------------------------------------------------------- (a) and (c)
 
 
-async def library_fleet(n: int) -> Lifecycle:
+async def library_fleet(n: int, spec: DockerSpec = DEFAULTS) -> Lifecycle:
     """(a) ``provision_many(DockerSpec(), count=n)``: time to enter, time to exit."""
-    spec = DockerSpec()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     async with provision_many(spec, count=n) as fleet:
@@ -370,6 +373,25 @@ def report(
             print(f"  {method} N={n:<3} ready: {ready}   destroyed: {gone}")
 
     print()
+    print("The library's transport: a = Unix socket (default), t = TCP port (as b)")
+    print()
+    rows = []
+    for n in sizes:
+        a_r, t_r = med("a", n, "ready"), med("t", n, "ready")
+        a_d, t_d = med("a", n, "destroyed"), med("t", n, "destroyed")
+        rows.append(
+            [
+                str(n),
+                fmt(t_r),
+                fmt(ratio(a_r, t_r), ".2f"),
+                fmt(ratio(t_r, med("b", n, "ready")), ".2f"),
+                fmt(t_d),
+                fmt(ratio(a_d, t_d), ".2f"),
+            ]
+        )
+    print(table(["N", "t ready", "a/t", "t/b", "t destroyed", "a/t"], rows))
+
+    print()
     target_n = 50 if 50 in sizes else max(sizes)
     for attr, label in (("ready", "ready"), ("destroyed", "destroyed")):
         r = ratio(med("a", target_n, attr), med("b", target_n, attr))
@@ -441,6 +463,7 @@ async def run(args: argparse.Namespace) -> None:
         "a": library_fleet,
         "b": baseline_fleet,
         "c": library_sequential,
+        "t": lambda n: library_fleet(n, OVER_TCP),
     }
 
     async def measure(method: str, n: int, *, record: bool = True) -> None:
@@ -461,7 +484,7 @@ async def run(args: argparse.Namespace) -> None:
     for n in sizes:
         print(f"N={n}", flush=True)
         for r in range(args.repeat):
-            order = ("a", "b") if r % 2 == 0 else ("b", "a")
+            order = ("a", "b", "t") if r % 2 == 0 else ("t", "b", "a")
             for method in order:
                 await measure(method, n)
             if n <= args.sequential_max:

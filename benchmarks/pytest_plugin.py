@@ -1,10 +1,11 @@
 """What the pytest plugin costs: per test, and per command from a test's own event loop.
 
 1. A generated project of ``--tests`` tests, each running one command in a fresh
-   sandbox, is run by pytest (in a subprocess, ``--rounds`` times, alternating) two
+   sandbox, is run by pytest (in a subprocess, ``--rounds`` times, alternating) three
    ways: with the plugin's ``computer`` fixture, and with the fixture a user would write
    by hand (``async with provision(DockerSpec()) as c: yield c`` in pytest-asyncio's
-   function loop, the plugin disabled). Median wall seconds of each and their ratio.
+   function loop, the plugin disabled), and with the plugin's fixture served by a warm
+   pool (``--commandlab-pool``). Median wall seconds of each and their ratios.
 2. One sandbox held by the plugin's background loop: ``--runs`` sequential
    ``computer.run("true")`` round trips from the loop that made it, then from this
    thread's own loop (its own connection pool). Medians and their ratio.
@@ -72,20 +73,25 @@ def run_pytest(root: Path, *extra: str) -> float:
     return time.perf_counter() - started
 
 
-def per_test(tests: int, rounds: int) -> list[list[str]]:
+def per_test(tests: int, rounds: int, pool: int) -> list[list[str]]:
     with tempfile.TemporaryDirectory() as temp:
         plugin = project(Path(temp) / "plugin", tests, by_hand=False)
         by_hand = project(Path(temp) / "by_hand", tests, by_hand=True)
         ours: list[float] = []
         theirs: list[float] = []
+        pooled: list[float] = []
         for _ in range(rounds):
             ours.append(run_pytest(plugin))
             theirs.append(run_pytest(by_hand, "-p", "no:commandlab"))
+            pooled.append(run_pytest(plugin, f"--commandlab-pool={pool}"))
     mine, baseline = statistics.median(ours), statistics.median(theirs)
+    warm = statistics.median(pooled)
     return [
         ["plugin fixture", f"{mine:.2f}", f"{mine / tests * 1000:.0f}"],
         ["by hand", f"{baseline:.2f}", f"{baseline / tests * 1000:.0f}"],
         ["plugin/by hand", f"{mine / baseline:.2f}", ""],
+        [f"plugin, --commandlab-pool={pool}", f"{warm:.2f}", f"{warm / tests * 1000:.0f}"],
+        ["pool/by hand", f"{warm / baseline:.2f}", ""],
     ]
 
 
@@ -121,9 +127,10 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--pool", type=int, default=4, help="warm pool of the third way")
     args = parser.parse_args()
     print(f"pytest runs of {args.tests} tests, each in a fresh sandbox ({args.rounds} rounds)")
-    print(table(["", "median s", "ms per test"], per_test(args.tests, args.rounds)))
+    print(table(["", "median s", "ms per test"], per_test(args.tests, args.rounds, args.pool)))
     print()
     print(f"computer.run('true') round trip, median of {args.runs}")
     print(table(["", "ms"], per_command(args.runs)))

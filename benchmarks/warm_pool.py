@@ -1,0 +1,195 @@
+"""From a warm pool vs cold: the time from the ``provision`` call to the first command's result.
+
+Each sample is ``async with provision(spec) as c: await c.run("true")``, timed from the
+call until ``run`` returned (the block's exit, the delete, is not in it). Cold: no pool.
+Warm: inside ``async with WarmPool(spec, size=...)``, after the pool has refilled (every
+member ready, none coming), so each sample is what a caller sees from a pool that keeps
+up. Both on local Docker and on the Cloud Run emulator (``--latency`` seconds per deploy).
+
+Then a burst on local Docker: ``--burst`` concurrent samples without a pool, then from a
+pool of ``--size``. Reported: the latencies of both (and of the callers the pool had
+nothing ready for), how many waited, and the peaks of concurrent creates (against the
+limit) and of background refills (against half of it).
+
+Run:  .venv/bin/python benchmarks/warm_pool.py [--runs 50] [--burst 50] [--size 10]
+(needs the dev extras and the local images, like the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from _report import table  # benchmarks/ is on sys.path when a script runs
+
+from commandlab_async import (
+    CloudRunOptions,
+    DockerPlatform,
+    DockerSpec,
+    WarmPool,
+    provision,
+)
+from commandlab_async.pools import open_backend
+from commandlab_async.specs import Spec
+
+# The emulator lives with the tests, at the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.cloud_run_emulator import CloudRunEmulator
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+async def first_command(spec: Spec) -> float:
+    """Seconds from the provision call to the first command's result."""
+    started = time.perf_counter()
+    async with provision(spec) as computer:
+        result = await computer.run("true")
+        took = time.perf_counter() - started
+    if result.exit_code != 0:
+        raise RuntimeError(f"`true` exited with {result.exit_code}")
+    return took
+
+
+async def settled(pool: WarmPool) -> None:
+    """Until the pool is full again and nothing is on its way up (at most a minute)."""
+    for _ in range(6000):
+        if pool.ready == pool.size and not pool.coming:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"the pool did not refill: {pool!r}")
+
+
+async def cold(spec: Spec, runs: int, pause: float) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        samples.append(await first_command(spec))
+        await asyncio.sleep(pause)
+    return samples
+
+
+async def warm(spec: Spec, runs: int, size: int, pause: float) -> list[float]:
+    samples = []
+    async with WarmPool(spec, size=size) as pool:
+        for _ in range(runs):
+            await settled(pool)
+            await asyncio.sleep(pause)  # the last sample's delete, off the engine
+            samples.append(await first_command(spec))
+    return samples
+
+
+def row(label: str, samples: Sequence[float]) -> list[str]:
+    return [
+        label,
+        str(len(samples)),
+        f"{statistics.median(samples) * 1000:.1f}",
+        f"{percentile(samples, 99) * 1000:.1f}",
+    ]
+
+
+async def concurrently(spec: Spec, count: int) -> tuple[list[float], float]:
+    """``count`` callers at once: each one's latency, and the time until all were done."""
+    started = time.perf_counter()
+    samples = await asyncio.gather(*(first_command(spec) for _ in range(count)))
+    return list(samples), time.perf_counter() - started
+
+
+async def burst(spec: Spec, count: int, size: int, pause: float) -> None:
+    cold_samples, cold_total = await concurrently(spec, count)
+    await asyncio.sleep(pause * 5)  # the burst's deletes, off the engine
+    async with AsyncExitStack() as stack:
+        backend = await open_backend(stack, spec.target())  # the limiter the pool uses
+        limits = backend.limiter.limits
+        async with WarmPool(spec, size=size) as pool:
+            samples, total = await concurrently(spec, count)
+            hits, waited = pool.hits, pool.waited
+        creates, refills = backend.limiter.creates.peak, backend.limiter.background.peak
+    waits = sorted(samples)[size:]  # the callers the pool had nothing ready for
+    print()
+    print(f"Burst: {count} concurrent callers, cold vs from a pool of {size} (local Docker)")
+    print()
+    rows = [
+        [*row("cold (no pool)", cold_samples), f"{cold_total:.2f}"],
+        [*row("from the pool, all", samples), f"{total:.2f}"],
+        [*row(f"from the pool, the {len(waits)} that waited", waits), "-"],
+    ]
+    print(table(["", "n", "p50 ms", "p99 ms", "all done s"], rows))
+    print(f"pool/cold, all done: {total / cold_total:.2f}")
+    print(f"handed out {hits}; {waited} callers found the pool empty and waited")
+    print(
+        f"peak creates in flight {creates} (limit {limits.creates_in_flight});"
+        f" peak refills {refills} (limit {max(1, limits.creates_in_flight // 2)})"
+    )
+    assert creates <= limits.creates_in_flight, "the create limit did not hold"
+
+
+async def cloud_run(runs: int, cold_runs: int, size: int, latency: float) -> list[list[str]]:
+    spec = DockerSpec(
+        platform=DockerPlatform.GCP_CLOUD_RUN,
+        project_id="bench",
+        region="us-central1",
+        options=CloudRunOptions(public=True),
+        ready_timeout=600,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        async with CloudRunEmulator(create_latency=latency) as emulator:
+            os.environ["CLOUD_RUN_EMULATOR_HOST"] = emulator.address
+            os.environ["SSL_CERT_FILE"] = str(emulator.write_ca(Path(tmp) / "ca.pem"))
+            key = emulator.write_service_account(Path(tmp) / "sa.json")
+            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
+            os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+            cold_samples = await cold(spec, cold_runs, 0.2)
+            warm_samples = await warm(spec, runs, size, 0.2)
+            left = emulator.live()
+    assert left == [], f"services left: {left}"
+    return [
+        row(f"Cloud Run emulator, cold ({latency:g} s deploy)", cold_samples),
+        row("Cloud Run emulator, warm pool", warm_samples),
+    ]
+
+
+async def run(args: argparse.Namespace) -> None:
+    spec = DockerSpec()
+    await first_command(spec)  # warm-up: imports, first connections, page cache
+    rows = [
+        row("local Docker, cold", await cold(spec, args.cold_runs, args.pause)),
+        row("local Docker, warm pool", await warm(spec, args.runs, args.size, args.pause)),
+    ]
+    if not args.no_cloud:
+        rows += await cloud_run(args.cloud_runs, args.cloud_cold_runs, 2, args.latency)
+    print("Time from the provision call to the first command's result")
+    print()
+    print(table(["", "n", "p50 ms", "p99 ms"], rows))
+    await burst(spec, args.burst, args.size, args.pause)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=50, help="warm samples on local Docker")
+    parser.add_argument("--cold-runs", type=int, default=20, help="cold samples, local")
+    parser.add_argument("--size", type=int, default=10, help="pool size (local, burst)")
+    parser.add_argument("--burst", type=int, default=50, help="concurrent callers")
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between samples")
+    parser.add_argument("--cloud-runs", type=int, default=20, help="warm samples, emulator")
+    parser.add_argument("--cloud-cold-runs", type=int, default=5, help="cold, emulator")
+    parser.add_argument("--latency", type=float, default=2.0, help="emulated deploy seconds")
+    parser.add_argument("--no-cloud", action="store_true", help="skip the emulator")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
