@@ -16,22 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from _report import table  # benchmarks/ is on sys.path when a script runs
+from _report import percentile, table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import Computer, DockerOptions, DockerSpec, provision
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 async def time_many(fn: Callable[[], Awaitable[None]], runs: int) -> list[float]:

@@ -23,7 +23,6 @@ import hashlib
 import os
 import secrets
 import ssl
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+from _cloud_run import CloudRunEmulator, point_google_at
 from _report import fleet_report  # benchmarks/ is on sys.path when a script runs
 from google.cloud import run_v2
 from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
@@ -42,10 +42,6 @@ from commandlab_async import (
     DockerSpec,
     provision_many,
 )
-
-# The emulator lives with the tests, at the repository's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.cloud_run_emulator import CloudRunEmulator
 
 PARENT = "projects/bench/locations/us-central1"
 
@@ -122,11 +118,7 @@ async def baseline(count: int, address: str, ca_file: str) -> float:
 async def run(count: int, latency: float, private: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with CloudRunEmulator(create_latency=latency) as emulator:
-            os.environ["CLOUD_RUN_EMULATOR_HOST"] = emulator.address
-            os.environ["SSL_CERT_FILE"] = str(emulator.write_ca(Path(tmp) / "ca.pem"))
-            key = emulator.write_service_account(Path(tmp) / "sa.json")
-            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
-            os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+            point_google_at(emulator, Path(tmp))
             ours = await library(count, private)
             library_calls = Counter(call.method for call in emulator.all_calls)
             emulator.all_calls.clear()

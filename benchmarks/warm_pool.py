@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from _report import table  # benchmarks/ is on sys.path when a script runs
+from _cloud_run import CloudRunEmulator, point_google_at
+from _report import percentile, table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import (
     CloudRunOptions,
@@ -40,16 +38,6 @@ from commandlab_async import (
 )
 from commandlab_async.pools import open_backend
 from commandlab_async.specs import Spec
-
-# The emulator lives with the tests, at the repository's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.cloud_run_emulator import CloudRunEmulator
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 async def first_command(spec: Spec) -> float:
@@ -145,11 +133,7 @@ async def cloud_run(runs: int, cold_runs: int, size: int, latency: float) -> lis
     )
     with tempfile.TemporaryDirectory() as tmp:
         async with CloudRunEmulator(create_latency=latency) as emulator:
-            os.environ["CLOUD_RUN_EMULATOR_HOST"] = emulator.address
-            os.environ["SSL_CERT_FILE"] = str(emulator.write_ca(Path(tmp) / "ca.pem"))
-            key = emulator.write_service_account(Path(tmp) / "sa.json")
-            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
-            os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+            point_google_at(emulator, Path(tmp))
             cold_samples = await cold(spec, cold_runs, 0.2)
             warm_samples = await warm(spec, runs, size, 0.2)
             left = emulator.live()

@@ -183,14 +183,13 @@ class WarmPool:
             _open.remove(self)
         if self._retry is not None:
             self._retry.cancel()
+        why = "its warm pool was closed while it waited for a member"
+        if isinstance(pending, Exception):
+            why += f" (the pool's block raised {pending!r})"
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(
-                    ProvisionError(
-                        "its warm pool was closed while it waited for a member",
-                        sandbox=None,
-                        platform=str(self.spec.platform),
-                    )
+                    ProvisionError(why, sandbox=None, platform=str(self.spec.platform))
                 )
         self._waiters.clear()
         for task in self._building:
