@@ -195,10 +195,10 @@ class WarmPool:
         for task in self._building:
             task.cancel()  # each lets its create settle, then deletes what it made
         try:
-            busy = self._building | self._deleting
-            if busy:
-                grace = self.spec.destroy_timeout + 1.0
-                await shielded(asyncio.wait(busy), timeout=grace)
+            grace = self.spec.destroy_timeout + 1.0
+            for _ in range(2):  # the second: deletes of members that came up meanwhile
+                if busy := self._building | self._deleting:
+                    await shielded(asyncio.wait(busy, timeout=grace), timeout=grace + 1.0)
         finally:
             members = [entry.member for entry in self._ready]
             for entry in self._ready:
