@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -11,6 +12,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def latency_row(
+    label: str, samples: Sequence[float], *, digits: int = 1, extremes: bool = False
+) -> list[str]:
+    """``label``, n, median and p99 in ms (and min and max with ``extremes``)."""
+    values = [statistics.median(samples), percentile(samples, 99)]
+    if extremes:
+        values += [min(samples), max(samples)]
+    return [label, str(len(samples)), *(f"{v * 1000:.{digits}f}" for v in values)]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

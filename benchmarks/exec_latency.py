@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from _report import percentile, table  # benchmarks/ is on sys.path when a script runs
+from _report import latency_row, table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import Computer, DockerOptions, DockerSpec, provision
 
@@ -90,17 +90,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def row(label: str, samples: Sequence[float]) -> list[str]:
-    return [
-        label,
-        str(len(samples)),
-        f"{statistics.median(samples) * 1000:.3f}",
-        f"{percentile(samples, 99) * 1000:.3f}",
-        f"{min(samples) * 1000:.3f}",
-        f"{max(samples) * 1000:.3f}",
-    ]
-
-
 async def amain(args: argparse.Namespace) -> int:
     # provision deletes the sandbox on every way out of the block, Ctrl-C included.
     tcp_spec = DockerSpec(options=DockerOptions(transport="tcp"))
@@ -126,9 +115,9 @@ async def amain(args: argparse.Namespace) -> int:
     tcp_median = statistics.median(tcp_samples) * 1000
     exec_median = statistics.median(exec_samples) * 1000
     rows = [
-        row('computer.run("true"), Unix socket', run_samples),
-        row('computer.run("true"), TCP port', tcp_samples),
-        row("docker exec NAME true", exec_samples),
+        latency_row('computer.run("true"), Unix socket', run_samples, digits=3, extremes=True),
+        latency_row('computer.run("true"), TCP port', tcp_samples, digits=3, extremes=True),
+        latency_row("docker exec NAME true", exec_samples, digits=3, extremes=True),
     ]
     print()
     print("Round trip of `true` in one local Docker sandbox (milliseconds)")

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 from _cloud_run import CloudRunEmulator, point_google_at
-from _report import percentile, table  # benchmarks/ is on sys.path when a script runs
+from _report import latency_row, table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import (
     CloudRunOptions,
@@ -78,15 +76,6 @@ async def warm(spec: Spec, runs: int, size: int, pause: float) -> list[float]:
     return samples
 
 
-def row(label: str, samples: Sequence[float]) -> list[str]:
-    return [
-        label,
-        str(len(samples)),
-        f"{statistics.median(samples) * 1000:.1f}",
-        f"{percentile(samples, 99) * 1000:.1f}",
-    ]
-
-
 async def concurrently(spec: Spec, count: int) -> tuple[list[float], float]:
     """``count`` callers at once: each one's latency, and the time until all were done."""
     started = time.perf_counter()
@@ -109,9 +98,9 @@ async def burst(spec: Spec, count: int, size: int, pause: float) -> None:
     print(f"Burst: {count} concurrent callers, cold vs from a pool of {size} (local Docker)")
     print()
     rows = [
-        [*row("cold (no pool)", cold_samples), f"{cold_total:.2f}"],
-        [*row("from the pool, all", samples), f"{total:.2f}"],
-        [*row(f"from the pool, the {len(waits)} that waited", waits), "-"],
+        [*latency_row("cold (no pool)", cold_samples), f"{cold_total:.2f}"],
+        [*latency_row("from the pool, all", samples), f"{total:.2f}"],
+        [*latency_row(f"from the pool, the {len(waits)} that waited", waits), "-"],
     ]
     print(table(["", "n", "p50 ms", "p99 ms", "all done s"], rows))
     print(f"pool/cold, all done: {total / cold_total:.2f}")
@@ -139,8 +128,8 @@ async def cloud_run(runs: int, cold_runs: int, size: int, latency: float) -> lis
             left = emulator.live()
     assert left == [], f"services left: {left}"
     return [
-        row(f"Cloud Run emulator, cold ({latency:g} s deploy)", cold_samples),
-        row("Cloud Run emulator, warm pool", warm_samples),
+        latency_row(f"Cloud Run emulator, cold ({latency:g} s deploy)", cold_samples),
+        latency_row("Cloud Run emulator, warm pool", warm_samples),
     ]
 
 
@@ -148,8 +137,8 @@ async def run(args: argparse.Namespace) -> None:
     spec = DockerSpec()
     await first_command(spec)  # warm-up: imports, first connections, page cache
     rows = [
-        row("local Docker, cold", await cold(spec, args.cold_runs, args.pause)),
-        row("local Docker, warm pool", await warm(spec, args.runs, args.size, args.pause)),
+        latency_row("local Docker, cold", await cold(spec, args.cold_runs, args.pause)),
+        latency_row("local Docker, warm pool", await warm(spec, args.runs, args.size, args.pause)),
     ]
     if not args.no_cloud:
         rows += await cloud_run(args.cloud_runs, args.cloud_cold_runs, 2, args.latency)

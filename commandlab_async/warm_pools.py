@@ -100,6 +100,8 @@ class WarmPool:
         self._waiters: deque[asyncio.Future[Member]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack = AsyncExitStack()
+        # Members are built in the context the pool was made in (a test run's labels,
+        # say), not in that of whichever caller's take happens to start a refill.
         self._context = contextvars.copy_context()
         self._opened = False  # the first fill is over: failures are refills' from now on
         self._backend: Backend | None = None
@@ -142,7 +144,6 @@ class WarmPool:
             self._http = await stack.enter_async_context(lease("http", new_session))
             self._stack = stack.pop_all()
         _open.append(self)
-        self._context = contextvars.copy_context()
         first = [self._build(background=False) for _ in range(self.size)]
         if not self._wait:
             self._opened = True
@@ -291,8 +292,6 @@ class WarmPool:
             self._build(background=not waiting)
 
     def _build(self, *, background: bool) -> asyncio.Task[Member]:
-        # In the context the pool was opened in (a test run's labels, say), not in that
-        # of whichever caller's take happens to start it.
         task = asyncio.create_task(self._bring_up(background), context=self._context.copy())
         self._building.add(task)
         task.add_done_callback(self._built)
