@@ -430,9 +430,10 @@ def start_daemon(
     procs.append(proc)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text(errors="replace"))
-        if match:
-            return Daemon(proc, int(match.group(1)), log_path, workdir)
+        text = log_path.read_text(errors="replace")
+        match = LISTENING.search(text)
+        if match or "listening on unix:" in text:  # on a Unix socket: no port
+            return Daemon(proc, int(match.group(1)) if match else 0, log_path, workdir)
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -1041,6 +1042,30 @@ def test_on_limit_kill_stops_the_command(daemon: Daemon) -> None:
     )
 
 
+def test_on_limit_kill_lets_output_up_to_the_limit_through(daemon: Daemon) -> None:
+    # Issue 27: a stream was killed once past *half* of max_output (the streamed head),
+    # so a 9 MB command under a 16 MiB limit died. The limit is the stream's whole output.
+    limit = 100_000
+    for size in (limit // 2 + 1, limit * 9 // 10, limit):
+        result = daemon.run(
+            ["head", "-c", str(size), "/dev/zero"], max_output=limit, on_limit="kill", timeout=20
+        )
+        assert (result.exit_code, result.exit["limit_exceeded"]) == (0, False), size
+        assert result.stdout == bytes(size)
+        assert result.exit["stdout_omitted"] == 0
+        assert all(gap["omitted"] == 0 for gap in result.gaps), result.gaps
+    # One byte more is over the limit: head and tail are kept, the byte between omitted.
+    over = daemon.run(
+        "head -c 50000 /dev/zero; printf x; head -c 50000 /dev/zero",
+        max_output=limit,
+        on_limit="kill",
+        timeout=20,
+    )
+    assert over.exit["limit_exceeded"] is True
+    assert over.exit["stdout_omitted"] == 1
+    assert over.stdout == bytes(limit)
+
+
 def test_timeout_kills_the_whole_process_group(daemon: Daemon) -> None:
     marker = secrets.token_hex(8)
     started = time.monotonic()
@@ -1297,6 +1322,100 @@ def test_process_endpoints_errors(daemon: Daemon) -> None:
     assert wait_for(lambda: process_info(daemon, pid_id) is None, timeout=3)
 
 
+def test_malformed_process_ids_are_refused(daemon: Daemon) -> None:
+    # Issue 27: an id like "p1?x=y" sent unquoted reached the daemon as process p1.
+    marker = secrets.token_hex(8)
+    pid_id = start_background(
+        daemon, {"command": "echo up; exec sleep 300", "env": {"CLTEST_MARKER": marker}}, b"up\n"
+    )
+    for target in [
+        f"/processes/{pid_id}?x=y",  # what an unquoted "p1?x=y" looks like
+        f"/processes/{pid_id}%3Fx%3Dy",  # the same id quoted
+        f"/processes/{pid_id}/signal?signal=9&x=y",
+        f"/processes/{pid_id}x",
+        f"/processes/{pid_id}%00",
+        "/processes/p01",
+        "/processes/p",
+        "/processes/",
+        "/processes/..",
+    ]:
+        resp = daemon.request("DELETE" if "signal" not in target else "POST", target)
+        assert (target, resp.status, resp.json()["error"]) == (target, 400, "bad_request")
+    info = process_info(daemon, pid_id)
+    assert info is not None
+    assert info["running"] is True
+    assert daemon.request("DELETE", f"/processes/{pid_id}").status == 200
+    assert wait_for(lambda: not sleepers_with(marker), timeout=3)
+
+
+MIB = 1024 * 1024
+
+
+def daemon_rss_mib(daemon: Daemon) -> float:
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s*(\d+) kB$", status, re.MULTILINE)
+    assert match, status
+    return int(match.group(1)) / 1024
+
+
+def test_finished_background_output_has_a_memory_budget(
+    spawn_daemon: Callable[..., Daemon],
+) -> None:
+    # Issue 27: the rings of finished background processes were kept until their slot
+    # was needed: 64 jobs of 2 MiB per stream held 160 MiB (a 128 MiB sandbox's daemon
+    # was OOM-killed at the 46th). The oldest finished ones' output now goes first.
+    daemon = spawn_daemon()
+    job = {"command": "head -c 2097152 /dev/zero; head -c 2097152 /dev/zero >&2"}
+
+    def finished(pid_id: str) -> bool:
+        info = process_info(daemon, pid_id)
+        return info is not None and not info["running"]
+
+    ids = []
+    for _ in range(SERVER.MAX_BACKGROUND):
+        stream = daemon.stream({**job, "background": True})
+        ids.append(json.loads(stream.frame()[1])["id"])
+        stream.close()
+        assert wait_for(lambda: finished(ids[-1]), timeout=10)
+    assert daemon_rss_mib(daemon) < 80
+    # Every one is still listed with its exit status.
+    listed = {p["id"]: p for p in daemon.request("GET", "/processes").json()}
+    assert all(listed[pid_id]["exit_code"] == 0 for pid_id in ids)
+    # The newest kept its last mebibyte per stream...
+    newest = FrameStream(daemon.port, "GET", f"/processes/{ids[-1]}/output").finish()
+    assert newest.exit_code == 0
+    assert MIB <= len(newest.stdout) <= 2 * MIB
+    assert MIB <= len(newest.stderr) <= 2 * MIB
+    # ...the oldest one's output is gone, and a reader is told so instead of nothing.
+    oldest = daemon.request("GET", f"/processes/{ids[0]}/output")
+    assert (oldest.status, oldest.json()["error"]) == (410, "output_evicted")
+    assert "budget" in oldest.json()["message"]
+    assert oldest.json()["exit_code"] == 0
+    assert daemon.healthy()
+
+
+def test_running_background_output_shares_the_budget(
+    spawn_daemon: Callable[..., Daemon],
+) -> None:
+    # The same budget holds while they all still run: each ring gives up its oldest bytes.
+    daemon = spawn_daemon()
+    marker = secrets.token_hex(8)
+    job = {
+        "command": "head -c 2097152 /dev/zero; head -c 2097152 /dev/zero >&2; echo end;"
+        " exec sleep 300",
+        "env": {"CLTEST_MARKER": marker},
+        "background": True,
+    }
+    ids = [start_background(daemon, job, b"end\n") for _ in range(SERVER.MAX_BACKGROUND)]
+    assert daemon_rss_mib(daemon) < 80
+    attached = FrameStream(daemon.port, "GET", f"/processes/{ids[0]}/output")
+    attached.until_stdout(b"end\n")  # the latest bytes are always kept
+    attached.close()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=5) == 0
+    assert wait_for(lambda: not sleepers_with(marker), timeout=3)
+
+
 # ---------------------------------------------------------------------- files
 
 
@@ -1474,6 +1593,67 @@ def test_put_over_a_read_only_file_is_refused(daemon: Daemon, tmp_path: Path) ->
     assert os.listdir(tmp_path) == ["read-only"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root daemon and another user")
+def test_a_root_write_keeps_the_owner_and_follows_no_other_users_symlink(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # Issue 27: a root write over a user's file made it root's, and followed the
+    # user's symlinks (one on the way sent the write wherever they pointed).
+    nobody = pwd.getpwnam("nobody")
+    tmp_path.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    theirs = home / "notes.txt"
+    theirs.write_bytes(b"v1")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    for version, params in [(b"v2", {"mode": "600"}), (b"v3", {})]:
+        assert daemon.request("PUT", files_url(theirs, **params), version).status == 200
+        info = theirs.stat()
+        assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid), params
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        assert theirs.read_bytes() == version
+
+    # Out of their reach: a directory of root's, with a file only root may read.
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "secret"
+    secret.write_bytes(b"root only")
+    secret.chmod(0o600)
+
+    def plant(name: str, target: Path) -> Path:
+        link = home / name
+        link.symlink_to(target)
+        os.lchown(link, nobody.pw_uid, nobody.pw_gid)
+        return link
+
+    # A symlink of theirs on the way is not followed: nothing lands in the vault.
+    through = plant("vault-link", vault)
+    for path in [through / "secret", through / "new", through / "deeper" / "new"]:
+        resp = daemon.request("PUT", files_url(path), b"pwned")
+        assert (path, resp.status, resp.json()["error"]) == (path, 403, "permission_denied")
+        assert "symlink" in resp.json()["message"]
+    assert sorted(os.listdir(vault)) == ["secret"]
+    assert secret.read_bytes() == b"root only"
+    # A symlink of theirs at the target is replaced, never written through: the new
+    # file is root's, with the default mode, and lends nothing from where it pointed.
+    planted = plant("planted", secret)
+    assert daemon.request("PUT", files_url(planted), b"for root").status == 200
+    assert secret.read_bytes() == b"root only"
+    umask = os.umask(0o022)
+    os.umask(umask)  # the daemon's own: it inherited ours
+    info = planted.lstat()
+    assert stat.S_ISREG(info.st_mode)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o666 & ~umask)
+    assert planted.read_bytes() == b"for root"
+    # Root's own symlinks are followed as before.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "roots-link").symlink_to(tmp_path / "real")
+    assert daemon.request("PUT", files_url(tmp_path / "roots-link" / "f"), b"ok").status == 200
+    assert (tmp_path / "real" / "f").read_bytes() == b"ok"
+    assert not [n for n in os.listdir(home) if n.startswith(SERVER.UPLOAD_PREFIX)]
+
+
 def test_put_disconnect_mid_body_removes_temp_file(daemon: Daemon, tmp_path: Path) -> None:
     target = tmp_path / "dir" / "partial"
     for framing, first in [
@@ -1588,14 +1768,50 @@ def test_request_ends_at_its_first_blank_line(daemon: Daemon) -> None:
         assert client.response().status == 200
 
 
-def test_many_pipelined_health_requests(spawn_daemon: Callable[..., Daemon]) -> None:
-    daemon = spawn_daemon()
-    count = 3000
+def test_pipelining_faster_than_reading_over_a_unix_socket(tmp_path: Path) -> None:
+    """The probe's 10,000 pipelined requests over a sandbox's socket ended in a dropped
+    connection after 6,947: the daemon gave up when a reply did not fit at once."""
+    path = str(tmp_path / "daemon.sock")
+    procs: list[subprocess.Popen[bytes]] = []
+    count = 10_000
     received = bytearray()
-    with RawClient(daemon.port) as client:
+    try:
+        start_daemon(tmp_path / "unix.log", procs, COMMANDLAB_SOCKET=path)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(path)
+
+            def read() -> None:
+                time.sleep(0.5)  # the replies fill the socket's buffer first
+                with contextlib.suppress(OSError):
+                    while received.count(b"HTTP/1.1 200 OK") < count:
+                        data = sock.recv(1 << 20)
+                        if not data:
+                            return
+                        received.extend(data)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"\r\n"
+            with contextlib.suppress(OSError):
+                sock.sendall(request * count)
+            reader.join(30)
+        assert received.count(b"HTTP/1.1 200 OK") == count
+    finally:
+        stop_daemons(procs)
+
+
+def test_many_pipelined_health_requests(spawn_daemon: Callable[..., Daemon]) -> None:
+    """A client that pipelines faster than it reads is answered in full (the probe's
+    10,000 requests once ended in a dropped connection after 6,947)."""
+    daemon = spawn_daemon()
+    count = 10_000
+    received = bytearray()
+    with RawClient(daemon.port, timeout=30) as client:
 
         def read() -> None:
             with_timeout = client.sock
+            time.sleep(0.5)  # the replies fill the daemon's send buffer first
             try:
                 while received.count(b"HTTP/1.1 200 OK") < count:
                     data = with_timeout.recv(1 << 20)
@@ -1610,7 +1826,7 @@ def test_many_pipelined_health_requests(spawn_daemon: Callable[..., Daemon]) -> 
         with_auth = b"GET /health HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"\r\n"
         with contextlib.suppress(OSError):  # the daemon may be gone
             client.send(with_auth * count)
-        reader.join(15)
+        reader.join(30)
     answered = received.count(b"HTTP/1.1 200 OK")
     try:
         alive = daemon.healthy()

@@ -749,6 +749,7 @@ def test_limiter_streams_the_head_and_keeps_the_tail(
         assert (streamed, omitted, kept) == (data, 0, b"")
         return
     head, tail = max_output - max_output // 2, max_output // 2
+    assert limiter.exceeded is (len(data) > max_output)  # "raise" kills past it, not the head
     assert streamed == data[:head]
     assert len(kept) == min(tail, max(0, len(data) - head))
     assert data.endswith(kept)

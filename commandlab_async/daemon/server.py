@@ -44,11 +44,17 @@ prints may grow the daemon's memory without bound or exhaust its processes:
   blocking.  Headers must arrive within ``HEADER_DEADLINE`` seconds and fit in
   ``MAX_HEADER_BYTES``; idle keep-alive connections close after ``IDLE_TIMEOUT``.
   Authentication happens there, so an unauthenticated client costs one socket and
-  never a thread.  At most ``MAX_CONNECTIONS`` are open; past that the oldest
-  unauthenticated one is dropped.
+  never a thread.  What unauthenticated clients can make it hold is bounded by the
+  sandbox's memory limit, however many connect: at most a sixteenth of it (1 to 16
+  MiB) in request heads not yet authenticated (past that the largest are dropped), and
+  at most ``MAX_CONNECTIONS`` connections, fewer in a small sandbox (past that the
+  oldest unauthenticated one is dropped).  A client that pipelines requests faster
+  than it reads the replies is not read from until it does.
 * Authenticated requests (except ``/health``, answered by the loop) go to a bounded
   pool of ``MAX_WORKERS`` threads; more wait in a queue.
-* Output, stdin and files are streamed with back-pressure in bounded chunks.
+* Output, stdin and files are streamed with back-pressure in bounded chunks.  What
+  background processes print is kept in rings that together hold at most
+  ``OUTPUT_BUDGET``, however many processes ran (finished ones' output goes first).
 * Commands are the kernel OOM killer's first choice, the daemon its last: every command's
   ``oom_score_adj`` is raised to 1000 (a shell command does it with a builtin as its
   first act, the daemon does it for an argv command as soon as it has exec'd), so a
@@ -71,7 +77,8 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
 ``not_a_directory`` 400, ``file_too_large`` 413 (with ``size``), ``exec_format_error``
 400, ``resource_exhausted`` 503 (with ``limit``: ``pids``, ``memory``, ``processes``),
 ``user_unsupported`` 400, ``no_such_user`` 400, ``no_such_process`` 404,
-``bad_request`` 400, ``unauthorized`` 401, ``shutting_down`` 503.
+``output_evicted`` 410 (with ``exit_code``), ``bad_request`` 400, ``unauthorized`` 401,
+``shutting_down`` 503.
 
 ``GET /health``
     ``{"version", "uptime", "pid", "expires_in", "cwd", "uid", "limits", "tls"}``.
@@ -83,7 +90,8 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
     ``env`` (overlaid on the daemon's), ``user`` (name or uid; needs a root daemon),
     ``timeout`` (seconds, <= ``MAX_TIMEOUT``), ``max_output`` (bytes kept per stream:
     the first half is streamed, then the last half is kept and sent at the end after a
-    gap frame; null: stream everything), ``on_limit`` (``truncate`` or ``kill``),
+    gap frame; null: stream everything), ``on_limit`` (``truncate``, or ``kill``: the
+    command is killed once a stream printed more than ``max_output`` bytes),
     ``background`` (the process outlives this request).
     Reply: 200, chunked, a sequence of frames ``<kind: 1 byte><length: 4 bytes BE>
     <payload>``: ``S`` JSON ``{"id", "pid"}`` first; ``1``/``2`` stdout/stderr bytes;
@@ -93,11 +101,15 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
     the frames unchunked, ended by closing).  A foreground command's whole process
     group is killed when the client goes away before it ends: a client that closes
     (or half-closes) its connection is taken as gone.  A background command keeps
-    running, its output going to a ring of the last ``RING_BYTES`` per stream.
+    running, its output going to a ring of the last ``RING_BYTES`` per stream; all
+    rings together hold at most ``OUTPUT_BUDGET`` (see ``Registry.shed``).
 
 ``GET /processes``  ``[{"id", "pid", "argv", "background", "running", "exit_code"}]``.
+    A process ``<id>`` is ``p`` and a number; any other id, or a query parameter the
+    endpoint does not take, is ``bad_request``.
 ``GET /processes/<id>/output``  a background process's frames from its ring (a ``G``
-    frame says what was lost), then live ones, then ``X``.
+    frame says what was lost), then live ones, then ``X``; ``output_evicted`` when it
+    finished and its output was dropped for ``OUTPUT_BUDGET``.
 ``POST /processes/<id>/signal?signal=<n>``  signals the process group.
 ``DELETE /processes/<id>``  kills the process group and forgets the process.
 
@@ -105,7 +117,9 @@ it).  Errors are JSON ``{"error": <code>, "message": <text>, ...}`` with stable 
     ``file_too_large`` before any byte is sent when it is bigger than ``max_size``.
 ``PUT /files?path=<p>[&mode=<octal>][&user=<u>]``  the body becomes the file (written
     aside and renamed, parents created).  An existing file keeps its mode and owner and
-    must be writable.  ``{"path", "size"}``.
+    must be writable; a symlink at the path is replaced, not written through, and one
+    on the way is followed only when it is root's or the writer's (``open_parent``).
+    ``{"path", "size"}``.
     With ``user`` (name or uid; needs a root daemon) the file is opened, created and
     renamed by a short-lived process running as that user, so its permissions apply.
 ``GET /files/stat?path=<p>``  ``{"path", "type", "size", "mode", "mtime", "uid", "gid"}``.
@@ -166,6 +180,16 @@ IDLE_TIMEOUT = 30.0  # an idle keep-alive connection is closed after this
 IO_TIMEOUT = 300.0  # a client that stalls a transfer this long is dropped
 LINGER_SECONDS = 2.0  # drain unread input this long before closing, so replies arrive
 MAX_CONNECTIONS = 4096
+# What one open connection may cost the daemon beyond what it buffers (objects, kernel
+# socket, TLS state): the sandbox's memory limit divided by this caps the connections.
+CONNECTION_COST = 16 * 1024
+TLS_CONNECTION_COST = 64 * 1024
+MIN_CONNECTIONS = 64
+# Request heads not yet authenticated may buffer this share of the sandbox's memory in
+# all (between the two bounds); past it the largest are dropped.
+PREAUTH_SHARE = 16
+PREAUTH_MIN = 1024 * 1024
+PREAUTH_MAX = 16 * 1024 * 1024
 MAX_WORKERS = 128
 MAX_BACKGROUND = 64
 MAX_EXEC_HEADER = 8 * 1024 * 1024  # the JSON line of /exec (argv can be large)
@@ -173,10 +197,21 @@ MAX_TIMEOUT = 1_000_000.0  # seconds; larger values are refused rather than over
 MAX_LIST_ENTRIES = 10_000
 MAX_PSEUDO_FILE = 64 * 1024 * 1024
 RING_BYTES = 1024 * 1024
+# What all background processes' rings may hold together, whatever their number: past
+# it the output of the processes that finished longest ago goes first, then the oldest
+# bytes of the fullest rings of running ones.
+OUTPUT_BUDGET = 16 * 1024 * 1024
+MERGE_BELOW = 4096  # a ring joins small chunks up to this (one object, not one per write)
+# A background process's pipes are read this much at a time: a read allocates this much
+# before it shrinks to what came, and smaller pieces leave the allocator fewer holes.
+PUMP_READ = 64 * 1024
 CHUNK = 256 * 1024
 STDIN_HIGH_WATER = 1024 * 1024
 KILL_GRACE = 5.0  # after killing a group, wait this long for its pipes to close
 UPLOAD_PREFIX = ".commandlab-upload-"
+MAX_SYMLINKS = 40  # followed on one path, as the kernel's limit
+# Walking a path to write: each component opened as itself (a symlink is not followed).
+WALK_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
 F_SETPIPE_SZ = 1031
 WORKER_IDLE = 10.0  # an idle worker thread exits after this (it holds one of the pids)
 STARVED_GRACE = 2.0  # a request no thread can serve waits this long, then gets a 503
@@ -206,6 +241,7 @@ _REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     409: "Conflict",
+    410: "Gone",
     411: "Length Required",
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
@@ -710,9 +746,12 @@ class Conn:
     __slots__ = (
         "authenticated",
         "buf",
+        "charged",
+        "close_after",
         "deadline",
         "draining",
         "handshaking",
+        "out",
         "peer",
         "sock",
         "tls",
@@ -725,6 +764,9 @@ class Conn:
         self.deadline = time.monotonic() + HEADER_DEADLINE
         self.draining = False  # replied and half-closed: discard input until EOF
         self.authenticated = False
+        self.charged = 0  # bytes of ``buf`` counted against the pre-auth budget
+        self.out = b""  # a reply the loop could not send at once (the peer is not reading)
+        self.close_after = False  # close once ``out`` is sent
         self.tls = isinstance(sock, TLSSocket)
         self.handshaking = self.tls  # TLS: the handshake is not done yet
 
@@ -1033,8 +1075,9 @@ def make_oom_victim(pid: int) -> None:
 class Ring:
     """The last ``size`` bytes (or a little more) of a stream, as the chunks that came.
 
-    Whole chunks are kept and dropped (no copying, no growing buffer), so it holds at
-    most ``size`` plus one chunk. Offsets are absolute positions in the stream.
+    Whole chunks are kept and dropped (no growing buffer; small ones are joined up to
+    ``MERGE_BELOW``), so it holds at most ``size`` plus one chunk. Offsets are absolute
+    positions in the stream.
     """
 
     def __init__(self, size: int) -> None:
@@ -1048,13 +1091,31 @@ class Ring:
     def end(self) -> int:
         return self.start + self.held
 
-    def append(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
+    def append(self, chunk: bytes) -> int:
+        """Keep ``chunk`` (dropping the oldest past ``size``); how much ``held`` grew."""
+        before = self.held
+        last = self.chunks[-1] if self.chunks else b""
+        if last and len(last) + len(chunk) <= min(MERGE_BELOW, self.size):
+            # Small writes share one object: what a chunk costs beyond its bytes stays
+            # small next to them, so ``held`` is what the ring really holds.
+            self.chunks[-1] = last + chunk
+        else:
+            self.chunks.append(chunk)
         self.held += len(chunk)
         while self.held - len(self.chunks[0]) >= self.size:
             dropped = len(self.chunks.popleft())
             self.held -= dropped
             self.start += dropped
+        return self.held - before
+
+    def drop(self, size: int) -> int:
+        """Let go of the oldest whole chunks, ``size`` bytes or a little more; how many."""
+        dropped = 0
+        while self.chunks and dropped < size:
+            dropped += len(self.chunks.popleft())
+        self.held -= dropped
+        self.start += dropped
+        return dropped
 
     def tail(self, size: int) -> list[Buffer]:
         """The last ``size`` bytes held, as views of the chunks."""
@@ -1104,6 +1165,7 @@ class Process:
         # Background processes only: output rings fed by a pump thread.
         self.cond = threading.Condition()
         self.rings = (Ring(RING_BYTES), Ring(RING_BYTES))
+        self.evicted = False  # finished, and its output dropped for OUTPUT_BUDGET
 
     def info(self) -> dict[str, Any]:
         return {
@@ -1140,6 +1202,8 @@ class Registry:
 
     def __init__(self, oom_adjust: bool = False) -> None:
         self.lock = threading.Lock()
+        self.budget_lock = threading.Lock()  # one shed() at a time; taken before any cond
+        self.kept = 0  # at least what background processes' rings hold (see shed)
         self.processes: dict[str, Process] = {}
         self.closed = False
         self.counter = 0
@@ -1201,6 +1265,48 @@ class Registry:
             background.remove(oldest)
             del self.processes[oldest.id]
         return len(background) < MAX_BACKGROUND
+
+    def shed(self, grown: int) -> None:
+        """Keep what background processes' rings hold within ``OUTPUT_BUDGET``.
+
+        Called by the pump threads after a ring grew by ``grown`` bytes, holding no
+        ``cond`` themselves.  Past the budget, the output of the processes that finished
+        longest ago goes first, whole (their readers are told, see
+        ``handle_processes``); then the oldest bytes of the fullest rings of running
+        ones (their readers get a gap, as when a ring wraps).
+        """
+        with self.budget_lock:
+            # An upper bound (what forgotten processes held is never taken off), kept
+            # cheaply; only past the budget are the rings counted.
+            self.kept += grown
+            if self.kept <= OUTPUT_BUDGET:
+                return
+            with self.lock:
+                processes = [p for p in self.processes.values() if p.background]
+            held = sum(ring.held for p in processes for ring in p.rings)
+            self.kept = held
+            if held <= OUTPUT_BUDGET:
+                return
+            finished = [p for p in processes if p.duration is not None and not p.evicted]
+            finished.sort(key=lambda p: p.started + (p.duration or 0.0))
+            for process in finished:
+                if held <= OUTPUT_BUDGET:
+                    self.kept = held
+                    return
+                with process.cond:
+                    freed = sum(ring.drop(ring.held) for ring in process.rings)
+                    process.evicted = freed > 0
+                    process.cond.notify_all()
+                held -= freed
+            rings = [(ring, p) for p in processes if not p.evicted for ring in p.rings]
+            while held > OUTPUT_BUDGET and rings:
+                ring, process = max(rings, key=lambda pair: pair[0].held)
+                if not ring.held:
+                    break
+                with process.cond:
+                    held -= ring.drop(1)
+                    process.cond.notify_all()
+            self.kept = held
 
     def get(self, pid_id: str) -> Process:
         with self.lock:
@@ -1429,7 +1535,7 @@ def handle_exec(ex: Exchange) -> None:
         raise RequestError(400, "bad_request", f"cannot start the command: {exc}") from None
     if req.background:
         try:
-            feed_background(process, req.timeout)
+            feed_background(process, req.timeout, server.registry.shed)
         except RuntimeError:  # no thread for its output: the sandbox is out of pids
             process.background = False  # so that the cleanup below kills it
     try:
@@ -1474,11 +1580,17 @@ class Limiter:
     """Keeps the first half of ``max_output`` bytes streaming and the last half aside."""
 
     def __init__(self, max_output: int | None) -> None:
+        self.max_output = max_output
         self.head = None if max_output is None else max_output - max_output // 2
         self.tail_size = 0 if max_output is None else max_output // 2
         self.sent = 0
         self.tail = Ring(max(self.tail_size, 1))
         self.overflow = 0  # bytes past the head
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether the stream printed more than ``max_output`` (not merely past the head)."""
+        return self.max_output is not None and self.sent + self.overflow > self.max_output
 
     def feed(self, data: bytes) -> bytes:
         """What to stream now; the rest is kept in the tail ring."""
@@ -1642,7 +1754,7 @@ def run_foreground(ex: Exchange, process: Process, req: ExecRequest, stdin_data:
                     streamed = limiters[tag].feed(data)
                     if streamed:
                         output += frame(STREAM_KINDS[tag], streamed)
-                    if limiters[tag].overflow and req.on_limit == "kill" and not limit_exceeded:
+                    if limiters[tag].exceeded and req.on_limit == "kill" and not limit_exceeded:
                         limit_exceeded = True
                         kill_group(popen.pid)
                         killed_at = time.monotonic()
@@ -1685,8 +1797,11 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-def feed_background(process: Process, timeout: float | None) -> None:
-    """Start the thread that drains a background process's output into its rings."""
+def feed_background(process: Process, timeout: float | None, shed: Callable[[int], None]) -> None:
+    """Start the thread that drains a background process's output into its rings.
+
+    ``shed`` (the registry's) keeps all rings together within ``OUTPUT_BUDGET``.
+    """
 
     def pump() -> None:
         popen = process.popen
@@ -1708,15 +1823,18 @@ def feed_background(process: Process, timeout: float | None) -> None:
                 elif deadline is not None and process.timed_out and time.monotonic() >= deadline:
                     break
                 for key, _ in events:
-                    data = os.read(key.fd, CHUNK)
+                    data = os.read(key.fd, PUMP_READ)
+                    grown = 0
                     with process.cond:
                         ring = process.rings[key.data]
                         if data:
-                            ring.append(data)
+                            grown = ring.append(data)
                         else:
                             ring.eof = True
                             sel.unregister(key.fd)
                         process.cond.notify_all()
+                    if grown > 0:
+                        shed(grown)
         finally:
             sel.close()
             process.finish(popen.wait())
@@ -1819,10 +1937,23 @@ def handle_processes(ex: Exchange) -> None:
         require_method(ex, "GET")
         ex.send_json(200, [p.info() for p in registry.list()])
         return
-    process = registry.get(parts[2])
+    pid_id = parts[2]
+    if not valid_process_id(pid_id):
+        raise RequestError(
+            400, "bad_request", f"malformed process id {_printable(pid_id, 40)!r} (p<number>)"
+        )
     action = parts[3] if len(parts) == 4 else None
     if len(parts) > 4 or action not in (None, "output", "signal"):
         raise RequestError(404, "not_found", "no such endpoint")
+    # Nothing else rides in the query: a client that failed to quote an id ("p1?x=y")
+    # must not reach process p1.
+    allowed = {"signal"} if action == "signal" else set()
+    unexpected = sorted(set(parse_query(ex.request.query)) - allowed)
+    if unexpected:
+        raise RequestError(
+            400, "bad_request", f"unexpected query parameter {_printable(unexpected[0], 40)!r}"
+        )
+    process = registry.get(pid_id)
     if action is None:
         require_method(ex, "GET", "DELETE")
         if method == "DELETE":
@@ -1849,9 +1980,31 @@ def handle_processes(ex: Exchange) -> None:
             raise RequestError(
                 409, "not_background", "only background processes can be attached to"
             )
+        if process.evicted:
+            raise RequestError(
+                410,
+                "output_evicted",
+                f"{process.id} finished (exit code {process.exit_code}) and its output was"
+                " dropped to keep background processes' output within the daemon's budget"
+                f" ({OUTPUT_BUDGET >> 20} MiB in all; the output of those that finished"
+                " longest ago goes first)",
+                exit_code=process.exit_code,
+            )
         ex.begin_chunked("application/x-commandlab-frames")
         ex.send_chunk(json_frame(b"S", {"id": process.id, "pid": process.popen.pid}))
         stream_background(ex, process, b"", stdin=False)
+
+
+def valid_process_id(text: str) -> bool:
+    """Whether ``text`` is an id as the registry makes them: ``p`` and a number."""
+    digits = text[1:]
+    return (
+        text[:1] == "p"
+        and 0 < len(digits) <= 18
+        and digits.isascii()
+        and digits.isdigit()
+        and digits[0] != "0"
+    )
 
 
 def require_method(ex: Exchange, *methods: str) -> None:
@@ -1958,14 +2111,26 @@ def handle_get_file(ex: Exchange) -> None:
 
 
 class Upload:
-    """A file being written: aside under a temporary name, or (``in_place``) over itself."""
+    """A file being written: aside under a temporary name, or (``in_place``) over itself.
+
+    ``dir_fd`` is its directory and ``name`` its name there (see ``open_parent``).
+    """
 
     def __init__(
-        self, path: str, fd: int, temp_path: str, in_place: bool, existing: os.stat_result | None
+        self,
+        path: str,
+        dir_fd: int,
+        name: str,
+        fd: int,
+        temp_name: str,
+        in_place: bool,
+        existing: os.stat_result | None,
     ) -> None:
         self.path = path
+        self.dir_fd = dir_fd
+        self.name = name
         self.fd = fd
-        self.temp_path = temp_path
+        self.temp_name = temp_name
         self.in_place = in_place
         self.existing = existing
 
@@ -1978,70 +2143,155 @@ def parse_mode(text: str | None) -> int | None:
     return int(text, 8)
 
 
+def open_parent(path: str) -> tuple[int, str]:
+    """A descriptor of ``path``'s directory (created as needed) and its last component.
+
+    The path is walked a component at a time, each opened without following it from
+    the descriptor of the one before, so nothing swapped in meanwhile can send the write
+    elsewhere.  A symlink on the way is followed only when it is root's or ours: one
+    that another user planted could point anywhere (a root daemon writing into their
+    home would write into /etc), and is refused.
+    """
+    names = [name for name in path.split("/") if name]
+    if not names:
+        raise RequestError(400, "is_a_directory", f"path names a directory: {path}", path=path)
+    name = names.pop()
+    pending = names[::-1]
+    trusted = (0, os.geteuid())
+    follows = 0
+    fd = os.open("/" if path.startswith("/") else ".", WALK_FLAGS | os.O_DIRECTORY)
+    try:
+        while pending:
+            part = pending.pop()
+            try:
+                child = os.open(part, WALK_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, WALK_FLAGS, dir_fd=fd)
+            target = None
+            try:
+                info = os.fstat(child)
+                if stat.S_ISLNK(info.st_mode):
+                    if info.st_uid not in trusted:
+                        raise RequestError(
+                            403,
+                            "permission_denied",
+                            f"{path}: {part!r} on the way is a symlink of uid {info.st_uid},"
+                            " not followed (a symlink of another user could point anywhere;"
+                            " write as that user instead)",
+                            path=path,
+                        )
+                    target = os.readlink("", dir_fd=child)  # the link opened, not a name
+                elif not stat.S_ISDIR(info.st_mode):
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            except BaseException:
+                os.close(child)
+                raise
+            if target is None:  # a directory: go in
+                fd, child = child, fd
+                os.close(child)
+                continue
+            os.close(child)
+            follows += 1
+            if follows > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            pending.extend(piece for piece in target.split("/")[::-1] if piece)
+            if target.startswith("/"):
+                root = os.open("/", WALK_FLAGS | os.O_DIRECTORY)
+                fd, root = root, fd
+                os.close(root)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
 def open_for_write(path: str) -> Upload:
     """Create ``path``'s parents and open where its new content goes."""
-    import tempfile  # lazy
-
     if path.endswith("/"):
         raise RequestError(400, "is_a_directory", f"path names a directory: {path}", path=path)
-    parent = os.path.dirname(path)
     try:
-        os.makedirs(parent, exist_ok=True)
+        dir_fd, name = open_parent(path)
     except OSError as exc:
-        raise os_error(exc, parent if exc.errno != errno.EEXIST else path) from None
+        raise os_error(exc, path) from None
+    try:
+        return open_in(dir_fd, name, path)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
+def open_in(dir_fd: int, name: str, path: str) -> Upload:
+    """Open the new content of ``name`` in the directory ``dir_fd`` (see open_for_write)."""
     existing: os.stat_result | None = None
     try:
-        existing = os.stat(path)
+        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise os_error(exc, path) from None
+    if existing is not None and stat.S_ISLNK(existing.st_mode):
+        existing = None  # a symlink there is replaced, never written through
     if existing is not None:
         if stat.S_ISDIR(existing.st_mode):
             raise RequestError(400, "is_a_directory", f"is a directory: {path}", path=path)
         # The file is replaced by a rename, which its own permissions would not stop:
         # honour them the way an in-place write would.
-        if not os.access(path, os.W_OK):
+        if not os.access(name, os.W_OK, dir_fd=dir_fd):
             raise RequestError(403, "permission_denied", f"permission denied: {path}", path=path)
-    try:
-        fd, temp_path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=parent)
-    except PermissionError:
-        if existing is None:
-            raise os_error(PermissionError(errno.EACCES, "permission denied"), path) from None
-        # A writable file in a directory we cannot write: overwrite it in place.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        temp_name = UPLOAD_PREFIX + os.urandom(6).hex()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            fd = os.open(temp_name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            break
         except OSError as exc:
             raise os_error(exc, path) from None
-        return Upload(path, fd, path, True, existing)
+        return Upload(path, dir_fd, name, fd, temp_name, False, existing)
+    else:
+        raise os_error(FileExistsError(errno.EEXIST, "no free temporary name"), path)
+    if existing is None or not stat.S_ISREG(existing.st_mode):
+        raise os_error(PermissionError(errno.EACCES, "permission denied"), path)
+    # A writable file in a directory we cannot write: overwrite it in place.
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
-        raise os_error(exc, parent) from None
-    return Upload(path, fd, temp_path, False, existing)
+        raise os_error(exc, path) from None
+    return Upload(path, dir_fd, name, fd, name, True, existing)
 
 
 def finish_write(upload: Upload, mode: int | None, umask: int) -> None:
-    """Give the new content its mode (and the old file's owner) and put it in place."""
+    """Give the new content its mode and the old file's owner, and put it in place."""
     try:
         if not upload.in_place:
             existing = upload.existing
-            if existing is not None and mode is None:
+            if existing is not None:
                 with contextlib.suppress(OSError):  # only root may give a file away
                     os.fchown(upload.fd, existing.st_uid, existing.st_gid)
             if mode is None:
                 mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~umask
             os.fchmod(upload.fd, mode)
-            os.replace(upload.temp_path, upload.path)
+            # A rename replaces a name, never follows it: whatever was swapped in there.
+            os.replace(
+                upload.temp_name, upload.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd
+            )
     except OSError as exc:
         raise os_error(exc, upload.path) from None
     finally:
         os.close(upload.fd)
+        os.close(upload.dir_fd)
 
 
 def abort_write(upload: Upload) -> None:
     os.close(upload.fd)
     if not upload.in_place:
         with contextlib.suppress(OSError):
-            os.unlink(upload.temp_path)
+            os.unlink(upload.temp_name, dir_fd=upload.dir_fd)
+    os.close(upload.dir_fd)
 
 
 def receive_body(ex: Exchange, fd: int, path: str) -> int:
@@ -2308,6 +2558,31 @@ def _printable(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def memory_limit() -> int:
+    """The sandbox's memory limit in bytes (its cgroup's, v2 or v1), else the machine's."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        physical = 1 << 30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as file:
+                text = file.read(64).strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return max(1, min(int(text), physical))
+        break  # "max": no limit
+    return max(1, physical)
+
+
+def would_block(exc: OSError) -> bool:
+    """Whether a non-blocking send or receive only has to wait (plain or TLS)."""
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return True
+    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
+
+
 def listen(config: Config) -> socket.socket:
     """The listening socket: TCP on host and port, or the Unix socket at ``socket_path``."""
     path = config.socket_path
@@ -2316,14 +2591,21 @@ def listen(config: Config) -> socket.socket:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((config.host, config.port))
+        listener.listen(1024)
     else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a previous daemon's: nothing listens on it any more
+        # Bound under another name and renamed into place once it listens: the client
+        # moves the socket out of the sandbox's reach the moment it appears, so it must
+        # appear ready (see the client's socket_dirs.py).
+        staging = f"{path}.{os.getpid()}.tmp"
+        for stale in (path, staging):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)  # a previous daemon's: nothing listens on it any more
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        # The client's host user is rarely the sandbox's: the directory guards access.
-        os.chmod(path, 0o666)
-    listener.listen(1024)
+        listener.bind(staging)
+        # The client's host user is rarely the sandbox's: the host directory guards access.
+        os.chmod(staging, 0o666)
+        listener.listen(1024)
+        os.rename(staging, path)
     listener.setblocking(False)
     return listener
 
@@ -2348,6 +2630,13 @@ class Server:
         self.deadline = None if config.ttl is None else self.started + config.ttl
         self.listener = listen(config)
         self.port = 0 if config.socket_path else self.listener.getsockname()[1]
+        # Bounds on what clients that have not authenticated can make the daemon hold,
+        # from the sandbox's memory: however many connect, they cannot exhaust it.
+        memory = memory_limit()
+        cost = CONNECTION_COST if tls is None else TLS_CONNECTION_COST
+        self.max_connections = max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, memory // 4 // cost))
+        self.preauth_budget = max(PREAUTH_MIN, min(PREAUTH_MAX, memory // PREAUTH_SHARE))
+        self.preauth = 0  # bytes buffered by unauthenticated connections
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.wake_r, self.wake_w = socket.socketpair()
@@ -2402,7 +2691,7 @@ class Server:
             except OSError as exc:  # EMFILE and friends: retry on the next event
                 _log(f"accept failed: {exc!r}")
                 return
-            if len(self.conns) + self.busy_conns >= MAX_CONNECTIONS:
+            if len(self.conns) + self.busy_conns >= self.max_connections:
                 victims = [c for c in self.conns.values() if not c.authenticated] or list(
                     self.conns.values()
                 )
@@ -2443,8 +2732,52 @@ class Server:
             self.selector.modify(conn.sock, events, conn)
 
     def drop(self, conn: Conn) -> None:
+        self.preauth -= conn.charged
+        conn.charged = 0
         self.unwatch(conn)
         conn.close()
+
+    def watched(self, conn: Conn) -> bool:
+        """Whether the loop still owns ``conn`` (not dropped, not handed to a worker)."""
+        return self.conns.get(conn.sock.fileno()) is conn
+
+    def recharge(self, conn: Conn) -> bool:
+        """Count what ``conn`` buffers before authenticating; shed the largest such
+        buffers past the budget. Whether ``conn`` is still open."""
+        owed = 0 if conn.authenticated or conn.draining else len(conn.buf)
+        self.preauth += owed - conn.charged
+        conn.charged = owed
+        if self.preauth > self.preauth_budget:
+            # Heads that grow without ending: a real client's fits in one read and
+            # authenticates at once, so it is never among the largest.
+            victims = sorted(
+                (c for c in self.conns.values() if c.charged), key=lambda c: -c.charged
+            )
+            for victim in victims:
+                if self.preauth <= self.preauth_budget * 3 // 4:
+                    break
+                self.drop(victim)
+        return self.watched(conn)
+
+    def flush(self, conn: Conn) -> None:
+        """Send what is left of a reply; go on with the connection's pipeline once sent."""
+        try:
+            sent = conn.sock.send(conn.out)
+        except OSError as exc:
+            if not would_block(exc):
+                self.drop(conn)
+            return
+        conn.out = conn.out[sent:]
+        if conn.out:
+            return
+        if conn.close_after:
+            self.drop(conn)
+            return
+        self.want(conn, selectors.EVENT_READ)
+        conn.deadline = time.monotonic() + IDLE_TIMEOUT
+        self.serve_buffered(conn)
+        if conn.tls and self.watched(conn) and not conn.out and conn.pending():
+            self.readable_tls(conn)
 
     def take_returned(self) -> None:
         with contextlib.suppress(OSError):
@@ -2465,11 +2798,14 @@ class Server:
                 self.serve_buffered(conn)
 
     def readable(self, conn: Conn) -> None:
+        if conn.out:
+            self.flush(conn)
+            return
         if conn.tls:
             self.readable_tls(conn)
             return
         try:
-            data = conn.sock.recv(CHUNK)
+            data = conn.sock.recv(self.read_size(conn))
         except (BlockingIOError, InterruptedError):
             data = None
         except OSError:
@@ -2483,7 +2819,16 @@ class Server:
             if not conn.buf:  # the first byte of a request starts its header deadline
                 conn.deadline = time.monotonic() + HEADER_DEADLINE
             conn.buf += data
+            if not self.recharge(conn):
+                return
         self.serve_buffered(conn)
+
+    @staticmethod
+    def read_size(conn: Conn) -> int:
+        """How much to read: before authenticating, no more than a head may hold."""
+        if conn.authenticated:
+            return CHUNK
+        return max(1, min(CHUNK, MAX_HEADER_BYTES + 4 - len(conn.buf)))
 
     def readable_tls(self, conn: Conn) -> None:
         """``readable`` for TLS: advance the handshake, then read what can be decrypted.
@@ -2512,7 +2857,7 @@ class Server:
             conn.handshaking = False
         while True:
             try:
-                data = sock.recv(CHUNK)
+                data = sock.recv(self.read_size(conn))
             except ssl.SSLWantReadError:
                 self.want(conn, selectors.EVENT_READ)
                 return
@@ -2531,14 +2876,24 @@ class Server:
                 if not conn.buf:  # the first byte of a request starts its header deadline
                     conn.deadline = time.monotonic() + HEADER_DEADLINE
                 conn.buf += data
+                if not self.recharge(conn):
+                    return
                 if sock.pending() and len(conn.buf) <= MAX_HEADER_BYTES:
                     continue
                 self.serve_buffered(conn)
-            if self.conns.get(sock.fileno()) is not conn or not sock.pending():
+            if not self.watched(conn) or conn.out or not sock.pending():
                 return  # handed to a worker, dropped, or nothing more buffered
 
     def serve_buffered(self, conn: Conn) -> None:
         """Serve the complete requests in ``conn.buf`` (a loop: pipelining cannot recurse)."""
+        self.serve_requests(conn)
+        if self.watched(conn):
+            self.recharge(conn)
+        else:  # handed to a worker (authenticated) or dropped: it owes nothing
+            self.preauth -= conn.charged
+            conn.charged = 0
+
+    def serve_requests(self, conn: Conn) -> None:
         while True:
             while conn.buf[:2] == b"\r\n" or conn.buf[:1] == b"\n":  # allowed before a request
                 del conn.buf[: 2 if conn.buf[:1] == b"\r" else 1]
@@ -2596,6 +2951,8 @@ class Server:
                 "max_timeout": MAX_TIMEOUT,
                 "max_workers": MAX_WORKERS,
                 "max_background": MAX_BACKGROUND,
+                "max_connections": self.max_connections,
+                "preauth_bytes": self.preauth_budget,
             },
             "tls": self.tls is not None,
         }
@@ -2610,13 +2967,20 @@ class Server:
             data = data[: data.index(b"\r\n\r\n") + 4]
         try:
             sent = conn.sock.send(data)
-        except OSError:
-            sent = -1
+        except OSError as exc:
+            sent = 0 if would_block(exc) else -1
         _log(f"{conn.peer} {self.target(request)} 200")
-        if sent != len(data) or close:
+        if sent < 0 or (sent == len(data) and close):
             self.drop(conn)
             return False
         conn.deadline = time.monotonic() + IDLE_TIMEOUT
+        if sent < len(data):
+            # The peer pipelines faster than it reads: hold this reply (and read no
+            # more) until it can be sent, rather than drop the connection or buffer.
+            conn.out = data[sent:]
+            conn.close_after = close
+            self.want(conn, selectors.EVENT_WRITE)
+            return False
         return True
 
     @staticmethod
