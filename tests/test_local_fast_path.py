@@ -3,6 +3,7 @@ sandboxes with no network at all, hostnames that are sandbox names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -51,11 +52,13 @@ async def test_the_daemon_serves_on_a_socket_in_a_private_directory() -> None:
     async with provision(DockerSpec()) as computer:
         assert computer.url.startswith("unix:/")
         socket = Path(computer.url.removeprefix("unix:"))
-        directory = socket.parent
-        assert directory == socket_dirs.path_of(os.environ.get("DOCKER_HOST"), computer.name)
+        engine = os.environ.get("DOCKER_HOST")
+        assert socket == socket_dirs.sealed_path(engine, computer.name)
         assert mode(socket_dirs.base_dir()) == 0o700
-        assert mode(directory) == 0o777  # for the sandbox's user; the base guards it
-        assert stat.S_ISSOCK(os.stat(socket).st_mode)
+        assert stat.S_ISSOCK(os.lstat(socket).st_mode)
+        # Sealed: the directory it was made in, mounted into the sandbox, is gone.
+        directory = socket_dirs.path_of(engine, computer.name)
+        assert not directory.exists()
         host = inspect(computer.name)["HostConfig"]
         assert isinstance(host, dict)
         assert not host["PortBindings"]  # nothing published, no port proxy
@@ -63,7 +66,7 @@ async def test_the_daemon_serves_on_a_socket_in_a_private_directory() -> None:
         assert (mount["Source"], mount["Target"]) == (str(directory), "/run/commandlab")
         assert (await computer.run("hostname")).stdout == f"{computer.name}\n"
         assert (await computer.run("ls /sys/class/net")).stdout.split() == ["eth0", "lo"]
-    assert not directory.exists()  # removed with the sandbox
+    assert not await asyncio.to_thread(os.path.lexists, socket)  # removed with the sandbox
     assert our_containers() == []
 
 
@@ -139,15 +142,21 @@ async def test_a_failed_create_leaves_no_directory() -> None:
 @pytest.mark.usefixtures("runtime_dir")
 async def test_gc_tidies_directories_the_engine_left_behind() -> None:
     engine = os.environ.get("DOCKER_HOST")
-    stale = socket_dirs.make(engine, "commandlab-stale00000001").parent
-    young = socket_dirs.make(engine, "commandlab-young00000001").parent
+    socket_dirs.make(engine, "commandlab-stale00000001")
+    stale = socket_dirs.path_of(engine, "commandlab-stale00000001")
+    socket_dirs.make(engine, "commandlab-young00000001")
+    young = socket_dirs.path_of(engine, "commandlab-young00000001")
+    stale_socket = socket_dirs.sealed_path(engine, "commandlab-sealed0000001")
+    stale_socket.touch()
     hour_ago = time.time() - 3600
-    os.utime(stale, (hour_ago, hour_ago))
+    for path in (stale, stale_socket):
+        os.utime(path, (hour_ago, hour_ago))
     async with provision(DockerSpec()) as computer:
-        live = socket_dirs.path_of(engine, computer.name)
+        live = socket_dirs.sealed_path(engine, computer.name)
         os.utime(live, (hour_ago, hour_ago))
         await gc()
         assert not stale.exists()  # its sandbox is gone: the TTL removed it
+        assert not stale_socket.exists()  # likewise, after it was sealed
         assert young.exists()  # may belong to a create on its way
         assert live.exists()  # its sandbox exists
         assert (await computer.run("true")).exit_code == 0

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiodocker
@@ -38,6 +39,7 @@ _LISTENING = "commandlab daemon listening on"
 _DISK_QUOTA_DRIVERS = {"btrfs", "zfs", "devicemapper", "windowsfilter"}
 _KEPT = 4000  # characters of a container's startup output kept for its error
 _LAST_WORDS_WAIT = 1.0  # how long an exit waits for the end of the container's output
+_FIRST_SOCKET_POLL = 0.002
 
 
 @dataclass
@@ -70,6 +72,7 @@ class DockerDriver(Driver[DockerTarget]):
         self._docker = aiodocker.Docker(url=target.host)
         self._startups: dict[str, _Startup] = {}
         self._disk_refusal: str | None = None  # why this engine cannot limit disk; "" if it can
+        self._awaiting_socket: set[str] = set()  # running, their daemons' sockets not made yet
 
     async def close(self) -> None:
         followers = [s.task for s in self._startups.values() if s.task is not None]
@@ -310,7 +313,7 @@ class DockerDriver(Driver[DockerTarget]):
             if info is None or self._state_of(info).terminal:
                 state = await self._final_state(identity, info)
                 raise state.exited_error(identity.name, self.platform)
-            socket = socket_dirs.path_of(self.target.host, identity.name) / socket_dirs.SOCKET_NAME
+            socket = await self._sealed_socket(identity)
             return RunningSandbox(
                 name=identity.name,
                 platform=self.platform,
@@ -333,6 +336,59 @@ class DockerDriver(Driver[DockerTarget]):
             url=f"http://127.0.0.1:{port}",
             raw=info,
         )
+
+    async def _sealed_socket(self, identity: SandboxIdentity) -> Path:
+        """Wait until the daemon's socket appears, then seal it (see :mod:`.socket_dirs`).
+
+        Polled like readiness (a few milliseconds, backing off); the container's end,
+        seen on its output stream, fails it fast. The caller's deadline bounds it.
+        """
+        name = identity.name
+        self._awaiting_socket.add(name)  # kept if cancelled: a timeout's message says it
+        try:
+            sealed = await self._seal_when_made(identity)
+        except Exception:
+            self._awaiting_socket.discard(name)
+            raise
+        self._awaiting_socket.discard(name)
+        return sealed
+
+    async def _seal_when_made(self, identity: SandboxIdentity) -> Path:
+        name = identity.name
+        startup = self._startups.get(name)
+        loop = asyncio.get_running_loop()
+        delay = _FIRST_SOCKET_POLL
+        next_check = loop.time() + 1.0
+        while True:
+            try:
+                sealed = await asyncio.to_thread(socket_dirs.seal, self.target.host, name)
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot take its daemon's socket out of the sandbox's reach: {exc}",
+                    sandbox=name,
+                    platform=self.platform,
+                    code="socket_dir",
+                ) from exc
+            if sealed is not None:
+                return sealed
+            # Its output ends as it stops; without one to follow, ask now and then.
+            ended = (
+                startup is None
+                or startup.task is None
+                or (startup.task.done() and _LISTENING not in startup.output)
+            )
+            if ended or loop.time() >= next_check:
+                next_check = loop.time() + 1.0
+                state = await self.state(identity)
+                if state.terminal:
+                    raise state.exited_error(name, self.platform)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.probe_interval)
+
+    def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        if sandbox.name in self._awaiting_socket:
+            return "running; daemon not answering (it has not made its socket)"
+        return None
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         info = await self._inspect(sandbox)
@@ -372,6 +428,7 @@ class DockerDriver(Driver[DockerTarget]):
         return SandboxState(detail, terminal=True, exit_code=code, reason=reason)
 
     async def destroy(self, sandbox: SandboxRef) -> None:
+        self._awaiting_socket.discard(sandbox.name)
         startup = self._startups.pop(sandbox.name, None)
         if startup is not None and startup.task is not None:
             startup.task.cancel()
