@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import json
@@ -10,9 +11,9 @@ import math
 import os
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import aiohttp
 import anyio
@@ -21,6 +22,7 @@ from .errors import (
     AuthenticationError,
     CommandTimeoutError,
     DaemonError,
+    DaemonProtocolError,
     DaemonUnreachableError,
     DaemonUnresponsiveError,
     FileTooLargeError,
@@ -35,7 +37,7 @@ from .errors import (
     SandboxDeletedError,
     UnsupportedOperationError,
 )
-from .files import FileInfo, read_local
+from .files import FileInfo, parse_listing, read_local
 from .history import CommandRecord, History
 from .liveness import CHECK_AFTER, PROBE_TIMEOUT, Liveness
 from .loop_sessions import on_loop, session_for
@@ -47,7 +49,22 @@ from .process import (
     Process,
     ProcessInfo,
     ProcessStart,
+    parse_process_list,
     stdin_body,
+)
+from .process_io import StdinQueue, process_route
+from .replies import (
+    MAX_ERROR_BODY,
+    MAX_FIELD,
+    MAX_HEADERS,
+    MAX_JSON,
+    MAX_LINE,
+    MAX_LISTING,
+    ReplyError,
+    clip,
+    expect_object,
+    get_opt_str,
+    read_json,
 )
 from .unix_sockets import http_url
 
@@ -65,6 +82,10 @@ _REPLY_MARGIN = 30.0
 _CONNECT_TIMEOUT = 10.0
 _HEADERS_TIMEOUT = 30.0
 _STALL_TIMEOUT = 300.0  # a file transfer that moves nothing for this long has failed
+_JSON_TIMEOUT = 60.0  # a JSON request, its whole reply included; and reading any JSON reply
+_ERROR_BODY_TIMEOUT = 10.0  # reading an error reply's words
+_MAX_MESSAGE = 1000  # characters of a daemon's error message kept
+_MAX_CODE = 64  # characters of a daemon's error code kept
 
 # The daemon's error codes that are OS errors: (class, errno).
 _OS_ERRORS: dict[str, tuple[type[RemoteOSError], int]] = {
@@ -79,6 +100,7 @@ _OS_ERRORS: dict[str, tuple[type[RemoteOSError], int]] = {
     "insufficient_storage": (RemoteOSError, errno.ENOSPC),
 }
 
+T = TypeVar("T")
 Command = str | Sequence[str]
 Stdin = bytes | str | AsyncIterable[bytes] | None
 
@@ -164,7 +186,9 @@ class Computer:
 
     async def health(self, *, timeout: float = 10.0) -> dict[str, Any]:
         """Ask the daemon for its version, uptime and working directory."""
-        result: dict[str, Any] = await self._json("GET", "/health", timeout=timeout)
+        result: dict[str, Any] = await self._json(
+            "GET", "/health", check=_health_reply, timeout=timeout
+        )
         self._cwd = result.get("cwd")
         return result
 
@@ -172,7 +196,10 @@ class Computer:
         """The sandbox's working directory: where relative paths and commands start."""
         if self._cwd is None:
             await self.health()
-        assert self._cwd is not None
+        if self._cwd is None:
+            raise DaemonProtocolError(
+                "the health reply names no working directory", sandbox=self._name
+            )
         return self._cwd
 
     # -- commands ----------------------------------------------------------
@@ -241,10 +268,11 @@ class Computer:
     ) -> CommandResult:
         total = None if timeout is None else timeout + _REPLY_MARGIN
         async with self._exec(header, stdin, total) as response:
-            collector = Collector()
+            collector = Collector(max_output)
+            frames = Frames(response, self._liveness.watch, max_output_frame=max_output)
             with self._unreachable("running a command"):
-                end = await collector.read(Frames(response, self._liveness.watch))
-                await response.content.read()  # the chunked terminator: keeps the connection
+                end = await collector.read(frames)
+                await frames.end()  # the chunked terminator: keeps the connection
         result = collector.result()
         if end.timed_out:
             raise CommandTimeoutError(
@@ -292,7 +320,7 @@ class Computer:
         )
 
         async def open_process() -> Process:
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+            queue = StdinQueue(16, sandbox=self._name)
             response = await self._open_exec(header, queue, None)
             return await self._adopt(response, queue, background)
 
@@ -301,36 +329,32 @@ class Computer:
     def attach(self, process_id: str) -> ProcessStart:
         """Stream a background process's output again: what its ring buffer kept, then live.
 
-        Unknown ids raise :class:`RemoteProcessLookupError`. Leaving the block detaches
-        (the process keeps running).
+        Unknown ids raise :class:`RemoteProcessLookupError`, malformed ones ``ValueError``
+        before anything is sent. A process that finished and whose output the daemon
+        dropped for its memory budget raises :class:`DaemonError` with code
+        ``output_evicted``. Leaving the block detaches (the process keeps running).
         """
+        route = process_route(process_id, "output")
 
         async def open_process() -> Process:
-            response = await self._send(
-                "GET", f"/processes/{process_id}/output", timeout=aiohttp.ClientTimeout()
-            )
+            response = await self._send("GET", route, timeout=aiohttp.ClientTimeout())
             return await self._adopt(response, None, True)
 
         return ProcessStart(open_process)
 
     async def processes(self) -> list[ProcessInfo]:
         """The processes the daemon is running (and background ones that ended)."""
-        entries = await self._json("GET", "/processes")
-        return [
-            ProcessInfo(
-                id=e["id"],
-                pid=int(e["pid"]),
-                argv=tuple(e["argv"]),
-                background=bool(e["background"]),
-                running=bool(e["running"]),
-                exit_code=e["exit_code"],
-            )
-            for e in entries
-        ]
+        processes: list[ProcessInfo] = await self._json(
+            "GET", "/processes", check=parse_process_list, limit=MAX_LISTING
+        )
+        return processes
 
     async def kill_process(self, process_id: str) -> None:
-        """Kill a process's group by id and forget it (if it was a background process)."""
-        await self._json("DELETE", f"/processes/{process_id}")
+        """Kill a process's group by id and forget it (if it was a background process).
+
+        A malformed id is a ``ValueError`` before anything is sent.
+        """
+        await self._json("DELETE", process_route(process_id), check=_object_reply)
 
     # -- files -------------------------------------------------------------
 
@@ -369,6 +393,11 @@ class Computer:
             params["max_size"] = str(max_size)
         timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=_STALL_TIMEOUT)
         response = await self._send("GET", "/files", params=params, timeout=timeout)
+        try:
+            self._check_file_reply(response, path, max_size)
+        except BaseException:
+            response.close()
+            raise
 
         async def chunks() -> AsyncIterator[bytes]:
             seen = 0
@@ -436,7 +465,9 @@ class Computer:
         if mode is not None:
             params["mode"] = format(mode, "o")
         timeout = aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT, sock_read=_STALL_TIMEOUT)
-        await self._json("PUT", "/files", params=params, data=body, timeout=timeout)
+        await self._json(
+            "PUT", "/files", check=_object_reply, params=params, data=body, timeout=timeout
+        )
 
     async def upload(
         self,
@@ -451,12 +482,17 @@ class Computer:
 
     async def stat(self, path: str) -> FileInfo:
         """What ``path`` is (follows symlinks); :class:`RemoteFileNotFoundError` if nothing."""
-        return FileInfo.from_json(await self._json("GET", "/files/stat", params={"path": path}))
+        info: FileInfo = await self._json(
+            "GET", "/files/stat", check=FileInfo.from_json, params={"path": path}
+        )
+        return info
 
     async def list_dir(self, path: str = ".") -> list[FileInfo]:
         """The entries of the directory ``path``, sorted by name (at most 10,000)."""
-        reply = await self._json("GET", "/files/list", params={"path": path})
-        return [FileInfo.from_json(e, directory=reply["path"]) for e in reply["entries"]]
+        entries: list[FileInfo] = await self._json(
+            "GET", "/files/list", check=parse_listing, limit=MAX_LISTING, params={"path": path}
+        )
+        return entries
 
     # -- plumbing ----------------------------------------------------------
 
@@ -493,10 +529,7 @@ class Computer:
         """Read the ``S`` frame of an exec or attach reply and wrap it in a Process."""
         try:
             with self._unreachable("starting a process"):
-                frame = await Frames(response, self._liveness.watch).next()
-                if frame is None or frame[0] != b"S":
-                    raise ConnectionResetError("the reply did not start with a process")
-            started = json.loads(frame[1])
+                started = await Frames(response, self._liveness.watch).start()
         except BaseException:
             response.close()
             raise
@@ -504,14 +537,20 @@ class Computer:
             response=response,
             stdin=stdin,
             control=self._control,
-            id=started["id"],
-            pid=int(started["pid"]),
+            id=started.id,
+            pid=started.pid,
             background=background,
-            watch=self._liveness.watch,
+            watch=self._reading_output,
         )
 
+    @contextmanager
+    def _reading_output(self) -> Iterator[None]:
+        """Around each read of a :class:`Process`'s reply: watched, and errors typed."""
+        with self._unreachable("reading a process's output"), self._liveness.watch():
+            yield
+
     async def _control(self, method: str, route: str, params: dict[str, str] | None) -> Any:
-        return await self._json(method, route, params=params)
+        return await self._json(method, route, check=_object_reply, params=params)
 
     async def _send(
         self,
@@ -535,6 +574,9 @@ class Computer:
                 headers=headers,
                 timeout=timeout,
                 ssl=self._ssl,
+                max_line_size=MAX_LINE,
+                max_field_size=MAX_FIELD,
+                max_headers=MAX_HEADERS,
                 **kwargs,
             )
         if response.status != 200:
@@ -549,20 +591,28 @@ class Computer:
         method: str,
         route: str,
         *,
-        timeout: float | aiohttp.ClientTimeout = 60.0,
+        check: Callable[[Any], T],
+        limit: int = MAX_JSON,
+        timeout: float | aiohttp.ClientTimeout | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> T:
+        """The JSON reply of a request, at most ``limit`` bytes, passed through ``check``
+        (which raises :class:`ReplyError` for a reply of the wrong shape)."""
         if not isinstance(timeout, aiohttp.ClientTimeout):
-            timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_TIMEOUT)
+            total = _JSON_TIMEOUT if timeout is None else timeout
+            timeout = aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT)
+        what = f"{method} {route}"
         response = await self._send(method, route, timeout=timeout, **kwargs)
         try:
-            with self._unreachable(f"{method} {route}"), self._liveness.watch():
-                return await response.json()
-        except ValueError as exc:
-            raise DaemonUnreachableError(
-                f"{method} {route}: bad reply: {exc!r}", sandbox=self._name
-            ) from exc
+            with self._unreachable(what):
+                # A reply dripped byte by byte defeats a stall timeout (an upload's only
+                # one): reading it has a deadline of its own.
+                with self._liveness.watch():
+                    async with asyncio.timeout(_JSON_TIMEOUT):
+                        reply = await read_json(response, limit)
+                return check(reply)
         finally:
+            # Not read to its end (too big, malformed), it closes the connection.
             response.release()
 
     def _http(self) -> aiohttp.ClientSession:
@@ -597,7 +647,12 @@ class Computer:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):  # the platform's headers included
                 response = await self._http().get(
-                    self._base + "/health", headers=await self._request_headers(), ssl=self._ssl
+                    self._base + "/health",
+                    headers=await self._request_headers(),
+                    ssl=self._ssl,
+                    max_line_size=MAX_LINE,
+                    max_field_size=MAX_FIELD,
+                    max_headers=MAX_HEADERS,
                 )
                 response.release()
         except TimeoutError:
@@ -632,6 +687,12 @@ class Computer:
             yield
         except DaemonError:
             raise  # already ours (the liveness verdict among them)
+        except ReplyError as exc:  # a reply that breaks the protocol: see .replies
+            raise DaemonProtocolError(f"{what}: {exc}", sandbox=self._name) from exc
+        except aiohttp.ClientResponseError as exc:  # a head aiohttp could not parse
+            raise DaemonProtocolError(
+                f"{what}: a malformed reply head ({clip(str(exc.message))})", sandbox=self._name
+            ) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             # Not a daemon that is late: someone else's certificate (with a per-sandbox
             # certificate, anyone else's). Waiting will not change it.
@@ -651,18 +712,43 @@ class Computer:
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status
-        body = b""
+        # At most MAX_ERROR_BODY bytes within _ERROR_BODY_TIMEOUT: the words of an error
+        # are short, and the rest goes with the connection.
+        body = bytearray()
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError, TimeoutError):
+            async with asyncio.timeout(_ERROR_BODY_TIMEOUT):
+                while len(body) < MAX_ERROR_BODY and (
+                    piece := await response.content.read(MAX_ERROR_BODY - len(body))
+                ):
+                    body += piece
         try:
-            body = await response.read()
             payload = json.loads(body)
-            code = str(payload.get("error", "error"))
-            message = str(payload.get("message", ""))
-        except (ValueError, AttributeError, aiohttp.ClientError):
+            code = _short(payload.get("error", "error"), _MAX_CODE)
+            message = _short(payload.get("message", ""), _MAX_MESSAGE)
+        except (ValueError, AttributeError, RecursionError):
             # Not the daemon's answer: a front end or proxy on the way (Cloud Run's IAM
             # check, the Kubernetes API server...). Its own words say what went wrong.
-            words = " ".join(body.decode(errors="replace").split())[:200]
+            words = " ".join(body[:4096].decode(errors="replace").split())[:200]
             payload, code, message = {}, "error", f"HTTP {status}: {words}".rstrip(": ")
         raise _typed_error(self._name, status, code, message, payload)
+
+    def _check_file_reply(
+        self, response: aiohttp.ClientResponse, path: str, max_size: int | None
+    ) -> None:
+        """A file's reply is bytes, and no longer than the read allows."""
+        if response.content_type != "application/octet-stream":
+            raise DaemonProtocolError(
+                f"reading {path}: a reply of type {clip(response.content_type)}, not a file",
+                sandbox=self._name,
+            )
+        length = response.content_length
+        if max_size is not None and length is not None and length > max_size:
+            raise FileTooLargeError(
+                f"{path} is {length} bytes, more than max_size={max_size}",
+                sandbox=self._name,
+                path=path,
+                size=length,
+            )
 
 
 def _typed_error(
@@ -679,27 +765,50 @@ def _typed_error(
             status=403,
             code=code,
         )
+    path = payload.get("path")
+    path = _short(path, _MAX_MESSAGE) if path is not None else None
     if code in _OS_ERRORS and (code != "not_found" or "path" in payload):
         cls, number = _OS_ERRORS[code]
         return cls(
             message,
             sandbox=sandbox,
             errno=number,
-            path=payload.get("path"),
+            path=path,
             status=status,
             code=code,
         )
     if code == "file_too_large":
+        size = payload.get("size")
         return FileTooLargeError(
-            message, sandbox=sandbox, path=str(payload.get("path")), size=payload.get("size")
+            message,
+            sandbox=sandbox,
+            path=str(path),
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
         )
     if code == "resource_exhausted":
         return ResourceExhaustedError(
-            message, sandbox=sandbox, limit=str(payload.get("limit")), status=status
+            message, sandbox=sandbox, limit=_short(payload.get("limit"), _MAX_CODE), status=status
         )
     if code == "user_unsupported":
         return UnsupportedOperationError(message, sandbox=sandbox, status=status, code=code)
     return DaemonError(f"{code}: {message}", sandbox=sandbox, status=status, code=code)
+
+
+def _short(value: object, limit: int) -> str:
+    """A daemon's word, as a string of at most ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _health_reply(reply: Any) -> dict[str, Any]:
+    what = "the health reply"
+    health = expect_object(reply, what)
+    get_opt_str(health, "cwd", what, limit=4096)
+    return health
+
+
+def _object_reply(reply: Any) -> dict[str, Any]:
+    return expect_object(reply, "the daemon's reply")
 
 
 def _exec_header(

@@ -17,6 +17,7 @@ CommandLabError
 └── DaemonError                   the daemon inside a sandbox refused or failed a request
     ├── DaemonUnreachableError    no connection to the daemon
     │   ├── DaemonUnresponsiveError   it stopped answering (frozen, starved) (TimeoutError)
+    │   ├── DaemonProtocolError       its reply broke the protocol (malformed, too big, too slow)
     │   └── SandboxDeletedError       the Computer's sandbox was deleted (its block ended)
     ├── AuthenticationError       the daemon refused the token
     ├── CommandTimeoutError       a command ran past its timeout; its processes were killed
@@ -57,6 +58,7 @@ __all__ = [
     "CommandLabError",
     "CommandTimeoutError",
     "DaemonError",
+    "DaemonProtocolError",
     "DaemonUnreachableError",
     "DaemonUnresponsiveError",
     "FileTooLargeError",
@@ -269,6 +271,14 @@ class DaemonUnresponsiveError(DaemonUnreachableError, TimeoutError):
     """The daemon stopped answering: a call waited on it in silence and it did not answer
     a health check either (frozen, starved, or cut off). The call was abandoned; this is
     raised within ``LIVENESS_TIMEOUT`` seconds, whatever timeout the call had."""
+
+
+class DaemonProtocolError(DaemonUnreachableError):
+    """The daemon's reply broke the protocol: headers, a body, a frame or a JSON reply
+    too big, malformed or of the wrong shape, or a reply head that would not end. Not the
+    daemon this library runs (code in the sandbox can serve another on its socket), or a
+    broken one: the connection is dropped, and the message quotes at most a short,
+    truncated piece of what came."""
 
 
 class SandboxDeletedError(DaemonUnreachableError):

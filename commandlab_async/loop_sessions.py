@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
+from .replies import MAX_FIELD, MAX_HEADERS, MAX_LINE, BoundedResponseHandler
 from .unix_sockets import RoutingConnector
 
 __all__ = ["on_loop", "session_for"]
@@ -32,8 +35,18 @@ _sessions: weakref.WeakKeyDictionary[
 
 def new_session() -> aiohttp.ClientSession:
     """A connection pool with no cap, so a fleet's commands never queue; it reaches daemons
-    on Unix sockets too (:mod:`.unix_sockets`)."""
-    return aiohttp.ClientSession(connector=RoutingConnector(limit=0))
+    on Unix sockets too (:mod:`.unix_sockets`). Its connections hold a daemon to the reply
+    it was asked, in bounded time (:class:`~.replies.BoundedResponseHandler`)."""
+    connector = RoutingConnector(limit=0)
+    # The one place aiohttp makes a connection's protocol, plain, TLS or Unix socket.
+    factory = functools.partial(BoundedResponseHandler, loop=connector._loop)
+    connector._factory = cast("functools.partial[ResponseHandler]", factory)
+    return aiohttp.ClientSession(
+        connector=connector,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_FIELD,
+        max_headers=MAX_HEADERS,
+    )
 
 
 async def _hold(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:

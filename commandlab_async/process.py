@@ -2,16 +2,17 @@
 
 ``POST /exec`` answers with a stream of frames (see ``daemon/server.py``): one ``S``
 (started), output frames ``1``/``2``, a ``G`` (gap) before a truncated stream's kept
-tail, and one ``X`` (exit). Everything here reads that stream in bounded pieces.
+tail, and one ``X`` (exit). Everything here reads that stream in bounded pieces and
+checks each frame (:mod:`.replies`): a daemon's reply is never trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal as signals
 import struct
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -20,16 +21,36 @@ from typing import Any, Literal
 
 import aiohttp
 
+from .process_io import StdinQueue, process_route
+from .replies import (
+    MAX_CONTROL_FRAME,
+    MAX_OUTPUT_FRAME,
+    READ_PIECE,
+    ReplyError,
+    clip,
+    expect_list,
+    expect_object,
+    get_bool,
+    get_int,
+    get_opt_int,
+    get_opt_number,
+    get_str,
+    parse_json,
+)
+
 __all__ = ["CommandResult", "OutputChunk", "Process", "ProcessInfo"]
 
 Stream = Literal["stdout", "stderr"]
 _STREAMS: dict[bytes, Stream] = {b"1": "stdout", b"2": "stderr"}
+_STREAM_NUMBERS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 _FRAME_HEAD = struct.Struct(">cI")
-# A frame larger than this is not something our daemon sends: the stream is corrupt.
-_MAX_FRAME = 64 * 1024 * 1024
+FRAMES_TYPE = "application/x-commandlab-frames"
+_MAX_ID = 256  # characters of a process id (the daemon's are a few)
+_MAX_PID = 2**31 - 1
+_MAX_COUNT = 2**63 - 1  # of bytes omitted
 
 Watch = Callable[[], AbstractContextManager[None]]
-"""Wraps each read of the daemon's reply (the Computer's liveness watch)."""
+"""Wraps each read of the daemon's reply (the Computer's liveness watch and error mapping)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,28 @@ class ProcessInfo:
     exit_code: int | None
 
 
+def parse_process_list(data: object) -> list[ProcessInfo]:
+    """A daemon's ``/processes`` reply, each field checked."""
+    what = "the process list"
+    processes = []
+    for item in expect_list(data, what):
+        entry = expect_object(item, what)
+        argv = expect_list(entry.get("argv"), what)
+        if not all(isinstance(arg, str) for arg in argv):
+            raise ReplyError(f"{what}: an argv that is not strings")
+        processes.append(
+            ProcessInfo(
+                id=get_str(entry, "id", what, limit=_MAX_ID),
+                pid=get_int(entry, "pid", what, low=1, high=_MAX_PID),
+                argv=tuple(argv),
+                background=get_bool(entry, "background", what),
+                running=get_bool(entry, "running", what),
+                exit_code=get_opt_int(entry, "exit_code", what, low=-(2**31), high=2**31 - 1),
+            )
+        )
+    return processes
+
+
 @dataclass
 class _Exit:
     exit_code: int
@@ -111,63 +154,156 @@ class _Exit:
     limit_exceeded: bool
 
 
-class Frames:
-    """Reads frames off a response body."""
+@dataclass(frozen=True)
+class _Started:
+    id: str
+    pid: int
 
-    def __init__(self, response: aiohttp.ClientResponse, watch: Watch | None = None) -> None:
+
+@dataclass(frozen=True)
+class _Gap:
+    stream: Stream
+    omitted: int
+
+
+class Frames:
+    """Reads the frames of an exec or attach reply, each checked, none held whole.
+
+    Output frames come out in pieces of at most :data:`~.replies.READ_PIECE` bytes;
+    control frames (``S``, ``G``, ``X``) must be at most
+    :data:`~.replies.MAX_CONTROL_FRAME` bytes and output frames at most
+    ``max_output_frame`` (at least :data:`~.replies.MAX_OUTPUT_FRAME`). What breaks the
+    protocol is a :class:`~.replies.ReplyError`; a reply cut short, a
+    ``ConnectionResetError``. Each read runs inside ``watch``.
+    """
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        watch: Watch | None = None,
+        *,
+        max_output_frame: int = MAX_OUTPUT_FRAME,
+    ) -> None:
+        self._response = response
         self._content = response.content
         self._watch = watch if watch is not None else contextlib.nullcontext
+        self._max_output_frame = max(MAX_OUTPUT_FRAME, max_output_frame)
+        self._stream: Stream = "stdout"  # of the output frame being read
+        self._left = 0  # bytes of that frame still to read
 
-    async def next(self) -> tuple[bytes, bytes] | None:
-        """The next (kind, payload), or None at a clean end of stream."""
+    async def start(self) -> _Started:
+        """The ``S`` frame, which must come first."""
+        what = "the process's start frame"
         with self._watch():
-            try:
-                head = await self._content.readexactly(_FRAME_HEAD.size)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise ConnectionResetError("the daemon's reply ended inside a frame") from None
-                return None
-            kind, length = _FRAME_HEAD.unpack(head)
-            if length > _MAX_FRAME:
-                raise ConnectionResetError(f"malformed frame from the daemon ({length} bytes)")
-            try:
-                payload = await self._content.readexactly(length)
-            except asyncio.IncompleteReadError:
+            if self._response.content_type != FRAMES_TYPE:
+                raise ReplyError(
+                    f"a command's reply of type {clip(self._response.content_type)},"
+                    f" not {FRAMES_TYPE}"
+                )
+            head = await self._head()
+            if head is None:
+                raise ConnectionResetError("the daemon's reply ended before the process started")
+            kind, length = head
+            if kind != b"S":
+                raise ReplyError(f"a command's reply began with a frame {clip(kind)}, not S")
+            data = expect_object(parse_json(await self._control(length), what), what)
+            return _Started(
+                id=get_str(data, "id", what, limit=_MAX_ID),
+                pid=get_int(data, "pid", what, low=1, high=_MAX_PID),
+            )
+
+    async def next(self) -> OutputChunk | _Gap | _Exit:
+        """The next piece of output, gap or (last) the exit."""
+        with self._watch():
+            if not self._left:
+                head = await self._head()
+                if head is None:
+                    raise ConnectionResetError("the daemon's reply ended before the exit status")
+                kind, length = head
+                stream = _STREAMS.get(kind)
+                if stream is None:
+                    payload = await self._control(length)
+                    if kind == b"G":
+                        return _parse_gap(payload)
+                    if kind == b"X":
+                        return parse_exit(payload)
+                    raise ReplyError(f"an unexpected frame {clip(kind)} in a command's output")
+                if length > self._max_output_frame:
+                    raise ReplyError(
+                        f"an output frame of {length} bytes (at most"
+                        f" {self._max_output_frame} are accepted)"
+                    )
+                self._stream, self._left = stream, length
+                if not length:
+                    return OutputChunk(stream, b"")
+            size = min(self._left, READ_PIECE)
+            data = await self._exactly(size)
+            self._left -= size
+            return OutputChunk(self._stream, data)
+
+    async def end(self) -> None:
+        """After the exit frame: the reply must end there (its chunked terminator)."""
+        with self._watch():
+            if await self._content.read(1):
+                raise ReplyError("a command's reply went on after its exit status")
+
+    async def _head(self) -> tuple[bytes, int] | None:
+        try:
+            head = await self._content.readexactly(_FRAME_HEAD.size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
                 raise ConnectionResetError("the daemon's reply ended inside a frame") from None
-        return kind, payload
+            return None
+        kind, length = _FRAME_HEAD.unpack(head)
+        return kind, length
+
+    async def _control(self, length: int) -> bytes:
+        if length > MAX_CONTROL_FRAME:
+            raise ReplyError(
+                f"a control frame of {length} bytes (at most {MAX_CONTROL_FRAME} are accepted)"
+            )
+        return await self._exactly(length)
+
+    async def _exactly(self, size: int) -> bytes:
+        try:
+            return await self._content.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("the daemon's reply ended inside a frame") from None
 
 
 async def read_output(frames: Frames) -> AsyncIterator[OutputChunk | _Exit]:
     """A reply's output chunks (a gap's size rides on its stream's next chunk), then its exit."""
     gaps: dict[Stream, int] = {}
     while True:
-        frame = await frames.next()
-        if frame is None:
-            raise ConnectionResetError("the daemon's reply ended before the exit status")
-        kind, payload = frame
-        stream = _STREAMS.get(kind)
-        if stream is not None:
-            omitted = gaps.pop(stream, 0)
-            if payload or omitted:
-                yield OutputChunk(stream, payload, omitted)
-        elif kind == b"G":
-            gap = json.loads(payload)
-            name: Stream = "stdout" if gap["stream"] == 1 else "stderr"
-            gaps[name] = gaps.get(name, 0) + int(gap["omitted"])
-        elif kind == b"X":
+        item = await frames.next()
+        if isinstance(item, OutputChunk):
+            omitted = gaps.pop(item.stream, 0)
+            if item.data or omitted:
+                yield OutputChunk(item.stream, item.data, omitted)
+        elif isinstance(item, _Gap):
+            gaps[item.stream] = gaps.get(item.stream, 0) + item.omitted
+        else:
             for name, omitted in gaps.items():  # a gap with no tail after it
                 yield OutputChunk(name, b"", omitted)
-            yield parse_exit(payload)
+            yield item
             return
 
 
+def _parse_gap(payload: bytes) -> _Gap:
+    what = "a gap frame"
+    data = expect_object(parse_json(payload, what), what)
+    number = get_int(data, "stream", what, low=1, high=2)
+    return _Gap(_STREAM_NUMBERS[number], get_int(data, "omitted", what, low=0, high=_MAX_COUNT))
+
+
 def parse_exit(payload: bytes) -> _Exit:
-    data = json.loads(payload)
+    what = "the exit frame"
+    data = expect_object(parse_json(payload, what), what)
     return _Exit(
-        exit_code=int(data["exit_code"]),
-        duration=float(data["duration"] or 0.0),
-        timed_out=bool(data.get("timed_out")),
-        limit_exceeded=bool(data.get("limit_exceeded")),
+        exit_code=get_int(data, "exit_code", what, low=-(2**31), high=2**31 - 1),
+        duration=get_opt_number(data, "duration", what) or 0.0,
+        timed_out=get_bool(data, "timed_out", what, default=False),
+        limit_exceeded=get_bool(data, "limit_exceeded", what, default=False),
     )
 
 
@@ -232,7 +368,7 @@ class Process:
                 continue
             self._exit = item
             self._end_stdin()
-            await self._response.content.read()  # the end of the reply
+            await self._frames.end()  # the end of the reply
 
     async def wait(self) -> int:
         """Wait for the process to end (reading and dropping its remaining output)."""
@@ -242,7 +378,13 @@ class Process:
         return self._exit.exit_code
 
     async def write(self, data: bytes | str) -> None:
-        """Send ``data`` to the process's stdin (waits while the daemon's buffer is full)."""
+        """Send ``data`` to the process's stdin (waits while the daemon's buffer is full).
+
+        Once the process has exited (or this Process was closed, or its connection
+        broke) it raises :class:`RemoteOSError` with ``errno.EPIPE`` at once, as a write
+        to a pipe that nobody reads does. After :meth:`close_stdin`, or on an attached
+        process (no stdin), it is a ``RuntimeError``.
+        """
         if self._stdin is None:
             raise RuntimeError("this process's stdin is not open (closed, or attached)")
         if isinstance(data, str):
@@ -254,11 +396,15 @@ class Process:
         """Close the process's stdin (it reads end of file)."""
         if self._stdin is not None:
             queue, self._stdin = self._stdin, None
-            await queue.put(None)
+            if isinstance(queue, StdinQueue):
+                await queue.close()  # nothing to do once the process is gone
+            else:
+                await queue.put(None)
 
     async def signal(self, signum: int = signals.SIGTERM) -> None:
         """Send ``signum`` to the process's whole process group."""
-        await self._control("POST", f"/processes/{self.id}/signal", {"signal": str(int(signum))})
+        route = process_route(self.id, "signal")
+        await self._control("POST", route, {"signal": str(int(signum))})
 
     async def kill(self) -> None:
         """SIGKILL the process's whole process group."""
@@ -269,7 +415,10 @@ class Process:
             # A full queue is dropped with the request when the reply is closed.
             with contextlib.suppress(asyncio.QueueFull):
                 self._stdin.put_nowait(None)
-            self._stdin = None
+            if isinstance(self._stdin, StdinQueue):
+                self._stdin.end()  # a later write() fails at once, typed
+            else:
+                self._stdin = None
 
     async def close(self) -> None:
         """Stop reading. A foreground process still running is killed by the daemon."""
@@ -335,31 +484,89 @@ async def stdin_body(
                 yield bytes(item)
 
 
-class Collector:
-    """Builds a :class:`CommandResult` from frames, keeping at most what the daemon sent."""
+class _Kept:
+    """One stream of a run as the client keeps it, by its own count whatever the daemon
+    sends: the first ``max_output - max_output // 2`` bytes, the last ``max_output // 2``
+    (after the last gap) and the number of bytes dropped between them."""
 
-    def __init__(self) -> None:
-        self.out: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        self.omitted: dict[Stream, int] = {"stdout": 0, "stderr": 0}
+    def __init__(self, max_output: int) -> None:
+        self.head = bytearray()
+        self.head_room = max_output - max_output // 2
+        self.tail: deque[bytes] = deque()
+        self.tail_size = 0
+        self.tail_room = max_output // 2
+        self.in_tail = False
+        self.omitted = 0
+
+    def add(self, data: bytes) -> None:
+        if not self.in_tail:
+            take = data[: self.head_room - len(self.head)]
+            self.head += take
+            if len(take) == len(data):
+                return
+            data = data[len(take) :]
+            self.in_tail = True
+        if len(data) >= self.tail_room:  # this piece alone is the whole tail
+            self.omitted += self.tail_size + len(data) - self.tail_room
+            self.tail.clear()
+            kept = data[len(data) - self.tail_room :] if self.tail_room else b""
+            self.tail_size = len(kept)
+            if kept:
+                self.tail.append(kept)
+            return
+        self.tail.append(data)
+        self.tail_size += len(data)
+        while self.tail_size > self.tail_room:
+            excess = self.tail_size - self.tail_room
+            first = self.tail[0]
+            if len(first) <= excess:
+                self.tail.popleft()
+                dropped = len(first)
+            else:
+                self.tail[0] = first[excess:]
+                dropped = excess
+            self.tail_size -= dropped
+            self.omitted += dropped
+
+    def gap(self, omitted: int) -> None:
+        """The daemon dropped ``omitted`` bytes here: what the tail held is dropped too."""
+        self.in_tail = True
+        self.omitted += self.tail_size + omitted
+        self.tail.clear()
+        self.tail_size = 0
+
+    def data(self) -> bytes:
+        return bytes(self.head) + b"".join(self.tail)
+
+
+class Collector:
+    """Builds a :class:`CommandResult` from frames, keeping at most ``max_output`` bytes of
+    each stream whatever the daemon sends."""
+
+    def __init__(self, max_output: int) -> None:
+        self.kept: dict[Stream, _Kept] = {"stdout": _Kept(max_output), "stderr": _Kept(max_output)}
         self.exit: _Exit | None = None
 
     async def read(self, frames: Frames) -> _Exit:
-        async for item in read_output(frames):
+        await frames.start()
+        while True:
+            item = await frames.next()
             if isinstance(item, OutputChunk):
-                self.out[item.stream] += item.data
-                self.omitted[item.stream] += item.omitted
+                self.kept[item.stream].add(item.data)
+            elif isinstance(item, _Gap):
+                self.kept[item.stream].gap(item.omitted)
             else:
                 self.exit = item
-        assert self.exit is not None
-        return self.exit
+                return item
 
     def result(self) -> CommandResult:
         assert self.exit is not None
+        out, err = self.kept["stdout"], self.kept["stderr"]
         return CommandResult(
             exit_code=self.exit.exit_code,
-            stdout_bytes=bytes(self.out["stdout"]),
-            stderr_bytes=bytes(self.out["stderr"]),
+            stdout_bytes=out.data(),
+            stderr_bytes=err.data(),
             duration=self.exit.duration,
-            stdout_omitted=self.omitted["stdout"],
-            stderr_omitted=self.omitted["stderr"],
+            stdout_omitted=out.omitted,
+            stderr_omitted=err.omitted,
         )

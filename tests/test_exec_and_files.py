@@ -20,6 +20,7 @@ import pytest
 from commandlab_async import (
     CommandTimeoutError,
     Computer,
+    DaemonError,
     DockerSpec,
     FileTooLargeError,
     OutputChunk,
@@ -79,6 +80,12 @@ async def test_output_limit_can_raise_and_kills_the_command(computer: Computer) 
     assert result.exit_code == -9
     assert len(result.stdout_bytes) == 1000
     assert (await computer.run("pgrep -x yes || true")).stdout == ""
+
+
+async def test_output_limit_raises_only_past_the_limit_not_half_of_it(computer: Computer) -> None:
+    # Issue 27: a 9 MB command under the default 16 MiB limit was killed at 8 MiB.
+    r = await computer.run("head -c 9000000 /dev/zero", on_output_limit="raise", timeout=60)
+    assert (r.exit_code, r.truncated, r.stdout_bytes) == (0, False, bytes(9_000_000))
 
 
 async def test_endless_output_with_a_timeout_is_cut_not_fatal(computer: Computer) -> None:
@@ -282,6 +289,31 @@ async def test_background_processes_outlive_the_call_and_reattach(computer: Comp
     with pytest.raises(RemoteProcessLookupError):
         await computer.kill_process(sleeper.id)
     assert (await computer.run("pgrep -x sleep || true")).stdout == ""
+
+
+async def test_finished_background_jobs_cannot_exhaust_a_small_sandbox() -> None:
+    # Issue 27: finished jobs' output was kept, and in a 128 MiB sandbox the 46th job of
+    # ~2 MB got the daemon OOM-killed (and the sandbox with it).
+    job = "head -c 2097152 /dev/zero; head -c 2097152 /dev/zero >&2"
+    async with provision(DockerSpec(memory=128)) as computer:
+        ids = []
+        for _ in range(64):
+            process = await computer.start(job, background=True)
+            await process.close()
+            ids.append(process.id)
+            while any(p.id == process.id and p.running for p in await computer.processes()):
+                await asyncio.sleep(0.02)
+        assert await daemon_peak_rss_mib(computer) < 80
+        assert [p.exit_code for p in await computer.processes()] == [0] * 64
+        async with computer.attach(ids[-1]) as newest:
+            kept = [chunk async for chunk in newest.output()]
+        assert newest.exit_code == 0
+        assert sum(len(c.data) for c in kept if c.stream == "stderr") >= MIB
+        with pytest.raises(DaemonError) as caught:
+            await computer.attach(ids[0])
+        assert caught.value.code == "output_evicted"
+        assert "exit code 0" in str(caught.value)
+        await assert_usable(computer)
 
 
 async def test_switching_users_needs_a_root_sandbox() -> None:

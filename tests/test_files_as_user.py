@@ -113,3 +113,30 @@ async def test_switching_users_for_files_needs_a_root_sandbox() -> None:
             await computer.write_file("a.txt", "x", user="root")
         await computer.write_file("a.txt", "x", user="computer")  # itself: fine
         assert await computer.read_file("a.txt", user=1000) == b"x"
+
+
+async def test_a_root_write_keeps_the_users_file_theirs_and_follows_none_of_their_symlinks(
+    root_computer: Computer,
+) -> None:
+    # Issue 27: a root write over a user's file made it root's, and followed the symlinks
+    # the user planted.
+    await root_computer.write_file("notes.txt", "v1", user="computer")
+    await root_computer.write_file("notes.txt", "v2", mode=0o600)
+    await root_computer.write_file("notes.txt", "v3")
+    owner = await root_computer.run("stat -c '%U:%G %a' notes.txt; cat notes.txt")
+    assert owner.stdout == "computer:computer 600\nv3"
+    shadow = (await root_computer.run("sha256sum /etc/shadow")).stdout
+    # A directory symlink of theirs on the way does not take root's write into /etc...
+    await root_computer.run("ln -s /etc /home/computer/etc-link", user="computer")
+    for path in ["etc-link/shadow", "etc-link/cron.d/evil", "/home/computer/etc-link/evil"]:
+        with pytest.raises(RemotePermissionError, match="symlink"):
+            await root_computer.write_file(path, "root::0:0:99999:7:::\n")
+    assert (await root_computer.run("sha256sum /etc/shadow")).stdout == shadow
+    assert (await root_computer.run("ls /etc/evil /etc/cron.d/evil")).exit_code != 0
+    # ...and one at the target is replaced, not written through, lending root's new file
+    # nothing (owner, mode) from where it pointed.
+    await root_computer.run("ln -s /etc/shadow /home/computer/planted", user="computer")
+    await root_computer.write_file("planted", "for root")
+    assert (await root_computer.run("sha256sum /etc/shadow")).stdout == shadow
+    planted = await root_computer.run("stat -c '%F %U:%G %a' planted")
+    assert planted.stdout == "regular file root:root 644\n"
