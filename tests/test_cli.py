@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,44 @@ def test_errors_are_one_line_with_documented_exit_codes(cli: Cli) -> None:
         assert done.stderr.count(b"\n") == 1, args
         assert b"Traceback" not in done.stderr
     assert cli("frobnicate").returncode == 2
+
+
+def test_bad_handles_are_refused_by_exec_and_skipped_by_ls(
+    cli: Cli, up: tuple[list[dict[str, Any]], str], tmp_path: Path
+) -> None:
+    """A FIFO hung exec and ls forever, a link to /dev/zero ran them out of memory, a
+    malformed handle was an "internal error": now each is a one-line error naming the
+    file, and ls lists what it can, saying which handles it skipped."""
+    started, label = up
+    directory = tmp_path / "state" / "sandboxes"
+    os.mkfifo(directory / "stuck.json")
+    (directory / "zero.json").symlink_to("/dev/zero")
+    good = json.loads((directory / f"{started[0]['name']}.json").read_text())
+    (directory / "garbage.json").write_text(json.dumps({**good, "name": "garbage", "url": 5}))
+
+    def bounded(*args: str) -> subprocess.CompletedProcess[bytes]:
+        """The CLI in at most 1.5 GB of address space and 60 s (a bad handle must cost
+        neither)."""
+        command = [sys.executable, "-m", "commandlab_async.integrations.cli", *args]
+        return subprocess.run(
+            ["sh", "-c", 'ulimit -v 1500000 && exec "$@"', "sh", *command],
+            capture_output=True,
+            timeout=60,
+            env=cli.env,
+        )
+
+    listed = bounded("ls", "-l", label, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {(i["name"], i["handle"]) for i in json.loads(listed.stdout)} == {
+        (s["name"], True) for s in started
+    }
+    warnings = listed.stderr.decode().splitlines()
+    for bad in ("stuck", "zero", "garbage"):
+        assert any(str(directory / f"{bad}.json") in line for line in warnings), warnings
+        done = bounded("exec", bad, "--", "true")
+        assert done.returncode == 125, done.stderr
+        assert str(directory / f"{bad}.json").encode() in done.stderr
+        assert done.stderr.startswith(b"commandlab: ")
+        assert done.stderr.count(b"\n") == 1
+        assert b"internal error" not in done.stderr
+    assert bounded("exec", started[0]["name"], "--", "true").returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ...errors import SandboxNotFoundError, SpecError
-from ...handles import forget, load, load_all
+from ...handles import forget, load, scan
 from ...identity import (
     CREATED_AT,
     EXPIRES_AT,
@@ -141,7 +142,10 @@ async def find(where: list[Target], labels: Mapping[str, str]) -> list[dict[str,
             records = await backend.driver.list_sandboxes({**labels, MANAGED: "true"})
             found += [(target, record) for record in records]
     reasons = await asyncio.to_thread(lambda: [why_reap(r) for _, r in found])
-    handles = {h.name for h in await asyncio.to_thread(load_all)}
+    saved, skipped = await asyncio.to_thread(scan)
+    for problem in skipped:  # a bad handle costs only its own sandbox's REACHABLE
+        print(f"commandlab: warning: {' '.join(problem.split())}", file=sys.stderr)
+    handles = {h.name for h in saved}
     return [
         _describe(target, record, reason, record.name in handles)
         for (target, record), reason in zip(found, reasons, strict=True)
