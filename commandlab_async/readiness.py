@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +14,52 @@ from .computer import Computer
 from .errors import AuthenticationError, DaemonError, ProvisionError
 from .platforms.driver import Driver, SandboxRef
 
-__all__ = ["Progress", "wait_ready"]
+__all__ = ["DaemonStart", "Progress", "daemon_start", "wait_ready"]
 
 _FIRST_DELAY = 0.002
 # How often the backend is asked whether the sandbox died while the daemon is silent.
 _STATE_CHECK_INTERVAL = 1.0
 _PROBE_TIMEOUT = 2.0
+# What two monotonic clocks may disagree by when comparing a daemon's start: a fixed part
+# (float rounding, the daemon's own clock reading) plus a rate part (a cloud sandbox's
+# clock is another host's; NTP slews a clock by at most 500 ppm).
+_START_SLACK = 0.05
+_CLOCK_RATE = 0.001
+
+
+@dataclass(frozen=True)
+class DaemonStart:
+    """Which daemon process answered a health request: its pid, and when it started on
+    this process's monotonic clock — between ``earliest`` and ``latest``, since the
+    daemon measured its uptime somewhere within the request's round trip (``at`` is when
+    the answer came)."""
+
+    pid: int
+    earliest: float
+    latest: float
+    at: float
+
+    def same_process(self, later: DaemonStart) -> bool:
+        """Whether ``later`` (from a later health answer) is this very daemon process: the
+        same pid and a start time that fits both answers. A daemon restarted or replaced
+        since (by the platform, the engine...) started later, whatever pid it got."""
+        slack = _START_SLACK + _CLOCK_RATE * max(later.at - self.at, 0.0)
+        return (
+            later.pid == self.pid
+            and later.earliest <= self.latest + slack
+            and self.earliest <= later.latest + slack
+        )
+
+
+def daemon_start(health: Mapping[str, Any], sent: float, received: float) -> DaemonStart | None:
+    """The :class:`DaemonStart` a health answer tells (``sent`` and ``received`` on
+    ``time.monotonic()``); None if it reports no pid or uptime."""
+    pid, uptime = health.get("pid"), health.get("uptime")
+    if not isinstance(pid, int) or isinstance(pid, bool) or isinstance(uptime, bool):
+        return None
+    if not isinstance(uptime, (int, float)) or not math.isfinite(uptime) or uptime < 0:
+        return None
+    return DaemonStart(pid, sent - uptime, received - uptime, received)
 
 
 @dataclass
@@ -25,6 +67,8 @@ class Progress:
     """The last thing known about a sandbox on its way up (named in timeout errors)."""
 
     state: str = "not created"
+    daemon: DaemonStart | None = None
+    """The daemon process that answered the readiness probe, once one did (if it says)."""
 
 
 async def wait_ready(
@@ -47,7 +91,9 @@ async def wait_ready(
     while True:
         try:
             async with probe_slot():
-                await computer.health(timeout=_PROBE_TIMEOUT)
+                sent = time.monotonic()
+                health = await computer.health(timeout=_PROBE_TIMEOUT)
+                progress.daemon = daemon_start(health, sent, time.monotonic())
             progress.state = "ready"
             return
         except AuthenticationError as exc:

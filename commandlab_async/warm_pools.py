@@ -4,15 +4,29 @@ While a :class:`WarmPool` of a spec is open on an event loop, :func:`provision` 
 equal spec on that loop takes one of its ready members (after a cheap health check)
 instead of creating one, and the pool starts a replacement in the background. The caller
 owns what it took: it is deleted when its block ends, like any other sandbox.
+
+The hand-out check asks the member's daemon for ``/health`` and requires that the process
+answering is the one that answered the readiness probe: the same pid, and a start time
+(the client's clock minus the uptime it reports, bracketed by each request's round trip)
+that fits both answers. Nothing runs in a member before it is handed out, so what can
+have happened to it is the platform's or the engine's doing: a daemon restarted (a
+container restarted in its pod, a Cloud Run instance replaced) has lost nothing we can
+see on ``/health`` but its start — and with it the TTL it counts from and the promise of
+a sandbox nobody used. Members are checked concurrently, a frozen one never holds up
+the rest: a check unanswered after ``_HEDGE_DELAY`` starts the next member's, and a
+caller with no member answering within ``_CHECK_BUDGET`` waits for a create of its own
+(a check that passes later still hands its member to a waiting caller first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import math
 import secrets
+import time
 from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -26,6 +40,7 @@ from .identity import POOL, labelled, new_identity
 from .loop_sessions import new_session
 from .members import Member, bring_up, tear_down, tear_down_all
 from .pools import Backend, lease, open_backend
+from .readiness import daemon_start
 from .shielding import shielded
 from .signals import terminate_after_cleanup
 from .specs import Spec, checked_spec
@@ -35,14 +50,17 @@ __all__ = ["WarmPool"]
 
 log = logging.getLogger("commandlab_async")
 
-_HEALTH_TIMEOUT = 5.0  # the hand-out check; a member slower than this is not handed out
+_CHECK_TIMEOUT = 2.0  # a member whose hand-out check takes longer is deleted, not handed out
+_HEDGE_DELAY = 0.1  # a check unanswered this long: the next ready member is checked too
+_MAX_CHECKS = 4  # members one caller checks at once
+_CHECK_BUDGET = 1.0  # no member passed by then: the caller waits for a create of its own
 _FIRST_BACKOFF = 1.0  # after a refill failed, the next waits this long, doubling...
 _LAST_BACKOFF = 60.0  # ...up to this
 
 _open: list[WarmPool] = []  # the pools open in this process, on their loops
 
 
-@dataclass
+@dataclass(eq=False)
 class _Ready:
     member: Member
     since: float
@@ -95,6 +113,8 @@ class WarmPool:
         self._wait = wait
         self._on_event = on_event
         self._ready: deque[_Ready] = deque()
+        self._checking: set[_Ready] = set()  # taken off ready for a hand-out check
+        self._checks: set[asyncio.Task[_Ready | None]] = set()
         self._building: set[asyncio.Task[Member]] = set()
         self._deleting: set[asyncio.Task[None]] = set()
         self._waiters: deque[asyncio.Future[Member]] = deque()
@@ -195,10 +215,12 @@ class WarmPool:
         self._waiters.clear()
         for task in self._building:
             task.cancel()  # each lets its create settle, then deletes what it made
+        for check in self._checks:
+            check.cancel()  # each deletes the member it was checking
         try:
             grace = self.spec.destroy_timeout + 1.0
             for _ in range(2):  # the second: deletes of members that came up meanwhile
-                if busy := self._building | self._deleting:
+                if busy := self._building | self._deleting | self._checks:
                     await shielded(asyncio.wait(busy, timeout=grace), timeout=grace + 1.0)
         finally:
             members = [entry.member for entry in self._ready]
@@ -246,24 +268,105 @@ class WarmPool:
         return None if member is None else self._hand_out(member, on_event, 0.0)
 
     async def _take_ready(self) -> Member | None:
-        """The oldest ready member that is young enough and answers; None if none is."""
-        while self._ready:
-            entry = self._ready.popleft()
-            if entry.expiry is not None:
-                entry.expiry.cancel()
-            self._top_up()
-            computer = entry.member.computer
-            assert computer is not None
-            try:
-                await computer.health(timeout=_HEALTH_TIMEOUT)
-            except CommandLabError as exc:
-                self._delete(entry.member, f"not handed out: it stopped answering ({exc})")
-                continue
-            except BaseException:  # cancelled while checking: it is still the pool's
-                self._put_back(entry.member, since=entry.since)
-                raise
-            return entry.member
-        return None
+        """A ready member that passed its hand-out check, the oldest first; None if none is
+        ready or none passed within ``_CHECK_BUDGET``.
+
+        Checks run concurrently: one unanswered for ``_HEDGE_DELAY`` does not hold up the
+        next member's. Those still running when this returns (or is cancelled) go on in the
+        background: a member that passes goes back to the pool (to a waiting caller first),
+        one that fails is deleted.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CHECK_BUDGET
+        mine: list[asyncio.Task[_Ready | None]] = []
+        winner: asyncio.Task[_Ready | None] | None = None
+        try:
+            while not self._closing:
+                pending = [task for task in mine if not task.done()]
+                if self._ready and len(pending) < _MAX_CHECKS:
+                    task = self._check(self._ready.popleft())
+                    mine.append(task)
+                    pending.append(task)
+                left = deadline - loop.time()
+                if not pending or left <= 0:
+                    return None
+                hedge = bool(self._ready) and len(pending) < _MAX_CHECKS
+                await asyncio.wait(
+                    pending,
+                    timeout=min(left, _HEDGE_DELAY) if hedge else left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in mine:  # the oldest member that passed
+                    if task.done() and not task.cancelled() and task.result() is not None:
+                        winner = task
+                        entry = task.result()
+                        assert entry is not None
+                        self._checking.discard(entry)
+                        self._top_up()
+                        return entry.member
+            return None
+        finally:
+            for task in mine:
+                if task is not winner:
+                    if task.done():
+                        self._checked(task)
+                    else:
+                        task.add_done_callback(self._checked)
+
+    def _check(self, entry: _Ready) -> asyncio.Task[_Ready | None]:
+        """Start the hand-out check of a member taken off the ready queue."""
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+        self._checking.add(entry)
+        task = asyncio.create_task(self._verify(entry))
+        self._checks.add(task)
+        task.add_done_callback(functools.partial(self._check_ended, entry))
+        return task
+
+    def _check_ended(self, entry: _Ready, task: asyncio.Task[_Ready | None]) -> None:
+        self._checks.discard(task)
+        if task.cancelled() and entry in self._checking:  # only the pool's close cancels
+            self._checking.discard(entry)
+            self._delete(entry.member, "its warm pool closed while it was being checked")
+
+    async def _verify(self, entry: _Ready) -> _Ready | None:
+        """``entry`` if its daemon answers in time and is the process that became ready;
+        else None, the member deleted."""
+        member = entry.member
+        computer = member.computer
+        assert computer is not None
+        try:
+            sent = time.monotonic()
+            health = await computer.health(timeout=_CHECK_TIMEOUT)
+            answered = daemon_start(health, sent, time.monotonic())
+        except Exception as exc:  # a typed error from the Computer, as a rule
+            self._fail_check(entry, f"it stopped answering ({exc})")
+            return None
+        seen = member.progress.daemon
+        if seen is not None and (answered is None or not seen.same_process(answered)):
+            log.warning(
+                "warm pool %s: member %s not handed out: the daemon answering it is not the"
+                " process that became ready (pid %s then, %s now: restarted or replaced)",
+                self.id,
+                member.name,
+                seen.pid,
+                answered.pid if answered is not None else "unknown",
+            )
+            self._fail_check(entry, "its daemon is not the process that became ready")
+            return None
+        return entry
+
+    def _fail_check(self, entry: _Ready, why: str) -> None:
+        self._checking.discard(entry)
+        self._delete(entry.member, f"not handed out: {why}")
+        self._top_up()
+
+    def _checked(self, task: asyncio.Task[_Ready | None]) -> None:
+        """A check no caller took the member of: a member that passed goes back."""
+        if task.cancelled() or (entry := task.result()) is None:
+            return
+        self._checking.discard(entry)
+        self._put_back(entry.member, since=entry.since)
 
     def _hand_out(self, member: Member, on_event: EventCallback | None, waited: float) -> Member:
         self.hits += 1
@@ -283,7 +386,7 @@ class WarmPool:
         if self._closing:
             return
         waiting = sum(not w.done() for w in self._waiters)
-        missing = self.size + waiting - len(self._ready) - len(self._building)
+        missing = self.size + waiting - len(self._ready) - len(self._checking) - len(self._building)
         if missing <= 0:
             return
         if self._retry is not None and not waiting:

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from commandlab_async import (
+    DaemonError,
     DockerSpec,
     EventKind,
     FleetError,
@@ -33,6 +34,8 @@ from commandlab_async.pools import open_backend
 from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import docker, our_containers
 from tests.gcp_support import cloud_run_spec
+from tests.k8s_emulator import KubeEmulator
+from tests.k8s_support import NAMESPACE, kube_spec, our_pods
 
 pytestmark = pytest.mark.docker
 
@@ -86,6 +89,62 @@ async def test_a_dead_member_is_never_handed_out() -> None:
                 assert (await computer.run("echo ok")).stdout == "ok\n"
         await eventually(lambda: pool.ready == 2)
     assert our_containers() == []
+
+
+def freeze(name: str) -> None:
+    """SIGSTOP the daemon of sandbox ``name`` (the init's child), as code in it could."""
+    docker("exec", name, "pkill", "-STOP", "-P", "1", "-f", "/opt/commandlab/daemon.py")
+    assert "T" in docker("exec", name, "ps", "-o", "stat=", "--ppid", "1")
+
+
+async def test_frozen_members_do_not_hold_up_a_caller() -> None:
+    """Three frozen members made a caller wait 5 s for each, one after another (17.8 s);
+    now they are checked at once, and the caller soon waits for a create of its own."""
+    async with WarmPool(SPEC, size=3) as pool:
+        frozen = pool_members(pool)
+        assert len(frozen) == 3
+        for name in frozen:
+            freeze(name)
+        started = time.monotonic()
+        async with provision(SPEC) as computer:
+            waited = time.monotonic() - started
+            assert computer.name not in frozen
+            assert (await computer.run("echo ok")).stdout == "ok\n"
+        assert waited < 5.0, f"waited {waited:.1f}s behind frozen members"
+        # They are deleted, never handed out, and replaced.
+        await eventually(lambda: not set(frozen) & set(our_containers()))
+        await eventually(lambda: pool.ready == 3)
+        async with provision(SPEC) as computer:
+            assert computer.name not in frozen
+    assert our_containers() == []
+
+
+async def test_a_member_whose_daemon_restarted_is_not_handed_out(kube: KubeEmulator) -> None:
+    """A member's daemon restarted by its platform (a Deployment's container killed and
+    started again by the kubelet) answers /health at the same address with the same
+    token, but it is not the process that became ready: its TTL started over and the
+    pool can no longer vouch for it. It is deleted; the caller gets another sandbox."""
+    spec = kube_spec({"workload": "deployment", "service": "ClusterIP"}, ttl=600)
+    async with WarmPool(spec, size=1) as pool:
+        (entry,) = pool._ready
+        restarted = entry.member.computer
+        assert restarted is not None
+        (pod,) = our_pods(kube)
+        await restarted.health()
+        await kube.exit_container(NAMESPACE, pod)
+        killed = time.monotonic()
+        while True:  # until the new daemon answers at the member's address
+            assert time.monotonic() < killed + 30, "the container was not restarted"
+            try:
+                health = await restarted.health(timeout=2)
+                break
+            except DaemonError:
+                await asyncio.sleep(0.05)
+        assert health["uptime"] < time.monotonic() - killed  # a new process indeed
+        async with provision(spec) as computer:
+            assert computer.name != restarted.name
+            assert (await computer.run("echo fresh")).stdout == "fresh\n"
+        assert pool.hits == 1
 
 
 async def test_an_empty_pool_makes_callers_wait_for_their_own_member() -> None:
