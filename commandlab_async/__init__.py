@@ -16,6 +16,7 @@ from .errors import (
     CommandLabError,
     CommandTimeoutError,
     DaemonError,
+    DaemonProtocolError,
     DaemonUnreachableError,
     DaemonUnresponsiveError,
     FileTooLargeError,
@@ -44,6 +45,7 @@ from .handles import connect
 from .history import CommandRecord
 from .lifecycle import Fleet, provision, provision_many
 from .limits import Limits, set_limits
+from .machine_quota import MachineQuota, set_machine_quotas
 from .platforms.aws_ecs.options import EcsOptions
 from .platforms.azure_aci.options import AciOptions
 from .platforms.base import PlatformOptions, RunningSandbox, Target
@@ -73,6 +75,7 @@ __all__ = [
     "CommandTimeoutError",
     "Computer",
     "DaemonError",
+    "DaemonProtocolError",
     "DaemonUnreachableError",
     "DaemonUnresponsiveError",
     "DockerOptions",
@@ -92,6 +95,7 @@ __all__ = [
     "KubernetesSpec",
     "LifecycleEvent",
     "Limits",
+    "MachineQuota",
     "MissingExtraError",
     "OutputChunk",
     "OutputLimitExceededError",
@@ -125,4 +129,5 @@ __all__ = [
     "provision_many",
     "remove",
     "set_limits",
+    "set_machine_quotas",
 ]

@@ -5,6 +5,10 @@ Creates are bounded in flight and in rate (a token bucket with jitter), readines
 in flight, and deletes have their own bound so teardown never waits behind creates.
 Background creates (warm pools' refills) take at most half the create slots and wait
 while any user's create is queued, so they never starve what a user waits for.
+
+On a cloud, a create (and on some, a delete) also takes a token from the target's
+machine-wide buckets (:mod:`.machine_quota`), which every process of this user on the
+machine shares: many processes together stay within the backend's documented quotas.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import SpecError
+from .machine_quota import MachineBuckets
 
 if TYPE_CHECKING:
     from .platforms.base import Target
@@ -133,10 +138,11 @@ class TokenBucket:
 
 
 class Limiter:
-    """The live limits of one backend on one event loop."""
+    """The live limits of one backend on one event loop (and its share of the machine's)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, machine: MachineBuckets | None = None) -> None:
         self.limits = limits
+        self.machine = machine if machine is not None else MachineBuckets()
         self.creates = _Gauge(limits.creates_in_flight)
         self.probes = _Gauge(limits.probes_in_flight)
         self.destroys = _Gauge(limits.destroys_in_flight)
@@ -150,10 +156,12 @@ class Limiter:
 
     @asynccontextmanager
     async def create(self, *, background: bool = False) -> AsyncIterator[None]:
-        """Hold a create slot, after waiting for the rate limit.
+        """Hold a create slot, after waiting for the rate limit, then the machine's token.
 
         A ``background`` create also holds one of its own (half the slots), and takes a
-        create slot only when one is free and no user's create is queued for it.
+        create slot only when one is free and no user's create is queued for it. The
+        machine-wide token is taken last, once the slot is held, so that the call follows
+        it at once (a token taken early and spent late would let calls bunch up).
         """
         if background:
             async with self.background.hold():
@@ -163,6 +171,7 @@ class Limiter:
                     await self._changed.wait()
                 try:
                     async with self.creates.hold():  # free: taken without waiting
+                        await self.machine.take_create(background=True)
                         yield
                 finally:
                     self._changed.set()
@@ -180,8 +189,24 @@ class Limiter:
         try:
             await self._create_rate.take()
             async with self.creates.hold(on_held=got_slot):
+                await self.machine.take_create()
                 yield
         finally:
             if waiting:  # cancelled or failed while queued
                 got_slot()
             self._changed.set()
+
+    @asynccontextmanager
+    async def destroy(self, *, within: float) -> AsyncIterator[None]:
+        """Hold a delete slot and the machine's token for a delete.
+
+        ``within`` is the delete's whole budget in seconds, from now. A delete waits for
+        its machine-wide token at most half of what remains of it once it has a slot, and
+        then goes anyway: the other half is the call's (with its retries), so no delete is
+        ever held back past its budget by the quota.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        async with self.destroys.hold():
+            await self.machine.take_delete(patience=(deadline - loop.time()) / 2)
+            yield

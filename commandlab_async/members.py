@@ -237,7 +237,7 @@ async def tear_down(member: Member, *, pending: BaseException | None) -> None:
         budget /= 2  # the create's settling had the first half
 
     async def destroy() -> None:
-        async with limiter.destroys.hold():
+        async with limiter.destroy(within=budget):
             member.emit(EventKind.DESTROYING)
             await driver.destroy(member.identity)
 

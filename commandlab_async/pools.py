@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .limits import Limiter, Limits, limits_for
+from .limits import Limiter, limits_for
+from .machine_quota import MachineBuckets, machine_quotas_for
 from .platforms import driver_class
 from .platforms.base import Target
 from .shielding import shielded
@@ -68,8 +69,9 @@ class Backend:
     limiter: Limiter
 
 
-def _limiter(target: Target, default: Limits) -> Limiter:
-    return Limiter(limits_for(target, default))
+def _limiter(target: Target, cls: type[Driver[Any]]) -> Limiter:
+    machine = MachineBuckets(machine_quotas_for(target, cls.machine_quotas(target)))
+    return Limiter(limits_for(target, cls.default_limits), machine)
 
 
 async def open_backend(stack: AsyncExitStack, target: Target) -> Backend:
@@ -80,6 +82,6 @@ async def open_backend(stack: AsyncExitStack, target: Target) -> Backend:
     cls = driver_class(target.platform)
     driver = await stack.enter_async_context(lease(("driver", target), partial(cls, target)))
     limiter = await stack.enter_async_context(
-        lease(("limits", target), partial(_limiter, target, cls.default_limits))
+        lease(("limits", target), partial(_limiter, target, cls))
     )
     return Backend(target, driver, limiter)

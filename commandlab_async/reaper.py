@@ -182,12 +182,13 @@ async def _sweep(
     if dry_run or not doomed:
         return [reaped for _, reaped in doomed]
 
-    async def delete(record: SandboxRecord) -> None:
-        async with backend.limiter.destroys.hold():
-            await driver.destroy(record)
-
     # Shielded, but not past gc's own deadline.
     bound = min(_DELETE_TIMEOUT, max(deadline - asyncio.get_running_loop().time(), 0.1))
+
+    async def delete(record: SandboxRecord) -> None:
+        async with backend.limiter.destroy(within=bound):
+            await driver.destroy(record)
+
     results = await asyncio.gather(
         *(shielded(delete(record), timeout=bound) for record, _ in doomed),
         return_exceptions=True,

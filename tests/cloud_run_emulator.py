@@ -200,7 +200,8 @@ class CloudRunEmulator:
     ``create_latency`` delays every deployment; ``polls_before_done`` keeps a finished operation
     looking unfinished for that many ``GetOperation`` calls; ``listen_timeout`` bounds how long a
     container may take to answer HTTP; ``max_services`` caps services per parent;
-    ``writes_per_minute`` rate-limits Create/Delete; ``page_size`` caps ListServices pages.
+    ``writes_per_minute`` rate-limits Create/Delete (a token bucket holding ``write_burst``,
+    by default a minute's worth); ``page_size`` caps ListServices pages.
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class CloudRunEmulator:
         listen_timeout: float = 30.0,
         max_services: int = 1000,
         writes_per_minute: float | None = None,
+        write_burst: int | None = None,
         page_size: int = 100,
     ) -> None:
         self.create_latency = create_latency
@@ -233,7 +235,8 @@ class CloudRunEmulator:
         self._deployments: dict[str, _Deployment] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._deploy_failures: deque[tuple[int, str]] = deque()
-        self._bucket = float(writes_per_minute or 0)
+        self.write_burst = float(write_burst or writes_per_minute or 0)
+        self._bucket = self.write_burst
         self._bucket_at = time.monotonic()
         self._google_kid = secrets.token_hex(20)
         self._google_private, self._google_public = _rsa_key()
@@ -513,7 +516,7 @@ class CloudRunEmulator:
             return
         now = time.monotonic()
         refill = (now - self._bucket_at) * self.writes_per_minute / 60
-        self._bucket = min(self.writes_per_minute, self._bucket + refill)
+        self._bucket = min(self.write_burst, self._bucket + refill)
         self._bucket_at = now
         if self._bucket < 1:
             raise _Abort(

@@ -60,6 +60,12 @@ _TEST_IMAGES = {
 _STATE_DIR = tempfile.mkdtemp(prefix="commandlab-state-")
 os.environ["COMMANDLAB_STATE_DIR"] = _STATE_DIR
 atexit.register(shutil.rmtree, _STATE_DIR, ignore_errors=True)
+# Machine-wide quotas are off unless asked for (COMMANDLAB_MACHINE_QUOTA=on): they would
+# pace the whole run at real clouds' documented rates (a session-long moto would meet
+# Fargate's and ACI's buckets), shared with every other test run of this user, and leave
+# a bucket file per emulator address in the runtime directory.
+# tests/test_machine_quota.py turns them on, in a runtime directory of its own.
+os.environ.setdefault("COMMANDLAB_MACHINE_QUOTA", "off")
 
 # The engine as the test process found it: tests point DOCKER_HOST at a proxy served by
 # their own event loop, which a blocking `docker` call from that loop would deadlock on.

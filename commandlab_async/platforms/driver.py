@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..identity import SandboxIdentity
 from ..limits import Limits
+from ..machine_quota import MachineQuota
 from ..specs import Spec
 from .base import Platform, RunningSandbox, Target
 
@@ -139,6 +140,13 @@ class Driver(abc.ABC, Generic[TargetT]):
     def __init__(self, target: TargetT) -> None:
         self.target = target
         self._not_created: set[str] = set()
+
+    @classmethod
+    def machine_quotas(cls, target: TargetT) -> tuple[MachineQuota, ...]:
+        """The backend's documented rate quotas over ``target``, as token buckets that
+        every process of this user on the machine shares (none: a local engine, whose
+        only limit is this machine's). ``set_machine_quotas`` overrides them."""
+        return ()
 
     def mark_not_created(self, name: str) -> None:
         """From :meth:`create`, before it raises: the backend was never asked (no

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from copy import deepcopy
@@ -29,6 +30,7 @@ from botocore.exceptions import (
 from ...errors import BackendError, SandboxExitedError
 from ...identity import SESSION, SandboxIdentity
 from ...limits import Limits
+from ...machine_quota import MachineQuota
 from ...specs import Spec
 from ...tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
 from ..base import DockerPlatform, RunningSandbox
@@ -142,6 +144,23 @@ class EcsDriver(Driver[EcsTarget]):
     default_limits = Limits(
         creates_in_flight=50, creates_per_second=40, create_burst=100, probes_in_flight=128
     )
+
+    @classmethod
+    def machine_quotas(cls, target: EcsTarget) -> tuple[MachineQuota, ...]:
+        # Per account and region: ECS's RunTask bucket (100, refilled at 40/s; "Request
+        # throttling for the Amazon ECS API") and Fargate's task launches (100, refilled at
+        # 20/s; "AWS Fargate throttling quotas"). The account is not known without a call:
+        # processes on one region share, as if one account (at worst too polite).
+        region = (
+            target.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_ECS") or os.environ.get("AWS_ENDPOINT_URL")
+        where = f"region={region}" + (f" endpoint={endpoint}" if endpoint else "")
+        return (
+            MachineQuota(scope=f"aws-ecs run-task {where}", per_second=40, burst=100),
+            MachineQuota(scope=f"aws-fargate launches {where}", per_second=20, burst=100),
+        )
+
     attempts = 5
     first_wait = 0.1
     max_wait = 5.0

@@ -27,6 +27,7 @@ from google.protobuf import duration_pb2
 from ...errors import BackendError, SandboxExitedError
 from ...identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
 from ...limits import Limits
+from ...machine_quota import MachineQuota
 from ...specs import Spec
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
@@ -150,6 +151,29 @@ class CloudRunDriver(Driver[CloudRunTarget]):
     default_limits = Limits(
         creates_in_flight=30, creates_per_second=0.5, create_burst=30, probes_in_flight=64
     )
+
+    @classmethod
+    def machine_quotas(cls, target: CloudRunTarget) -> tuple[MachineQuota, ...]:
+        # Cloud Run Admin API: 60 write requests a minute per project and region
+        # (https://cloud.google.com/run/quotas, API rate limits; refused as "Write requests
+        # per minute per region"); a create and a delete cost one write each. Counted as a
+        # bucket of 60 refilled at 1/s, as default_limits does, of which creates may spend
+        # half, so the deletes of a fleet of 30 always find their tokens. An emulator is a
+        # cloud of its own.
+        where = f"project={target.project_id} region={target.region}"
+        if emulator := os.environ.get(EMULATOR_ENV):
+            where += f" endpoint={emulator}"
+        return (
+            MachineQuota(
+                scope=f"gcp-cloud-run writes {where}",
+                per_second=1.0,
+                burst=60,
+                creates=True,
+                deletes=True,
+            ),
+            MachineQuota(scope=f"gcp-cloud-run creates {where}", per_second=0.5, burst=30),
+        )
+
     probe_interval = 0.5
     # A write over the per-minute quota is worth waiting for: back off up to ~30 s.
     attempts = 6

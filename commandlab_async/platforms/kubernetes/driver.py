@@ -114,6 +114,11 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         probes_in_flight=64,
         destroys_in_flight=32,
     )
+    # No machine-wide quotas (Driver.machine_quotas): a cluster documents no rate quota
+    # per user to share. Its API server queues and sheds load itself (priority and
+    # fairness, answering 429 with a Retry-After we honour), every request counts there,
+    # not creates alone, and a cluster is often this machine's own (kind, minikube),
+    # where sharing would only slow tests down. set_machine_quotas can add them.
     probe_interval = 0.25
     attempts = 5
     first_wait = 0.1
