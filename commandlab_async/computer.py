@@ -577,6 +577,9 @@ class Computer:
                 max_line_size=MAX_LINE,
                 max_field_size=MAX_FIELD,
                 max_headers=MAX_HEADERS,
+                # A redirect would carry the token (a header of ours) wherever the
+                # daemon points: the host's services, a cloud's metadata address.
+                allow_redirects=False,
                 **kwargs,
             )
         if response.status != 200:
@@ -653,6 +656,7 @@ class Computer:
                     max_line_size=MAX_LINE,
                     max_field_size=MAX_FIELD,
                     max_headers=MAX_HEADERS,
+                    allow_redirects=False,  # as every request: the token goes nowhere else
                 )
                 response.release()
         except TimeoutError:

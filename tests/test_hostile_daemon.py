@@ -948,3 +948,32 @@ async def test_the_real_daemon_passes_every_check(real_daemon: Daemon) -> None:
         await server.close()
         with pytest.raises(RemoteFileNotFoundError):
             await computer.stat("nothing here")
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_never_followed_and_the_token_goes_nowhere_else(status: int) -> None:
+    """A daemon that answers with a redirect would otherwise make the client send the
+    sandbox's token (a header of ours, which redirects keep) to any address it names —
+    the host's own services or a cloud's metadata endpoint."""
+    async with HostileDaemon() as elsewhere:
+        moved = [Send(head(status, None, length=0, extra=[("Location", elsewhere.url + "/x")]))]
+        scripts = {"/health": moved, "/exec": moved, "/files": moved}
+        async with HostileDaemon(scripts) as liar, computer_at(liar, token="secret") as computer:
+            with pytest.raises(DaemonError):
+                await computer.health()
+            with pytest.raises(DaemonError):
+                await computer.run("true", timeout=5)
+            with pytest.raises(DaemonError):
+                await computer.read_file("/etc/hostname")
+        assert elsewhere.requests == []
+
+
+async def test_the_liveness_probe_follows_no_redirect_either() -> None:
+    async with HostileDaemon() as elsewhere:
+        moved = [Send(head(307, None, length=0, extra=[("Location", elsewhere.url + "/x")]))]
+        scripts = {"/health": moved, "/exec": [Pause(30)]}
+        async with HostileDaemon(scripts) as liar, computer_at(liar) as computer:
+            # Silent for 5 s, the call asks /health on the side: a redirect is no answer.
+            with pytest.raises(DaemonUnreachableError, match="HTTP 307"):
+                await computer.run("true")
+        assert elsewhere.requests == []
