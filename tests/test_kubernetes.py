@@ -74,11 +74,12 @@ async def test_sandbox_is_a_locked_down_pod_reached_through_the_proxy(kube: Kube
 
 
 async def test_a_fleet_shares_one_watch(kube: KubeEmulator) -> None:
-    async with provision_many(kube_spec(ready_timeout=120), count=100) as fleet:
+    # 20 show it as well as 100 (benchmarks/fleet_kubernetes.py brings up 100 and more).
+    async with provision_many(kube_spec(ready_timeout=120), count=20) as fleet:
         results = await asyncio.gather(*(c.run("hostname") for c in fleet))
         assert all(r.exit_code == 0 for r in results)
-        assert len(our_pods(kube)) == 100
-    assert len(kube.calls("POST pods")) == 100
+        assert len(our_pods(kube)) == 20
+    assert len(kube.calls("POST pods")) == 20
     assert len(kube.calls("WATCH pods")) == 1
     assert len(kube.calls("LIST pods")) == 1
     assert kube.calls("GET pod") == []

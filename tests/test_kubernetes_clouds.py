@@ -96,10 +96,11 @@ async def test_a_cloud_cluster_runs_a_fleet_with_its_own_tokens(
         assert (await computer.run("echo one")).stdout == "one\n"
     described = "GET eks cluster|POST aks credentials|GET gke cluster"
     assert len(fakes.calls(described)) == 1
-    async with provision_many(spec, count=100) as fleet:
+    # Ten sandboxes share one token as a hundred would (the scale is the benchmarks').
+    async with provision_many(spec, count=10) as fleet:
         outputs = await asyncio.gather(*(c.run("echo many") for c in fleet))
         assert {r.stdout for r in outputs} == {"many\n"}
-        assert len(our_pods(kube)) == 100
+        assert len(our_pods(kube)) == 10
     assert verified.refused == 0
     # Each fleet found the cluster once and one token served all its requests.
     assert len(fakes.calls(described)) == 2
