@@ -100,9 +100,9 @@ def assert_alive(daemon: Daemon, reply: bytes) -> None:
     assert not reply or reply.startswith(b"HTTP/1.1 "), reply[:200]
     assert daemon.proc.poll() is None, daemon.log()[-3000:]
     started = time.monotonic()
-    resp = daemon.request("GET", "/health", timeout=1.0)
+    resp = daemon.request("GET", "/health", timeout=3.0)
     assert resp.status == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not held up by what was sent
 
 
 # ------------------------------------------------------------- live: raw bytes

@@ -513,8 +513,8 @@ def test_stalled_handshakes_do_not_block_other_clients(daemon: Daemon) -> None:
         started = time.monotonic()
         time.sleep(0.2)
         for _ in range(3):
-            assert daemon.healthy(timeout=2)
-        assert time.monotonic() - started < 2
+            assert daemon.healthy(timeout=3)
+        assert time.monotonic() - started < 5  # not the 10 s header deadline
         # Both are dropped once the header deadline (which covers the handshake) passes.
         for sock in (silent, half):
             sock.settimeout(max(0.1, started + HEADER_DEADLINE + 3 - time.monotonic()))

@@ -108,7 +108,7 @@ async def test_sandbox_that_exits_fails_fast(fake_cloud: FakeCloud) -> None:
     with pytest.raises(SandboxExitedError, match=r"exited \(code 3\)"):
         async with provision(DockerSpec(ready_timeout=30)):
             pytest.fail("the body must not run")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # not the 30 s deadline
     assert fake_cloud.live() == []
 
 

@@ -137,9 +137,11 @@ async def test_configured_limits_are_never_exceeded(docker_proxy: FaultyDockerPr
     assert docker_proxy.peak(r"POST /containers/create") == 3
     assert docker_proxy.peak(r"DELETE /containers/[^/]+") == 2
     starts = docker_proxy.starts(r"POST /containers/create")
-    # token bucket: burst of 2, then at most 10 per second
+    # Token bucket: a burst of 2, then at most 10 per second. The proxy sees each create
+    # a little after the limiter let it go, later on a busy machine: allow one token's
+    # worth of such jitter (creates_in_flight alone would let all 8 start by 0.3 s).
     for k, start in enumerate(starts):
-        assert start - starts[0] >= max(0, k - 2 + 1) / 10 - 0.02, (k, start - starts[0])
+        assert start - starts[0] >= max(0, k - 2 + 1) / 10 - 0.1, (k, start - starts[0])
 
 
 async def test_two_fleets_share_the_process_limits(docker_proxy: FaultyDockerProxy) -> None:

@@ -110,7 +110,8 @@ async def test_frozen_members_do_not_hold_up_a_caller() -> None:
             waited = time.monotonic() - started
             assert computer.name not in frozen
             assert (await computer.run("echo ok")).stdout == "ok\n"
-        assert waited < 5.0, f"waited {waited:.1f}s behind frozen members"
+        # One after another they cost 5 s each (17.8 s); room for a machine twice as slow.
+        assert waited < 8.0, f"waited {waited:.1f}s behind frozen members"
         # They are deleted, never handed out, and replaced.
         await eventually(lambda: not set(frozen) & set(our_containers()))
         await eventually(lambda: pool.ready == 3)
