@@ -149,6 +149,17 @@ async def measured(
     return Outcome(value, error, peak, elapsed, cut)
 
 
+async def lied_to(
+    route: str, script: Script, call: Callable[[Computer], Awaitable[Any]], *, unix: bool = False
+) -> Outcome:
+    """``call`` measured against a daemon that answers ``route`` with ``script``."""
+    async with (
+        HostileDaemon({route: script}, unix=unix) as daemon,
+        computer_at(daemon) as computer,
+    ):
+        return await measured(lambda: call(computer))
+
+
 def assert_bounded(
     outcome: Outcome,
     script: Script,
@@ -421,11 +432,7 @@ NAMED: dict[str, tuple[tuple[str, Any], Script, type[BaseException]]] = {
 @pytest.mark.parametrize("lie", list(NAMED))
 async def test_each_lie_is_its_typed_error_in_bounded_memory_and_time(lie: str, unix: bool) -> None:
     (route, call), script, expected = NAMED[lie]
-    async with (
-        HostileDaemon({route: script}, unix=unix) as daemon,
-        computer_at(daemon) as computer,
-    ):
-        outcome = await measured(lambda: call(computer))
+    outcome = await lied_to(route, script, call, unix=unix)
     assert_bounded(outcome, script)
     assert isinstance(outcome.error, expected), repr(outcome.error)
 
@@ -592,11 +599,7 @@ def test_json_replies_of_any_shape_size_or_pace(data: st.DataObject, name: str, 
     script = data.draw(deliveries(data.draw(json_bodies(honest))))
 
     async def run() -> None:
-        async with (
-            HostileDaemon({route: script}, unix=unix) as daemon,
-            computer_at(daemon) as computer,
-        ):
-            outcome = await measured(lambda: call(computer))
+        outcome = await lied_to(route, script, call, unix=unix)
         assert_bounded(outcome, script)
         if outcome.error is None:
             check(outcome.value)
@@ -684,11 +687,7 @@ def test_any_reply_head_is_a_typed_error_or_an_answer(
     route, call = ROUTE_CALLS[name]
 
     async def run() -> None:
-        async with (
-            HostileDaemon({route: script}, unix=unix) as daemon,
-            computer_at(daemon) as computer,
-        ):
-            outcome = await measured(lambda: call(computer))
+        outcome = await lied_to(route, script, call, unix=unix)
         assert_bounded(outcome, script)
 
     example(run)
@@ -750,11 +749,7 @@ def test_frame_streams_of_any_kind(script: Script, name: str, unix: bool) -> Non
     route, call = ROUTE_CALLS[name]
 
     async def run() -> None:
-        async with (
-            HostileDaemon({route: script}, unix=unix) as daemon,
-            computer_at(daemon) as computer,
-        ):
-            outcome = await measured(lambda: call(computer))
+        outcome = await lied_to(route, script, call, unix=unix)
         assert_bounded(outcome, script)
         if outcome.error is None and name == "run":
             result: CommandResult = outcome.value
@@ -846,8 +841,7 @@ def test_error_replies_are_read_within_bounds(data: st.DataObject, status: int, 
         script = json_reply({"error": "not_found", "path": "/p", "message": message}, status)
 
     async def run() -> None:
-        async with HostileDaemon({route: script}) as daemon, computer_at(daemon) as computer:
-            outcome = await measured(lambda: call(computer))
+        outcome = await lied_to(route, script, call)
         assert_bounded(outcome, script)
         assert isinstance(outcome.error, DaemonError), outcome.error
 

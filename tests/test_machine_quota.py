@@ -45,6 +45,7 @@ from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver
 from commandlab_async.platforms.gcp_cloud_run.options import CloudRunTarget
 from commandlab_async.platforms.kubernetes.driver import KubernetesDriver
 from commandlab_async.platforms.kubernetes.options import KubernetesTarget
+from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import start_emulator, stop_emulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -456,23 +457,33 @@ def worker_env(runtime_dir: Path, *, machine_quota: bool) -> dict[str, str]:
     return env
 
 
-@pytest.mark.docker
-async def test_eight_processes_stay_within_cloud_runs_write_quota(
-    runtime_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    emulator = await start_emulator(
+async def quota_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CloudRunEmulator:
+    """The Cloud Run emulator with the scaled-down write quota these runs meet."""
+    return await start_emulator(
         tmp_path,
         monkeypatch,
         writes_per_minute=EMULATOR_WRITES_PER_MINUTE,
         write_burst=EMULATOR_WRITE_BURST,
     )
+
+
+async def eight_workers(
+    runtime_dir: Path, *, count: int, machine_quota: bool
+) -> list[dict[str, Any]]:
+    """PROCESSES workers each bringing up ``count`` sandboxes at once; their results."""
+    arguments = {"count": count, "writes_per_second": WRITES_PER_SECOND, "write_burst": WRITE_BURST}
+    env = worker_env(runtime_dir, machine_quota=machine_quota)
+    async with workers("cloud-run", [arguments] * PROCESSES, env) as procs:
+        return await go(procs)
+
+
+@pytest.mark.docker
+async def test_eight_processes_stay_within_cloud_runs_write_quota(
+    runtime_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = await quota_emulator(tmp_path, monkeypatch)
     try:
-        arguments = {"count": 2, "writes_per_second": WRITES_PER_SECOND}
-        env = worker_env(runtime_dir, machine_quota=True)
-        async with workers(
-            "cloud-run", [{**arguments, "write_burst": WRITE_BURST}] * PROCESSES, env
-        ) as procs:
-            results = await go(procs)
+        results = await eight_workers(runtime_dir, count=2, machine_quota=True)
     finally:
         left = await stop_emulator(emulator)
     assert left == []
@@ -498,20 +509,10 @@ async def test_without_the_machine_quota_eight_processes_overrun_it(
 ) -> None:
     """The control: each process within its own limits only. Deploys fail at once (no
     containers); the writes alone show the quota overrun."""
-    emulator = await start_emulator(
-        tmp_path,
-        monkeypatch,
-        writes_per_minute=EMULATOR_WRITES_PER_MINUTE,
-        write_burst=EMULATOR_WRITE_BURST,
-    )
+    emulator = await quota_emulator(tmp_path, monkeypatch)
     emulator.fail_deploys(13, "Deployment failed: the control needs no container.", times=100)
     try:
-        arguments = {"count": 3, "writes_per_second": WRITES_PER_SECOND}
-        env = worker_env(runtime_dir, machine_quota=False)
-        async with workers(
-            "cloud-run", [{**arguments, "write_burst": WRITE_BURST}] * PROCESSES, env
-        ) as procs:
-            await go(procs)
+        await eight_workers(runtime_dir, count=3, machine_quota=False)
     finally:
         await stop_emulator(emulator)  # a delete may have run out of retries: not asserted
     writes = emulator.calls("CreateService|DeleteService")
