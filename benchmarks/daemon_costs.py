@@ -14,10 +14,15 @@ Sandboxes come up via ``provision(DockerSpec(memory=2048))``, a fresh one per ro
   under plain ``python3 -u``, and a trivial stdlib ``http.server`` (``python3 -u``).
   Median and p90 in milliseconds; the target is the shipped daemon within 10 ms of the
   trivial server.
+* **Files as another user.** In a ``run_as_root=True`` sandbox (a root daemon), a small
+  file is read and written ``--file-ops`` times each way, alternating: as the daemon's
+  own user, and with ``user="computer"`` (a short-lived agent process running as that
+  user does the path work). Medians in milliseconds, and what the agent adds.
 
 The command round trip against ``docker exec`` is ``benchmarks/exec_latency.py``.
 
-Run:  .venv/bin/python benchmarks/daemon_costs.py [--starts 30]
+Run:  .venv/bin/python benchmarks/daemon_costs.py [--starts 30] [--file-ops 50]
+      [--only memory|starts|files ...]
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ SPEC = DockerSpec(memory=2048)
 PROBE = r"""
 import hashlib, json, os, socket, subprocess, sys, time
 token = "probe-token"
-DAEMON = "/opt/commandlab/daemon.py"
+DAEMON = "/opt/commandlab/daemon.pyz"
 servers = {
     "daemon (python3 -I -S -u, as shipped)": ["python3", "-I", "-S", "-u", DAEMON],
     "daemon (python3 -u)": ["python3", "-u", DAEMON],
@@ -160,40 +165,89 @@ def median(values: Sequence[float]) -> float:
     return (ordered[middle] + ordered[~middle]) / 2
 
 
-async def amain(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory() as scratch:
-        memory = await memory_rows(Path(scratch))
-    async with provision(SPEC) as computer:
-        probe = await computer.run(["python3", "-c", PROBE, str(args.starts)], timeout=600)
-        if not probe.ok:
-            print(probe.stderr, file=sys.stderr)
-            return 1
-        starts: dict[str, list[float]] = json.loads(probe.stdout)
+async def file_op_rows(rounds: int) -> list[list[str]]:
+    """A small file read and written by a root daemon: as itself, then as another user."""
+    times: dict[tuple[str, str], list[float]] = {}
+    async with provision(DockerSpec(run_as_root=True)) as computer:
+        await computer.write_file("/tmp/bench/f.txt", "x" * 100, user="computer")
+        ops: dict[str, Callable[[str | None], Awaitable[object]]] = {
+            "read_file": lambda user: computer.read_file("/tmp/bench/f.txt", user=user),
+            "write_file": lambda user: computer.write_file(
+                "/tmp/bench/f.txt", "y" * 100, user=user
+            ),
+        }
+        for op in ops.values():  # warm up both paths once
+            await op(None)
+            await op("computer")
+        for _ in range(rounds):
+            for name, op in ops.items():
+                for who, user in (("daemon's user (root)", None), ('user="computer"', "computer")):
+                    t0 = time.perf_counter()
+                    await op(user)
+                    times.setdefault((name, who), []).append(time.perf_counter() - t0)
+    rows = []
+    for name in ("read_file", "write_file"):
+        own = median(times[name, "daemon's user (root)"]) * 1000
+        other = median(times[name, 'user="computer"']) * 1000
+        rows.append([name, f"{own:.2f}", f"{other:.2f}", f"{other - own:+.2f}"])
+    return rows
 
-    print()
-    print("Peak memory during one transfer (MiB) and throughput")
-    print()
-    print(table(["transfer", "MiB moved", "daemon peak RSS", "client peak", "MiB/s"], memory))
-    print()
-    print(f"Spawn to first answer inside the sandbox, {args.starts} alternating starts each (ms)")
-    print()
-    rows = [
-        [name, f"{median(v) * 1000:.1f}", f"{sorted(v)[int(len(v) * 0.9)] * 1000:.1f}"]
-        for name, v in starts.items()
-    ]
-    print(table(["server", "median", "p90"], rows))
-    medians = [median(v) * 1000 for v in starts.values()]
-    print()
-    print(f"shipped daemon - trivial server: {medians[0] - medians[2]:+.1f} ms (target ≤ +10 ms)")
+
+async def amain(args: argparse.Namespace) -> int:
+    only = set(args.only or ("memory", "starts", "files"))
+    if "memory" in only:
+        with tempfile.TemporaryDirectory() as scratch:
+            memory = await memory_rows(Path(scratch))
+        print()
+        print("Peak memory during one transfer (MiB) and throughput")
+        print()
+        print(table(["transfer", "MiB moved", "daemon peak RSS", "client peak", "MiB/s"], memory))
+    if "starts" in only:
+        async with provision(SPEC) as computer:
+            probe = await computer.run(["python3", "-c", PROBE, str(args.starts)], timeout=600)
+            if not probe.ok:
+                print(probe.stderr, file=sys.stderr)
+                return 1
+            starts: dict[str, list[float]] = json.loads(probe.stdout)
+        print()
+        print(
+            f"Spawn to first answer inside the sandbox, {args.starts} alternating starts each (ms)"
+        )
+        print()
+        rows = [
+            [name, f"{median(v) * 1000:.1f}", f"{sorted(v)[int(len(v) * 0.9)] * 1000:.1f}"]
+            for name, v in starts.items()
+        ]
+        print(table(["server", "median", "p90"], rows))
+        medians = [median(v) * 1000 for v in starts.values()]
+        print()
+        print(
+            f"shipped daemon - trivial server: {medians[0] - medians[2]:+.1f} ms (target ≤ +10 ms)"
+        )
+    if "files" in only:
+        files = await file_op_rows(args.file_ops)
+        print()
+        print(f"A 100-byte file through a root daemon, {args.file_ops} alternating calls each (ms)")
+        print()
+        print(table(["call", "as root", 'user="computer"', "agent adds"], files))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--starts", type=int, default=30, help="starts of each server (default 30)")
+    parser.add_argument(
+        "--file-ops", type=int, default=50, help="calls of each file operation (default 50)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("memory", "starts", "files"),
+        help="run only this part (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
-    if args.starts < 1:
-        parser.error("--starts must be at least 1")
+    if args.starts < 1 or args.file_ops < 1:
+        parser.error("--starts and --file-ops must be at least 1")
     try:
         return asyncio.run(amain(args))
     except KeyboardInterrupt:

@@ -16,7 +16,10 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   mmdebstrap --quiet --variant=essential --include=python3,procps,adduser,passwd bookworm - | docker import - "$BASE"
 fi
 
-sha=$( { cat commandlab_async/daemon/server.py commandlab_async/image/Dockerfile; echo "$BASE"; } | sha256sum | cut -c1-16)
+# Every daemon module (names too: a rename changes what the zipapp holds), the Dockerfile
+# and the base: a change to any of them rebuilds.  LC_ALL=C: one order, whatever the locale.
+sha=$( export LC_ALL=C; { for file in commandlab_async/daemon/*.py commandlab_async/image/Dockerfile; do
+           echo "$file"; cat "$file"; done; echo "$BASE"; } | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "commandlab.daemon-sha" }}' "$COMPUTER" 2>/dev/null || true)
 if [ "$have" != "$sha" ]; then
   echo "building $COMPUTER"

@@ -1,8 +1,8 @@
-"""The sandbox daemon (commandlab_async/daemon/server.py), run as a subprocess on 127.0.0.1.
+"""The sandbox daemon (commandlab_async/daemon/), run as its zipapp in a subprocess on 127.0.0.1.
 
 The daemon runs on the host here, so /proc shows the processes its commands start.
 Set COMMANDLAB_TEST_DAEMON_PYTHON (e.g. to a python3.9) to run the daemon under another
-interpreter.
+interpreter (see tests/daemon_bundle.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import importlib.util
 import json
 import os
 import pwd
@@ -22,7 +21,6 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,15 +28,20 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from commandlab_async.daemon import config as daemon_config
+from commandlab_async.daemon import connections as daemon_connections
+from commandlab_async.daemon import http as daemon_http
+from commandlab_async.daemon import processes as daemon_processes
+from commandlab_async.daemon import protocol
+from commandlab_async.daemon import server as daemon_server
+from tests.daemon_bundle import daemon_argv
+
 pytestmark = pytest.mark.unit
 
-DAEMON_SCRIPT = Path(__file__).resolve().parents[1] / "commandlab_async" / "daemon" / "server.py"
-DAEMON_PYTHON = os.environ.get("COMMANDLAB_TEST_DAEMON_PYTHON", sys.executable)
 TOKEN = secrets.token_urlsafe(32)
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
 TOKEN_HEADER = "X-CommandLab-Token"
@@ -48,19 +51,6 @@ LISTENING = re.compile(r"commandlab daemon listening on 127\.0\.0\.1:(\d+)")
 SLEEP_300 = b"sleep\x00300\x00"
 FRAMES_TYPE = "application/x-commandlab-frames"
 FRAME_KINDS = {b"S", b"1", b"2", b"G", b"X"}
-
-
-def load_daemon_module() -> ModuleType:
-    """The daemon's module, loaded from its file (it is standard library only)."""
-    spec = importlib.util.spec_from_file_location("_commandlab_daemon_under_test", DAEMON_SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SERVER = load_daemon_module()
 
 
 # ------------------------------------------------------------------ clients
@@ -420,7 +410,7 @@ def start_daemon(
     workdir.mkdir()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [DAEMON_PYTHON, str(DAEMON_SCRIPT)],
+            daemon_argv(),
             env=env,
             cwd=workdir,
             stdin=subprocess.DEVNULL,
@@ -514,7 +504,7 @@ def test_health(daemon: Daemon) -> None:
     assert health["expires_in"] is None
     assert health["cwd"] == str(daemon.workdir)
     assert health["uid"] == os.geteuid()
-    assert health["limits"]["max_timeout"] == SERVER.MAX_TIMEOUT
+    assert health["limits"]["max_timeout"] == protocol.MAX_TIMEOUT
     head = daemon.request("HEAD", "/health")
     assert head.status == 200
     assert head.body == b""
@@ -960,17 +950,17 @@ def test_exec_rejects_malformed_bodies(daemon: Daemon, body: bytes, error: str) 
 
 
 def test_timeout_above_the_maximum_is_refused_clearly(daemon: Daemon) -> None:
-    resp = daemon.exec({"argv": ["true"], "timeout": SERVER.MAX_TIMEOUT * 10})
+    resp = daemon.exec({"argv": ["true"], "timeout": protocol.MAX_TIMEOUT * 10})
     assert resp.status == 400
     body = resp.json()
     assert body["error"] == "bad_request"
     assert "'timeout'" in body["message"]
-    assert f"at most {SERVER.MAX_TIMEOUT:g}" in body["message"]
-    assert daemon.run(["true"], timeout=SERVER.MAX_TIMEOUT).exit_code == 0
+    assert f"at most {protocol.MAX_TIMEOUT:g}" in body["message"]
+    assert daemon.run(["true"], timeout=protocol.MAX_TIMEOUT).exit_code == 0
 
 
 def test_exec_json_line_too_large_is_refused(daemon: Daemon) -> None:
-    limit = SERVER.MAX_EXEC_HEADER
+    limit = protocol.MAX_EXEC_HEADER
     with RawClient(daemon.port) as client:
         client.send(
             b"POST /exec HTTP/1.1\r\nHost: x\r\n"
@@ -1234,7 +1224,7 @@ def test_background_process_stdin_and_timeout(daemon: Daemon) -> None:
 
 
 def test_background_output_keeps_the_last_bytes_and_says_what_was_lost(daemon: Daemon) -> None:
-    total = 2 * SERVER.RING_BYTES + 12_345
+    total = 2 * protocol.RING_BYTES + 12_345
     stream = daemon.stream(
         {"command": f"head -c {total - 3} /dev/zero | tr '\\0' x; printf end", "background": True}
     )
@@ -1252,7 +1242,7 @@ def test_background_output_keeps_the_last_bytes_and_says_what_was_lost(daemon: D
     assert result.gaps[0]["stream"] == 1
     assert result.frames[1][0] == b"G"  # before any of the stream's bytes
     assert result.gaps[0]["omitted"] + len(result.stdout) == total
-    assert len(result.stdout) >= SERVER.RING_BYTES
+    assert len(result.stdout) >= protocol.RING_BYTES
     assert result.stdout.endswith(b"xxxend")
     assert set(result.stdout[:-3]) == {ord("x")}
     assert daemon.request("DELETE", f"/processes/{pid_id}").status == 200
@@ -1279,7 +1269,7 @@ def test_running_background_processes_are_limited(spawn_daemon: Callable[..., Da
         info = process_info(daemon, pid_id)
         return info is not None and not info["running"]
 
-    ids = [start(sleeper) for _ in range(SERVER.MAX_BACKGROUND)]
+    ids = [start(sleeper) for _ in range(protocol.MAX_BACKGROUND)]
     assert refused()
     # Foreground commands are not counted.
     assert daemon.run(["echo", "foreground"]).stdout == b"foreground\n"
@@ -1297,7 +1287,7 @@ def test_running_background_processes_are_limited(spawn_daemon: Callable[..., Da
     assert daemon.request("DELETE", f"/processes/{ids[1]}").status == 200
     ids.append(start(sleeper))
     assert refused()
-    assert wait_for(lambda: len(sleepers_with(marker)) == SERVER.MAX_BACKGROUND, timeout=3)
+    assert wait_for(lambda: len(sleepers_with(marker)) == protocol.MAX_BACKGROUND, timeout=3)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=5) == 0
     assert wait_for(lambda: not sleepers_with(marker), timeout=3), len(sleepers_with(marker))
@@ -1372,7 +1362,7 @@ def test_finished_background_output_has_a_memory_budget(
         return info is not None and not info["running"]
 
     ids = []
-    for _ in range(SERVER.MAX_BACKGROUND):
+    for _ in range(protocol.MAX_BACKGROUND):
         stream = daemon.stream({**job, "background": True})
         ids.append(json.loads(stream.frame()[1])["id"])
         stream.close()
@@ -1413,7 +1403,7 @@ def test_running_background_output_shares_the_budget(
         "background": True,
     }
     ids = []
-    for _ in range(SERVER.MAX_BACKGROUND):  # as start_background, the hang-ups awaited once
+    for _ in range(protocol.MAX_BACKGROUND):  # as start_background, the hang-ups awaited once
         stream = daemon.stream(job)
         ids.append(json.loads(stream.frame()[1])["id"])
         stream.until_stdout(b"start\n")
@@ -1666,7 +1656,7 @@ def test_a_root_write_keeps_the_owner_and_follows_no_other_users_symlink(
     (tmp_path / "roots-link").symlink_to(tmp_path / "real")
     assert daemon.request("PUT", files_url(tmp_path / "roots-link" / "f"), b"ok").status == 200
     assert (tmp_path / "real" / "f").read_bytes() == b"ok"
-    assert not [n for n in os.listdir(home) if n.startswith(SERVER.UPLOAD_PREFIX)]
+    assert not [n for n in os.listdir(home) if n.startswith(protocol.UPLOAD_PREFIX)]
 
 
 def test_put_disconnect_mid_body_removes_temp_file(daemon: Daemon, tmp_path: Path) -> None:
@@ -1870,7 +1860,7 @@ def test_idle_unauthenticated_connections_get_no_thread(daemon: Daemon) -> None:
         assert time.monotonic() - started < 4  # not the 10 s header deadline
         assert thread_count(daemon.proc.pid) <= threads + 1  # at most one more worker
         # The incomplete request is dropped once its header deadline passes.
-        deadline = SERVER.HEADER_DEADLINE
+        deadline = protocol.HEADER_DEADLINE
         assert not partial.closed_within(max(0.0, sent + deadline - 1 - time.monotonic()))
         assert partial.closed_within(sent + deadline + 2 - time.monotonic())
         assert time.monotonic() - sent >= deadline - 1
@@ -1954,9 +1944,9 @@ def test_requests_no_thread_can_be_started_for_get_a_typed_503(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In-process: threads refused as in a sandbox out of pids; no connection is dropped."""
-    config = SERVER.Config(b"\x01" * 32, "127.0.0.1", 0, None)
-    server = SERVER.Server(config, SERVER.Registry(), {}, 0o022, "/")
-    request = SERVER.Request("POST", "/exec", "HTTP/1.1", {})
+    config = daemon_config.Config(b"\x01" * 32, "127.0.0.1", 0, None)
+    server = daemon_server.Server(config, daemon_processes.Registry(), {}, 0o022, "/")
+    request = daemon_http.Request("POST", "/exec", "HTTP/1.1", {})
 
     def refuse(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
@@ -1965,7 +1955,7 @@ def test_requests_no_thread_can_be_started_for_get_a_typed_503(
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         # No worker at all: nobody could ever take the request, refused at once.
-        server.submit(SERVER.Conn(pairs[0][0], "test"), request)
+        server.submit(daemon_connections.Conn(pairs[0][0], "test"), request)
         assert not server.jobs
         reply = reply_of(pairs[0][1])
         assert reply.startswith(b"HTTP/1.1 503 "), reply
@@ -1973,12 +1963,12 @@ def test_requests_no_thread_can_be_started_for_get_a_typed_503(
         assert b'"limit":"pids"' in reply
         # Every worker busy: the request waits for one, with retries, then is refused.
         server.workers = 1
-        server.submit(SERVER.Conn(pairs[1][0], "test"), request)
+        server.submit(daemon_connections.Conn(pairs[1][0], "test"), request)
         assert len(server.jobs) == 1
         assert server.starved_since is not None
-        server.unstarve(server.starved_since + SERVER.STARVED_GRACE / 2)
+        server.unstarve(server.starved_since + daemon_server.STARVED_GRACE / 2)
         assert len(server.jobs) == 1  # still waiting for a worker
-        server.unstarve(server.starved_since + SERVER.STARVED_GRACE)
+        server.unstarve(server.starved_since + daemon_server.STARVED_GRACE)
         assert not server.jobs
         assert server.starved_since is None
         assert reply_of(pairs[1][1]).startswith(b"HTTP/1.1 503 ")
@@ -1993,9 +1983,9 @@ def test_requests_no_thread_can_be_started_for_get_a_typed_503(
 
 def test_idle_worker_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worker thread is one of a sandbox's pids: idle ones give theirs back."""
-    monkeypatch.setattr(SERVER, "WORKER_IDLE", 0.1)
-    config = SERVER.Config(b"\x01" * 32, "127.0.0.1", 0, None)
-    server = SERVER.Server(config, SERVER.Registry(), {}, 0o022, "/")
+    monkeypatch.setattr(daemon_server, "WORKER_IDLE", 0.1)
+    config = daemon_config.Config(b"\x01" * 32, "127.0.0.1", 0, None)
+    server = daemon_server.Server(config, daemon_processes.Registry(), {}, 0o022, "/")
     try:
         assert all(server.start_worker() for _ in range(3))
         assert server.workers == 3
@@ -2056,7 +2046,7 @@ def start_daemon_expecting_failure(env: dict[str, str | None]) -> str:
         else:
             full_env[key] = value
     done = subprocess.run(
-        [DAEMON_PYTHON, str(DAEMON_SCRIPT)],
+        daemon_argv(),
         env=full_env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -2111,11 +2101,7 @@ def test_serves_on_a_unix_socket_that_replaces_a_stale_one() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COMMANDLAB_")}
         env.update(COMMANDLAB_TOKEN_SHA256=TOKEN_SHA256, COMMANDLAB_SOCKET=str(path))
         with log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [DAEMON_PYTHON, str(DAEMON_SCRIPT)], env=env, stdout=out, stderr=out
-                )
-            )
+            procs.append(subprocess.Popen(daemon_argv(), env=env, stdout=out, stderr=out))
         assert wait_for(lambda: f"listening on unix:{path}" in log.read_text(), 10)
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o666  # its directory decides who connects

@@ -5,7 +5,7 @@ Two halves:
 * a live daemon (a host subprocess on 127.0.0.1, as in test_daemon.py) gets arbitrary
   bytes and structured-but-mutated requests on fresh connections; after each example it
   must still be running and answer an authenticated ``GET /health`` within a second;
-* the parsing functions, imported from the daemon's file, get arbitrary input directly:
+* the parsing functions, imported from the daemon's modules, get arbitrary input directly:
   they may raise the daemon's ``RequestError`` (a typed 4xx/5xx reply) or ``ClientGone``
   and nothing else, since anything else becomes a 500 or a dropped connection.
 """
@@ -20,16 +20,22 @@ import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from commandlab_async.daemon import connections as daemon_connections
+from commandlab_async.daemon import errors as daemon_errors
+from commandlab_async.daemon import exec as daemon_exec
+from commandlab_async.daemon import http as daemon_http
+from commandlab_async.daemon import processes as daemon_processes
+from commandlab_async.daemon import protocol
+from commandlab_async.daemon import users as daemon_users
 from tests.test_daemon import (
     AUTH,
     AUTH_LINE,
-    SERVER,
     TOKEN,
     TOKEN_HEADER,
     Daemon,
@@ -47,7 +53,7 @@ LIVE = settings(
 PURE = settings(max_examples=300, deadline=None)
 
 # Only RequestError and ClientGone may leave the daemon's parsing functions.
-EXPECTED = (SERVER.RequestError, SERVER.ClientGone)
+EXPECTED = (daemon_errors.RequestError, daemon_errors.ClientGone)
 
 LATIN1 = st.characters(min_codepoint=0, max_codepoint=255)
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -393,16 +399,16 @@ def test_mutated_requests_never_crash_the_daemon(
 def assert_typed(error: Any) -> None:
     """A RequestError the daemon can answer with: a known status, an encodable payload."""
     assert 400 <= error.status < 600
-    assert error.status in SERVER._REASONS
+    assert error.status in daemon_http.REASONS
     assert error.code
-    json.dumps(SERVER.error_payload(error))
+    json.dumps(daemon_http.error_payload(error))
 
 
 @PURE
 @given(st.binary(max_size=600))
 def test_parse_head_of_arbitrary_bytes(data: bytes) -> None:
-    with contextlib.suppress(SERVER.RequestError):
-        SERVER.parse_head(data)
+    with contextlib.suppress(daemon_errors.RequestError):
+        daemon_http.parse_head(data)
 
 
 @PURE
@@ -426,8 +432,8 @@ def test_parse_head_of_structured_heads(
 ) -> None:
     data = eol.join([request_line, *header_lines]).encode("latin-1", "replace")
     try:
-        request = SERVER.parse_head(data)
-    except SERVER.RequestError as exc:
+        request = daemon_http.parse_head(data)
+    except daemon_errors.RequestError as exc:
         assert_typed(exc)
         return
     assert f"{request.method} {request.target} {request.version}" == request_line
@@ -435,7 +441,7 @@ def test_parse_head_of_structured_heads(
     assert request.path + ("?" + request.query if "?" in request.target else "") == request.target
     # What the loop does with a parsed head must not raise either.
     assert isinstance(request.keep_alive, bool)
-    assert isinstance(SERVER.authenticate(request.headers, b"\x01" * 32), bool)
+    assert isinstance(daemon_http.authenticate(request.headers, b"\x01" * 32), bool)
 
 
 @PURE
@@ -446,7 +452,7 @@ def test_parse_head_of_structured_heads(
     )
 )
 def test_presented_token_never_raises(headers: dict[str, list[str]]) -> None:
-    token = SERVER.presented_token(headers)
+    token = daemon_http.presented_token(headers)
     assert token is None or (isinstance(token, bytes) and token)
 
 
@@ -456,8 +462,8 @@ def test_presented_token_never_raises(headers: dict[str, list[str]]) -> None:
 @example("%ff%fe=%80")
 @example("&&==&")
 def test_parse_query(query: str) -> None:
-    with contextlib.suppress(SERVER.RequestError):
-        params = SERVER.parse_query(query)
+    with contextlib.suppress(daemon_errors.RequestError):
+        params = daemon_http.parse_query(query)
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
 
 
@@ -480,15 +486,20 @@ class FakeConn:
 
     def fill(self) -> None:
         if not self.pieces:
-            raise SERVER.ClientGone("connection closed by the client")
+            raise daemon_errors.ClientGone("connection closed by the client")
         self.buf += self.pieces.pop(0)
 
     def send(self, data: bytes) -> None:
         self.sent.append(bytes(data))
 
 
+def make_body(conn: FakeConn, request: daemon_http.Request) -> daemon_connections.Body:
+    """The daemon's Body reading from ``conn`` (a Conn as far as Body can tell)."""
+    return daemon_connections.Body(cast("daemon_connections.Conn", conn), request)
+
+
 def make_request(headers: dict[str, list[str]]) -> Any:
-    return SERVER.Request("POST", "/exec", "HTTP/1.1", headers)
+    return daemon_http.Request("POST", "/exec", "HTTP/1.1", headers)
 
 
 def read_all(body: Any, limit: int) -> bytes:
@@ -537,7 +548,7 @@ def test_body_with_arbitrary_framing_headers(
         headers["expect"] = ["100-continue"]
     conn = FakeConn(pieces)
     try:
-        body = SERVER.Body(conn, make_request(headers))
+        body = make_body(conn, make_request(headers))
         read_all(body, limit)
     except EXPECTED:
         return
@@ -547,8 +558,8 @@ def test_body_with_arbitrary_framing_headers(
 @pytest.mark.parametrize("length", ["\u00b2", "\u00b9\u00b2", "\u00b3"])
 def test_body_refuses_a_content_length_of_unicode_digits(length: str) -> None:
     # str.isdigit() accepts superscripts, which int() does not parse.
-    with pytest.raises(SERVER.RequestError):
-        SERVER.Body(FakeConn([b"x"]), make_request({"content-length": [length]}))
+    with pytest.raises(daemon_errors.RequestError):
+        make_body(FakeConn([b"x"]), make_request({"content-length": [length]}))
 
 
 CHUNK_LINES = st.one_of(
@@ -583,7 +594,7 @@ def test_chunked_body_decoding_of_arbitrary_bytes(
         at += size
     pieces.append(data[at:])
     conn = FakeConn([p for p in pieces if p])
-    body = SERVER.Body(conn, make_request({"transfer-encoding": ["chunked"]}))
+    body = make_body(conn, make_request({"transfer-encoding": ["chunked"]}))
     with contextlib.suppress(*EXPECTED):
         read_all(body, limit)
     # Discarding what is left must not raise either (it reports whether the body ended).
@@ -634,7 +645,7 @@ def test_well_formed_bodies_decode_exactly(
         at += size
     pieces.append(stream[at:])
     conn = FakeConn([p for p in pieces if p])
-    body = SERVER.Body(conn, make_request(headers))
+    body = make_body(conn, make_request(headers))
     assert read_all(body, limit) == payload
     assert body.done
     # Not one byte past the body's end is consumed.
@@ -692,19 +703,19 @@ def exec_payloads(draw: st.DrawFn) -> object:
 @example({"argv": ["true"], "timeout": 10**400})
 def test_exec_request_validation(payload: object) -> None:
     try:
-        request = SERVER.ExecRequest(payload, "/work")
-        SERVER.resolve_user(request.user)
-    except SERVER.RequestError as exc:
+        request = daemon_exec.ExecRequest(payload, "/work")
+        daemon_users.resolve_user(request.user)
+    except daemon_errors.RequestError as exc:
         assert_typed(exc)
         return
     assert request.argv
-    assert request.timeout is None or 0 < request.timeout <= SERVER.MAX_TIMEOUT
+    assert request.timeout is None or 0 < request.timeout <= protocol.MAX_TIMEOUT
 
 
 @pytest.mark.parametrize("user", ["\u00b2", "1\u00b2", "a\x00b", "\x00"])
 def test_resolve_user_refuses_odd_names_with_a_typed_error(user: str) -> None:
-    with pytest.raises(SERVER.RequestError) as caught:
-        SERVER.resolve_user(user)
+    with pytest.raises(daemon_errors.RequestError) as caught:
+        daemon_users.resolve_user(user)
     assert caught.value.code in ("bad_request", "no_such_user")
 
 
@@ -717,8 +728,11 @@ def test_resolve_user_refuses_odd_names_with_a_typed_error(user: str) -> None:
 )
 def test_os_errors_map_to_typed_replies(code: int, program: str, cwd: str, on_cwd: bool) -> None:
     exc = OSError(code, "message", cwd if on_cwd else program)
-    for error in (SERVER.spawn_failure(exc, program, cwd), SERVER.os_error(exc, program)):
-        assert isinstance(error, SERVER.RequestError)
+    for error in (
+        daemon_errors.spawn_failure(exc, program, cwd),
+        daemon_errors.os_error(exc, program),
+    ):
+        assert isinstance(error, daemon_errors.RequestError)
         assert_typed(error)
 
 
@@ -740,7 +754,7 @@ def as_bytes(data: Any) -> bytes:
 def test_limiter_streams_the_head_and_keeps_the_tail(
     max_output: int | None, chunks: list[bytes]
 ) -> None:
-    limiter = SERVER.Limiter(max_output)
+    limiter = daemon_exec.Limiter(max_output)
     data = b"".join(chunks)
     streamed = b"".join(as_bytes(limiter.feed(chunk)) for chunk in chunks)
     omitted, kept_parts = limiter.kept_tail()
@@ -764,7 +778,7 @@ def test_limiter_streams_the_head_and_keeps_the_tail(
     limit=st.integers(0, 100),
 )
 def test_ring_reads(size: int, chunks: list[bytes], offset: int, limit: int) -> None:
-    ring = SERVER.Ring(size)
+    ring = daemon_processes.Ring(size)
     for chunk in chunks:
         ring.append(chunk)
     data = b"".join(chunks)

@@ -20,7 +20,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -34,8 +33,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from commandlab_async.daemon import config as daemon_config
+from tests.daemon_bundle import daemon_argv
 from tests.test_daemon import (
-    SERVER,
     Frames,
     Response,
     exec_body,
@@ -47,8 +47,6 @@ from tests.test_daemon import (
 
 pytestmark = pytest.mark.unit
 
-DAEMON_SCRIPT = Path(__file__).resolve().parents[1] / "commandlab_async" / "daemon" / "server.py"
-DAEMON_PYTHON = os.environ.get("COMMANDLAB_TEST_DAEMON_PYTHON", sys.executable)
 TOKEN = secrets.token_urlsafe(32)
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
 TOKEN_HEADER = "X-CommandLab-Token"
@@ -258,7 +256,7 @@ def start_daemon(
     workdir.mkdir()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [DAEMON_PYTHON, str(DAEMON_SCRIPT)],
+            daemon_argv(),
             env=env,
             cwd=workdir,
             stdin=subprocess.DEVNULL,
@@ -575,7 +573,7 @@ def start_expecting_failure(env: dict[str, str | None]) -> str:
         else:
             full_env[key] = value
     done = subprocess.run(
-        [DAEMON_PYTHON, str(DAEMON_SCRIPT)],
+        daemon_argv(),
         env=full_env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -675,12 +673,12 @@ def test_the_pem_passes_through_a_private_temporary_file(
     monkeypatch.setattr(os, "open", spy)
     key = IDENTITY.key_pem if good else OTHER_IDENTITY.key_pem
     if good:
-        context = SERVER.tls_context(IDENTITY.cert_pem, key)
+        context = daemon_config.tls_context(IDENTITY.cert_pem, key)
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
         assert context.verify_mode == ssl.CERT_NONE
     else:
-        with pytest.raises(SERVER.ConfigError, match="does not match"):
-            SERVER.tls_context(IDENTITY.cert_pem, key)
+        with pytest.raises(daemon_config.ConfigError, match="does not match"):
+            daemon_config.tls_context(IDENTITY.cert_pem, key)
     assert len(created) == 2  # the certificate and the key
     for path, mode, directory_mode in created:
         assert stat.S_IMODE(mode) == 0o600

@@ -1,5 +1,5 @@
 """Run the sandbox daemon: ``python -m commandlab_async.daemon``."""
 
-from .server import main
+from .main import main
 
 main()
