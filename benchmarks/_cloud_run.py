@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-# The emulator lives with the tests, at the repository's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.cloud_run_emulator import CloudRunEmulator
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
 
 __all__ = ["CloudRunEmulator", "point_google_at"]
 

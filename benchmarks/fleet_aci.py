@@ -1,7 +1,7 @@
 """A fleet of ACI container groups on the ARM emulator: ready in about one create latency?
 
-The emulator (tests/aci_emulator.py) is Azure Resource Manager's container-group API over
-HTTPS; each group waits ``--latency`` seconds before its container starts on the local
+The emulator (``commandlab_async.emulators.aci``) is Azure Resource Manager's container-group
+API over HTTPS; each group waits ``--latency`` seconds before its container starts on the local
 Docker Engine, as ACI's provisioning would. In the same run, a hand-written baseline does
 the same work with the raw SDK: one credential and client, every group PUT at once
 (``polling=False``), each group's GET polled from 0.25 s growing 1.5x to 2 s until it is
@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,11 +35,7 @@ from _report import fleet_report  # benchmarks/ is on sys.path when a script run
 from azure.mgmt.containerinstance import models
 
 from commandlab_async import DEFAULT_IMAGE, AciOptions, DockerPlatform, DockerSpec, provision_many
-
-# The emulator lives with the tests, at the repository's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.aci_emulator import AciEmulator
-from tests.azure_support import arm_client
+from commandlab_async.emulators.aci import AciEmulator, arm_client
 
 RESOURCE_GROUP = "bench-rg"
 REGION = "westeurope"

@@ -1,7 +1,7 @@
 """A fleet of Cloud Run sandboxes on the emulator: ready in about one deploy latency?
 
-The emulator (tests/cloud_run_emulator.py) is Cloud Run's Admin API over real gRPC; each
-create takes ``--latency`` seconds before its container starts on the local Docker
+The emulator (``commandlab_async.emulators.cloud_run``) is Cloud Run's Admin API over real
+gRPC; each create takes ``--latency`` seconds before its container starts on the local Docker
 Engine behind an HTTPS front, as a deploy would. In the same run, a hand-written baseline
 does the same work with the raw SDK: create every service at once, poll each operation
 (50 ms doubling to 2 s), poll the daemon's ``/health`` over HTTPS, delete every service.

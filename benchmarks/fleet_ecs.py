@@ -16,13 +16,9 @@ import argparse
 import asyncio
 import hashlib
 import os
-import socket
-import subprocess
-import sys
 import time
 
 import aioboto3
-import aiohttp
 from aiohttp import web
 
 from commandlab_async import (
@@ -34,6 +30,7 @@ from commandlab_async import (
     RunningSandbox,
     provision_many,
 )
+from commandlab_async.emulators.moto import MotoServer, pin_ecs_tasks
 
 REGION = "us-east-1"
 
@@ -77,38 +74,8 @@ class StandInDaemons:
         return web.json_response({"version": "stand-in", "uptime": 0.0})
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-
-
 async def prepare(url: str) -> tuple[str, str]:
-    async with aiohttp.ClientSession() as http:
-        (
-            await http.post(
-                f"{url}/moto-api/state-manager/set-transition",
-                json={
-                    "model_name": "ecs::task",
-                    "transition": {"progression": "manual", "times": 1_000_000_000},
-                },
-            )
-        ).close()
+    await pin_ecs_tasks(url)
     session = aioboto3.Session()
     async with (
         session.client("ec2", region_name=REGION) as ec2,
@@ -123,7 +90,8 @@ async def prepare(url: str) -> tuple[str, str]:
 
 
 async def run(count: int, latency: float) -> None:
-    moto, url = start_moto()
+    moto = MotoServer()
+    url = moto.start()
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
@@ -151,8 +119,7 @@ async def run(count: int, latency: float) -> None:
         destroyed = time.perf_counter() - exit_started
     finally:
         await daemons.close()
-        moto.terminate()
-        moto.wait(10)
+        moto.stop()
     print(
         f"{'tasks':>6} {'latency s':>10} {'all ready s':>12} {'ready/latency':>14} "
         f"{'all stopped s':>14}"

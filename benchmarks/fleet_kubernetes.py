@@ -1,9 +1,10 @@
 """A fleet of pods on the Kubernetes emulator: ready in about one scheduling + start latency?
 
-The emulator (tests/k8s_emulator.py) is a Kubernetes API server whose pods run on the local
-Docker Engine; it waits ``--latency``/2 seconds before scheduling each pod and as long again
-before starting its container, as a busy cluster would. It runs in its own thread with its
-own event loop, so the CPU time of the benchmark's main thread is the client's alone.
+The emulator (``commandlab_async.emulators.kubernetes``) is a Kubernetes API server whose pods
+run on the local Docker Engine; it waits ``--latency``/2 seconds before scheduling each pod
+and as long again before starting its container, as a busy cluster would. It runs in its own
+thread with its own event loop, so the CPU time of the benchmark's main thread is the
+client's alone.
 
 In the same run, a hand-written baseline does the same work with raw kubernetes_asyncio, as
 most code does it: every pod created at once (the same manifest, readiness probe included),
@@ -26,7 +27,6 @@ import asyncio
 import os
 import secrets
 import ssl
-import sys
 import tempfile
 import threading
 import time
@@ -41,12 +41,9 @@ from _report import fleet_report  # benchmarks/ is on sys.path when a script run
 from kubernetes_asyncio import client, config
 
 from commandlab_async import KubernetesSpec, provision_many
-from commandlab_async.identity import new_identity
+from commandlab_async._lifecycle.identity import new_identity
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from commandlab_async.platforms.kubernetes.manifests import pod_manifest
-
-# The emulator lives with the tests, at the repository's root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.k8s_emulator import KubeEmulator
 
 NAMESPACE = "bench"
 T = TypeVar("T")

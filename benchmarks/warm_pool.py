@@ -34,7 +34,7 @@ from commandlab_async import (
     WarmPool,
     provision,
 )
-from commandlab_async.pools import open_backend
+from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.specs import Spec
 
 

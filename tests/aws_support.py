@@ -5,51 +5,27 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aioboto3
-import aiohttp
 import pytest
 
 from commandlab_async import DockerPlatform, DockerSpec, EcsOptions, RunningSandbox
-from tests.fault_proxy import FaultyHttpProxy
+from commandlab_async.emulators.faults import FaultyHttpProxy
+from commandlab_async.emulators.moto import MotoServer, pin_ecs_tasks, reset
+from tests.daemon_bundle import daemon_argv
 
-DAEMON = Path(__file__).parent.parent / "commandlab_async" / "daemon" / "server.py"
+DAEMON = daemon_argv  # python3 -I -S <the daemon's zipapp>, as an image runs it
 REGION = "us-east-1"
 
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """A real moto HTTP server on loopback for the whole session."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with MotoServer() as moto:
+        yield moto.url
 
 
 class LocalDaemons:
@@ -79,8 +55,7 @@ class LocalDaemons:
         env = {e["name"]: e["value"] for e in override["environment"]}
         await asyncio.sleep(self.latency)  # the simulated provisioning time
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(DAEMON),
+            *DAEMON(),
             env={
                 **env,
                 "COMMANDLAB_HOST": "127.0.0.1",
@@ -138,18 +113,8 @@ class Aws:
 
 @pytest.fixture
 async def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Aws]:
-    async with aiohttp.ClientSession() as http:
-        (await http.post(f"{moto_url}/moto-api/reset")).close()
-        # Pin tasks at RUNNING: by default every describe_tasks moves them towards STOPPED.
-        (
-            await http.post(
-                f"{moto_url}/moto-api/state-manager/set-transition",
-                json={
-                    "model_name": "ecs::task",
-                    "transition": {"progression": "manual", "times": 1_000_000_000},
-                },
-            )
-        ).close()
+    await reset(moto_url)
+    await pin_ecs_tasks(moto_url)  # by default every describe_tasks moves them towards STOPPED
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_ECS", "AWS_ENDPOINT_URL_EC2"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

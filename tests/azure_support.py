@@ -12,19 +12,18 @@ tries 169.254.169.254.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from commandlab_async import AciOptions, DockerPlatform, DockerSpec
-from tests.aci_emulator import AciEmulator
+from commandlab_async.emulators.aci import AciEmulator
 
 RESOURCE_GROUP = "evals-rg"
 REGION = "westeurope"
 # Every variable azure-identity's default chain reads: none may come from the host.
-_AZURE_ENV = (
+AZURE_ENV = (
     "AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD",
     "AZURE_USERNAME",
@@ -38,33 +37,6 @@ _AZURE_ENV = (
     "MSI_ENDPOINT",
     "MSI_SECRET",
 )
-
-
-@asynccontextmanager
-async def arm_client(emulator: AciEmulator, tmp: Path) -> AsyncIterator[Any]:
-    """The SDK's own client on the emulator, for what a test does behind the library's back."""
-    from azure.identity.aio import ClientSecretCredential
-    from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
-
-    ca = str(emulator.write_ca(tmp / "ca.pem"))
-    async with (
-        ClientSecretCredential(
-            emulator.tenant_id,
-            emulator.client_id,
-            emulator.client_secret,
-            authority=emulator.url,
-            connection_verify=ca,
-        ) as credential,
-        ContainerInstanceManagementClient(
-            credential,
-            emulator.subscription_id,
-            base_url=emulator.url,
-            credential_scopes=[f"{emulator.url}/.default"],
-            connection_verify=ca,
-            retry_total=0,
-        ) as client,
-    ):
-        yield client
 
 
 def foreign_group() -> Any:
@@ -108,7 +80,7 @@ async def start_emulator(
     """Start an emulator and point this process's Azure clients at it."""
     emulator = AciEmulator(**settings)
     await emulator.start()
-    for name in _AZURE_ENV:
+    for name in AZURE_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SSL_CERT_FILE", str(emulator.write_ca(tmp_path / "arm-ca.pem")))
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", emulator.url)

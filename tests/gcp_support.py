@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from commandlab_async import CloudRunOptions, DockerPlatform, DockerSpec
-from tests.cloud_run_emulator import CloudRunEmulator
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
 
 PROJECT = "sbx-test"
 REGION = "us-central1"

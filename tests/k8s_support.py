@@ -15,19 +15,14 @@ from typing import Any
 import pytest
 
 from commandlab_async import KubeconfigOptions, KubernetesSpec
-from commandlab_async.identity import SESSION, SESSION_ID
-from tests.cluster_fakes import ClusterFakes
-from tests.k8s_emulator import KubeEmulator
+from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async.emulators.clusters import ClusterFakes
+from commandlab_async.emulators.kubernetes import KubeEmulator
+from tests.azure_support import AZURE_ENV
 
 NAMESPACE = "sandboxes"
 REGION = "us-east-1"
 
-_AZURE_ENV = (
-    "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME",
-    "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT",
-    "MSI_ENDPOINT", "MSI_SECRET",
-)  # fmt: skip
 _AWS_ENV = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
@@ -88,7 +83,7 @@ async def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     """The clouds, found the way a user's process finds them (environment only)."""
     async with ClusterFakes() as clouds:
         ca = str(clouds.write_ca(tmp_path / "clouds-ca.pem"))
-        for name in (*_AZURE_ENV, *_AWS_ENV):
+        for name in (*AZURE_ENV, *_AWS_ENV):
             monkeypatch.delenv(name, raising=False)
         env = {
             # TLS to the fakes: aiohttp (ARM, GKE), botocore (EKS), requests (google-auth).

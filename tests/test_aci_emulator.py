@@ -32,9 +32,9 @@ from azure.mgmt.containerinstance.models import (
     ResourceRequirements,
 )
 
+from commandlab_async.emulators.aci import AciEmulator
+from commandlab_async.emulators.faults import Rule
 from commandlab_async.platforms.base import DockerPlatform, RunningSandbox
-from tests.aci_emulator import AciEmulator
-from tests.fault_proxy import Rule
 
 COMPUTER = "commandlab/computer:latest"
 MISSING = "commandlab-test/no-such-image:latest"

@@ -18,9 +18,9 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from commandlab_async.emulators.faults import Rule
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.conftest import EXITS_IMAGE
-from tests.fault_proxy import Rule
-from tests.k8s_emulator import KubeEmulator
 
 pytestmark = pytest.mark.docker
 

@@ -8,6 +8,7 @@ Microsoft Entra ID token endpoint (point ``authority``/``AZURE_AUTHORITY_HOST`` 
 Each container group's containers really run on the local engine, their ports published on
 127.0.0.1; the group reports a documentation address (TEST-NET, or 10.x for a VNet group) that is
 never connected to: :meth:`AciEmulator.resolver` maps it to the published port.
+:func:`arm_client` is the SDK's own client on an emulator (the ``azure`` extra).
 
 Routes (everything else is a 404/405 with an ARM error body)::
 
@@ -23,12 +24,12 @@ Routes (everything else is a 404/405 with an ARM error body)::
     GET    /subscriptions/{s}/providers/Microsoft.ContainerInstance/
                locations/{region}/operations/{id}                               "GET operation"
 
-Faults are injected with :class:`tests.fault_proxy.Rule`, whose pattern is matched (fullmatch)
-against the quoted "what" strings above; a request the emulator does not serve is described as
-``"<METHOD> <path>"``.  ``status`` answers that status with an ARM error body (Entra-style for
-the token endpoint); ``drop`` closes the connection unanswered; with ``forward`` the emulator
-acts first, so the answer is what is lost.  Every request is recorded in
-:attr:`AciEmulator.requests` (status 0: dropped, or not answered yet).
+Faults are injected with :class:`~commandlab_async.emulators.faults.Rule`, whose pattern is
+matched (fullmatch) against the quoted "what" strings above; a request the emulator does not
+serve is described as ``"<METHOD> <path>"``.  ``status`` answers that status with an ARM error
+body (Entra-style for the token endpoint); ``drop`` closes the connection unanswered; with
+``forward`` the emulator acts first, so the answer is what is lost.  Every request is recorded
+in :attr:`AciEmulator.requests` (status 0: dropped, or not answered yet).
 
 How a group lives, as ACI shows it: ``Pending`` -> (``create_latency``) ``Creating`` -> the
 image is looked up on the engine.  Missing: ``Pulling``/``Failed``/``BackOff`` events on the
@@ -44,7 +45,6 @@ reports for restart policy ``Never``; containers are never restarted, whatever t
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import datetime
@@ -56,19 +56,22 @@ import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiodocker
-import trustme
 from aiohttp import web
 
-from commandlab_async.platforms.base import RunningSandbox
-from tests.fault_proxy import Recording, Rule
+from ._containers import LocalEngine
+from ._entra import access_token
+from ._https import Emulator, Listener, LocalCA
+from .faults import Recording, Rule, faulted
 
-ENGINE_URL = "unix:///var/run/docker.sock"  # explicit: tests point DOCKER_HOST elsewhere
+if TYPE_CHECKING:
+    from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
+
 LABEL = "commandlab.aci-emulator"
 API_VERSION = "2023-05-01"
 PROVIDER = "Microsoft.ContainerInstance"
@@ -129,6 +132,15 @@ class Recorded:
     """When it arrived (``time.monotonic()``)."""
 
 
+class _Running(Protocol):
+    """What :meth:`AciEmulator.resolver` reads of a ``RunningSandbox``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str | None: ...
+
+
 class _ArmError(Exception):
     """Ends a request with an ARM error body."""
 
@@ -181,7 +193,7 @@ class _Group:
         return int(ports[0]["port"]) if ports else None
 
 
-class AciEmulator(Recording[Recorded]):
+class AciEmulator(Emulator, Recording[Recorded]):
     """ARM + Entra ID token endpoint for ACI container groups, over HTTPS on 127.0.0.1.
 
     ``create_latency`` delays every deployment; ``max_groups`` caps groups per subscription and
@@ -213,7 +225,7 @@ class AciEmulator(Recording[Recorded]):
         self.page_size = page_size
         self.listen_timeout = listen_timeout
         self.url = ""
-        self.ca_pem = b""
+        self.ca = LocalCA()
         self.tenant_id = str(uuid.uuid4())
         self.client_id = str(uuid.uuid4())
         self.client_secret = secrets.token_urlsafe(30)
@@ -221,61 +233,31 @@ class AciEmulator(Recording[Recorded]):
         self.groups: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
-        self._instance = uuid.uuid4().hex
+        self._engine = LocalEngine(LABEL)
         self._live: dict[str, _Group] = {}  # lower-cased resource id -> group
         self._operations: dict[str, _Group] = {}  # operation id -> group (outlives a delete)
         self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
-        self._background: set[asyncio.Task[None]] = set()  # removals under way
         self._ip_turn = 0
         self._bucket = float(write_burst)
         self._bucket_at = time.monotonic()
-        self._runner: web.AppRunner | None = None
-        self._docker: aiodocker.Docker | None = None
+        self._listener: Listener | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Serve ARM and the token endpoint over HTTPS on 127.0.0.1, with a fresh test CA."""
-        ca = trustme.CA()
-        self.ca_pem = ca.cert_pem.bytes()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._docker = aiodocker.Docker(url=ENGINE_URL)
-        app = web.Application(client_max_size=1 << 24)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context).start()
-        port = self._runner.addresses[0][1]
-        self.url = f"https://127.0.0.1:{port}"
+        self._engine.open()
+        self._listener, self.url = await self._serve_https(self._handle, client_max_size=1 << 24)
 
     async def aclose(self) -> None:
         """Stop serving, stop every deployment and force-remove every container we started."""
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.close()
         for key in list(self._live):
             self._forget(self._live[key])
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-        if self._docker is not None:
-            # Belt and braces: anything carrying our label, whatever the bookkeeping says.
-            for container_id in await self.containers():
-                await self._remove(container_id)
-            await self._docker.close()
-
-    async def __aenter__(self) -> AciEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        await self._engine.close()
 
     # ----------------------------------------------------------------------- test interface
-
-    def write_ca(self, path: Path) -> Path:
-        """Write the PEM of the CA that signed the server's certificate to ``path``."""
-        path.write_bytes(self.ca_pem)
-        return path
 
     def live(self) -> list[str]:
         """Names of the container groups that exist now."""
@@ -287,12 +269,7 @@ class AciEmulator(Recording[Recorded]):
         Removals already under way (deleted groups) are waited for first, so a test that
         deleted everything sees ``[]`` rather than a container a moment from gone.
         """
-        assert self._docker is not None
-        await asyncio.gather(*list(self._background), return_exceptions=True)
-        found = await self._docker.containers.list(
-            all=True, filters=json.dumps({"label": [f"{LABEL}={self._instance}"]})
-        )
-        return [c.id for c in found]
+        return await self._engine.containers()
 
     def port_of(self, name: str) -> int | None:
         """The 127.0.0.1 port publishing the first port of group ``name``'s first container."""
@@ -301,7 +278,7 @@ class AciEmulator(Recording[Recorded]):
             return None
         return group.published.get(group.main_port)
 
-    async def resolver(self, running: RunningSandbox) -> str:
+    async def resolver(self, running: _Running) -> str:
         """An ``EndpointResolver``: the driver's URL for a group, moved to its published port.
 
         Asserts that the driver offers the address this emulator reported for the group (a
@@ -332,16 +309,13 @@ class AciEmulator(Recording[Recorded]):
         assert group is not None, f"no live container group named {name!r}"
         assert group.starting is not None, f"{name!r} has no containers yet"
         await asyncio.wait([group.starting])
-        assert self._docker is not None
         for index, container_id in enumerate(group.container_ids):
             group.exit_codes[index] = code
-            container = self._docker.containers.container(container_id)
-            with contextlib.suppress(aiodocker.DockerError):  # it may have exited already
-                await container.kill(signal="SIGKILL")
+            await self._engine.kill(container_id)  # it may have exited already
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 with contextlib.suppress(aiodocker.DockerError):
-                    if not (await container.show())["State"]["Running"]:
+                    if not (await self._engine.show(container_id))["State"]["Running"]:
                         break
                 await asyncio.sleep(0.05)
         await self._refresh(group)
@@ -358,19 +332,15 @@ class AciEmulator(Recording[Recorded]):
         record = Recorded(what, request.method, request.path, dict(request.query))
         record.request, record.at = _parse_body(body, what), time.monotonic()
         self.requests.append(record)
-        rule = self._rule_for(what)
-        if rule is not None and rule.delay_before:
-            await asyncio.sleep(rule.delay_before)
-        if rule is not None and (rule.status or rule.drop) and not rule.forward:
-            return self._fail(request, record, rule)
-        if what == "POST token":
-            response = self._token(request, body)
-        else:
-            response = await self._arm(request, route, match, body)
-        if rule is not None and rule.delay_after:
-            await asyncio.sleep(rule.delay_after)
-        if rule is not None and (rule.status or rule.drop):
-            return self._fail(request, record, rule)  # the emulator acted; the answer is lost
+
+        async def act() -> web.Response:
+            if what == "POST token":
+                return self._token(request, body)
+            return await self._arm(request, route, match, body)
+
+        response = await faulted(
+            self._rule_for(what), act, lambda rule: self._fail(request, record, rule)
+        )
         record.status = response.status
         record.response = response.text or ""
         return response
@@ -519,7 +489,13 @@ class AciEmulator(Recording[Recorded]):
                 f"The provided value for scope {form.get('scope')} is not valid. Client "
                 "credential flows must have a scope value with /.default suffixed.",
             )  # fmt: skip
-        token = self._access_token(form["scope"].removesuffix("/.default"))
+        token, _ = access_token(
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            audience=form["scope"].removesuffix("/.default"),
+            lifetime=3599,
+            kid="aci-emulator",
+        )
         self._tokens[token] = time.monotonic() + 3599
         return _json(
             {
@@ -529,28 +505,6 @@ class AciEmulator(Recording[Recorded]):
                 "access_token": token,
             }
         )
-
-    def _access_token(self, audience: str) -> str:
-        """A JWT-shaped access token as Entra issues to a service principal (its signature is
-        random: only this emulator checks it, by looking it up).  azure-identity decodes the
-        payload to log who signed in."""
-        now = int(time.time())
-        claims = {
-            "aud": audience,
-            "iss": f"https://sts.windows.net/{self.tenant_id}/",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 3599,
-            "appid": self.client_id,
-            "idtyp": "app",
-            "oid": self.client_id,
-            "sub": self.client_id,
-            "tid": self.tenant_id,
-            "ver": "1.0",
-        }
-        header = {"typ": "JWT", "alg": "RS256", "kid": "aci-emulator"}
-        parts = [json.dumps(header).encode(), json.dumps(claims).encode(), secrets.token_bytes(64)]
-        return ".".join(base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in parts)
 
     # ------------------------------------------------------------------------------ resources
 
@@ -695,16 +649,8 @@ class AciEmulator(Recording[Recorded]):
         index = names.index(match["c"])
         if index >= len(group.container_ids):
             return {"content": ""}
-        assert self._docker is not None
-        params: dict[str, Any] = {"stdout": True, "stderr": True}
-        if tail:
-            params["tail"] = tail
-        container = self._docker.containers.container(group.container_ids[index])
-        try:
-            lines = await container.log(**params)
-        except aiodocker.DockerError:
-            lines = []
-        return {"content": "".join(lines)}
+        params = {"tail": tail} if tail else {}
+        return {"content": await self._engine.logs(group.container_ids[index], **params)}
 
     def _named(self, name: str) -> _Group | None:
         return next((g for g in self._live.values() if g.name == name), None)
@@ -718,12 +664,7 @@ class AciEmulator(Recording[Recorded]):
             group.op_ended = _now()
         if group.task is not None:
             group.task.cancel()  # now: a deployment still in its latency sleep never runs
-        self._spawn(self._teardown(group))
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._engine.spawn(self._teardown(group), removal=True)
 
     # ---------------------------------------------------------------------------- deployments
 
@@ -740,9 +681,10 @@ class AciEmulator(Recording[Recorded]):
                     "currentState": {"state": "Waiting", "detailStatus": "ContainerCreating"},
                     "events": [],
                 }
-            while not await self._pull(group):
-                await asyncio.sleep(PULL_RETRY)  # ACI keeps retrying until the group is deleted
-            group.starting = asyncio.ensure_future(self._run(group))
+            # ACI keeps retrying until the group is deleted: a poll, as the engine has no event.
+            while not await self._pull(group):  # noqa: ASYNC110
+                await asyncio.sleep(PULL_RETRY)
+            group.starting = self._engine.atomic(self._run(group))
             try:
                 await asyncio.shield(group.starting)
             except aiodocker.DockerError as error:
@@ -763,17 +705,12 @@ class AciEmulator(Recording[Recorded]):
 
     async def _pull(self, group: _Group) -> bool:
         """Look each image up on the engine (nothing is pulled); report what ACI would."""
-        assert self._docker is not None
         ready = True
         for container in group.containers:
             image = container["properties"]["image"]
             view = container["properties"]["instanceView"]
             _event(view, "Pulling", f'pulling image "{image}"')
-            try:
-                await self._docker.images.inspect(image)
-            except aiodocker.DockerError as error:
-                if error.status != 404:
-                    raise
+            if await self._engine.image(image) is None:
                 ref = image if "/" in image else f"docker.io/library/{image}"
                 _event(
                     view, "Failed",
@@ -794,7 +731,6 @@ class AciEmulator(Recording[Recorded]):
     async def _run(self, group: _Group) -> None:
         """Create and start the group's containers; the first one owns the network namespace
         (so the containers share localhost, as in ACI) and publishes the exposed ports."""
-        assert self._docker is not None
         props = group.properties
         ports = {int(p["port"]) for p in (props.get("ipAddress") or {}).get("ports") or []}
         if group.main_port is not None:
@@ -813,47 +749,37 @@ class AciEmulator(Recording[Recorded]):
             config: dict[str, Any] = {
                 "Image": spec["image"],
                 "Env": env,
-                "Labels": {LABEL: self._instance, f"{LABEL}.group": group.id},
+                "Labels": {f"{LABEL}.group": group.id},
                 "HostConfig": host_config,
             }
-            if index == 0:
-                config["ExposedPorts"] = {f"{p}/tcp": {} for p in ports}
-                host_config["PortBindings"] = {
-                    f"{p}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}] for p in ports
-                }
-            else:
+            if index > 0:
                 host_config["NetworkMode"] = f"container:{group.container_ids[0]}"
             if spec.get("command"):
                 # ACI's command replaces the image's ENTRYPOINT (and so drops its CMD too).
                 config["Entrypoint"] = list(spec["command"])
             # Group names are unique per resource group only: a suffix keeps engine names apart.
             name = (
-                f"aci-{self._instance[:8]}-{group.name}-{container['name']}-{secrets.token_hex(3)}"
+                f"aci-{self._engine.instance[:8]}-{group.name}-{container['name']}-"
+                f"{secrets.token_hex(3)}"
             )
-            created = await self._docker.containers.create(config, name=name)
+            publish = ports if index == 0 else None
+            created = await self._engine.create(config, name=name, publish=publish)
             group.container_ids.append(created.id)
             await created.start()
             view = spec["instanceView"]
             view["currentState"] = {"state": "Running", "startTime": _now(), "detailStatus": ""}
             _event(view, "Started", "Started container")
             if index == 0:
-                info = await created.show()
                 # A container that already exited has no port bindings any more.
-                bindings = info["NetworkSettings"]["Ports"] or {}
-                for port in ports:
-                    binding = bindings.get(f"{port}/tcp")
-                    if binding:
-                        group.published[port] = int(binding[0]["HostPort"])
+                group.published.update(await self._engine.published(created))
 
     async def _listening(self, group: _Group) -> None:
         """Wait (up to ``listen_timeout``) until the first port takes connections, or the
         first container exits."""
-        assert self._docker is not None
         port = group.published.get(group.main_port or -1)
-        container = self._docker.containers.container(group.container_ids[0])
         deadline = time.monotonic() + self.listen_timeout
         while port is not None and time.monotonic() < deadline:
-            if not (await container.show())["State"]["Running"]:
+            if not (await self._engine.show(group.container_ids[0]))["State"]["Running"]:
                 return
             if await _answers(port):
                 return
@@ -878,30 +804,21 @@ class AciEmulator(Recording[Recorded]):
 
     async def _refresh_many(self, groups: list[_Group]) -> None:
         """:meth:`_refresh` for many groups, asking the engine once which containers stopped."""
-        if self._docker is None or not any(g.container_ids for g in groups):
+        if self._engine.closed or not any(g.container_ids for g in groups):
             return
-        stopped = await self._docker.containers.list(
-            all=True,
-            filters=json.dumps(
-                {"label": [f"{LABEL}={self._instance}"], "status": ["exited", "dead"]}
-            ),
-        )
-        ids = {c.id for c in stopped}
+        ids = set(await self._engine.ours(status=("exited", "dead")))
         await asyncio.gather(*(self._refresh(g) for g in groups if ids & set(g.container_ids)))
 
     async def _refresh(self, group: _Group) -> None:
         """Bring the states of running containers up to date with the engine."""
-        if self._docker is None or "instanceView" not in group.properties:
+        if self._engine.closed or "instanceView" not in group.properties:
             return
         for index, container_id in enumerate(group.container_ids):
             view = group.containers[index]["properties"]["instanceView"]
             current = view["currentState"]
             if current["state"] != "Running":
                 continue
-            try:
-                state = (await self._docker.containers.container(container_id).show())["State"]
-            except aiodocker.DockerError:
-                state = {"Running": False, "ExitCode": 137, "FinishedAt": None}  # removed
+            state = await self._engine.state(container_id)  # GONE once removed
             if state["Running"]:
                 continue
             code = group.exit_codes.get(index, state["ExitCode"])
@@ -929,13 +846,7 @@ class AciEmulator(Recording[Recorded]):
             if not group.starting.cancelled():
                 group.starting.exception()  # retrieved: reported through the group's state
         for container_id in group.container_ids:
-            await self._remove(container_id)
-
-    async def _remove(self, container_id: str) -> None:
-        if self._docker is None:
-            return
-        with contextlib.suppress(aiodocker.DockerError):
-            await self._docker.containers.container(container_id).delete(force=True, v=True)
+            await self._engine.remove(container_id)
 
     def _next_ip(self, *, private: bool) -> str:
         """An address no live group has: documentation ranges, or 10.x for a VNet group."""
@@ -950,6 +861,37 @@ class AciEmulator(Recording[Recorded]):
             if ip not in taken:
                 return ip
         raise RuntimeError("no free address")
+
+
+@contextlib.asynccontextmanager
+async def arm_client(
+    emulator: AciEmulator, directory: Path
+) -> AsyncIterator[ContainerInstanceManagementClient]:
+    """The Azure SDK's own client (``azure-identity``, ``azure-mgmt-containerinstance``: the
+    ``azure`` extra) on ``emulator``, signed in as its service principal; the CA's PEM is
+    written to ``directory``."""
+    from azure.identity.aio import ClientSecretCredential
+    from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
+
+    ca = str(emulator.write_ca(directory / "ca.pem"))
+    async with (
+        ClientSecretCredential(
+            emulator.tenant_id,
+            emulator.client_id,
+            emulator.client_secret,
+            authority=emulator.url,
+            connection_verify=ca,
+        ) as credential,
+        ContainerInstanceManagementClient(
+            credential,
+            emulator.subscription_id,
+            base_url=emulator.url,
+            credential_scopes=[f"{emulator.url}/.default"],
+            connection_verify=ca,
+            retry_total=0,
+        ) as client,
+    ):
+        yield client
 
 
 # --------------------------------------------------------------------------------- helpers

@@ -6,8 +6,9 @@ its own HTTPS "front" (a streaming reverse proxy with Google front end authentic
 client does real HTTPS to the service ``uri``.  A fake Google OAuth2 token endpoint lets
 google-auth service-account credentials mint ID tokens offline.
 
-Everything listens on 127.0.0.1 only.  Faults are injected with :class:`tests.fault_proxy.Rule`
-matched against the short gRPC method name (``CreateService``, ``GetOperation``...).
+Everything listens on 127.0.0.1 only.  Faults are injected with
+:class:`~commandlab_async.emulators.faults.Rule` matched against the short gRPC method name
+(``CreateService``, ``GetOperation``...).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import re
 import secrets
 import ssl
@@ -25,29 +25,32 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiodocker
 import aiohttp
 import grpc
-import trustme
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
 from google.auth import exceptions as auth_exceptions
 from google.cloud import run_v2
-from google.longrunning import operations_pb2
+from google.longrunning import operations_pb2  # type: ignore[import-untyped]  # no py.typed
 from google.protobuf import any_pb2, timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no py.typed
 
-from tests.fault_proxy import Rule
+from ._containers import LocalEngine
+from ._google import (
+    GOOGLE_ISSUER,
+    JWT_BEARER,
+    TrustedKeys,
+    rsa_key,
+    verify_assertion,
+    write_service_account_key,
+)
+from ._https import Emulator, Listener, LocalCA
+from .faults import Recording, Rule, faulted
 
-ENGINE_URL = "unix:///var/run/docker.sock"  # explicit: tests point DOCKER_HOST elsewhere
 LABEL = "commandlab.cloud-run-emulator"
-GOOGLE_ISSUER = "https://accounts.google.com"
-GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"  # google-auth's assertion `aud`
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ERROR_DOMAIN = "run.googleapis.com"
 
 # Raw protobuf classes behind the SDK's proto-plus types.
@@ -101,6 +104,11 @@ class Call:
     metadata: dict[str, Any]
     at: float
 
+    @property
+    def what(self) -> str:
+        """What rules match against: the short method name."""
+        return self.method
+
 
 @dataclass
 class FrontRequest:
@@ -143,7 +151,7 @@ class _Deployment:
     starting: asyncio.Future[None] | None = None
     container_id: str | None = None
     upstream_port: int | None = None
-    front: web.AppRunner | None = None
+    front: Listener | None = None
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -158,43 +166,7 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def _rsa_key() -> tuple[str, str]:
-    """A fresh RSA 2048 key: (private PKCS#8 PEM, public PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private.decode(), public.decode()
-
-
-def write_service_account_key(
-    path: Path, email: str, token_uri: str, trusted: dict[str, tuple[str, str]]
-) -> Path:
-    """Write a service-account JSON key for ``token_uri``; ``trusted`` learns its key id,
-    email and public key (what a fake token endpoint checks assertions against)."""
-    private, public = _rsa_key()
-    key_id = secrets.token_hex(20)
-    trusted[key_id] = (email, public)
-    info = {
-        "type": "service_account",
-        "project_id": email.split("@", 1)[1].split(".", 1)[0],
-        "private_key_id": key_id,
-        "private_key": private,
-        "client_email": email,
-        "client_id": str(secrets.randbelow(10**21)),
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": token_uri,
-    }
-    path.write_text(json.dumps(info, indent=2))
-    return path
-
-
-class CloudRunEmulator:
+class CloudRunEmulator(Emulator, Recording[Call]):
     """Cloud Run Admin API v2 (Services + long-running Operations) over gRPC on 127.0.0.1.
 
     ``create_latency`` delays every deployment; ``polls_before_done`` keeps a finished operation
@@ -223,40 +195,36 @@ class CloudRunEmulator:
         self.page_size = page_size
         self.address = ""
         self.token_uri = ""
-        self.ca_pem = b""
+        self.ca = LocalCA()
         self.services: dict[str, Any] = {}
         self.all_calls: list[Call] = []
+        self.requests = self.all_calls  # the same list, by the name faults' Recording uses
         self.refused: list[Call] = []  # calls refused by the write rate or the service quota
         self.front_requests: list[FrontRequest] = []
         self.id_tokens_issued = 0
         self.rules: list[Rule] = []
-        self._instance = uuid.uuid4().hex
+        self._engine = LocalEngine(LABEL)
         self._operations: dict[str, _Operation] = {}
         self._deployments: dict[str, _Deployment] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._deploy_failures: deque[tuple[int, str]] = deque()
         self.write_burst = float(write_burst or writes_per_minute or 0)
         self._bucket = self.write_burst
         self._bucket_at = time.monotonic()
         self._google_kid = secrets.token_hex(20)
-        self._google_private, self._google_public = _rsa_key()
+        self._google_private, self._google_public = rsa_key()
         self._google_signer = crypt.RSASigner.from_string(self._google_private, self._google_kid)
-        self._sa_keys: dict[str, tuple[str, str]] = {}  # private_key_id -> (email, public PEM)
-        self._server: Any = None
-        self._token_runner: web.AppRunner | None = None
-        self._docker: aiodocker.Docker | None = None
+        self._sa_keys: TrustedKeys = {}
+        self._server: grpc.aio.Server | None = None
+        self._token_listener = Listener(self._token, shutdown_timeout=60.0)
         self._http: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start the gRPC server, the token endpoint and the test CA (all on 127.0.0.1)."""
-        ca = trustme.CA()
-        self.ca_pem = ca.cert_pem.bytes()
-        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl)
-        self._docker = aiodocker.Docker(url=ENGINE_URL)
+        """Start the gRPC server and the token endpoint (both on 127.0.0.1)."""
+        self._ssl = self.ca.server_context()
+        self._engine.open()
         # No cookie jar (a proxy keeps no state between clients), bytes passed through exactly
         # as the container sent them, no cap on streams in flight (long-lived exec replies), and
         # a fresh upstream connection per request: reusing one the daemon has just closed would
@@ -266,9 +234,7 @@ class CloudRunEmulator:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         )
-        self._token_runner = web.AppRunner(_app(self._token), access_log=None)
-        await self._token_runner.setup()
-        self.token_uri = f"http://127.0.0.1:{await _listen(self._token_runner)}/token"
+        self.token_uri = f"http://127.0.0.1:{await self._token_listener.start()}/token"
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers(self._handlers())
         port = self._server.add_insecure_port("127.0.0.1:0")
@@ -280,47 +246,19 @@ class CloudRunEmulator:
         if self._server is not None:
             await self._server.stop(None)
         for name in list(self._deployments):
-            self._spawn(self._teardown(self._deployments.pop(name)))
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-        if self._docker is not None:
-            # Belt and braces: anything carrying our label, whatever its bookkeeping says.
-            for container_id in await self.containers():
-                await self._remove(container_id)
-            await self._docker.close()
-        if self._token_runner is not None:
-            await self._token_runner.cleanup()
+            self._engine.spawn(self._teardown(self._deployments.pop(name)), removal=True)
+        await self._engine.close()
+        await self._token_listener.close()
         if self._http is not None:
             await self._http.close()
 
-    async def __aenter__(self) -> CloudRunEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # ----------------------------------------------------------------------- test interface
-
-    def write_ca(self, path: Path) -> Path:
-        """Write the PEM of the CA that signed every front's certificate to ``path``."""
-        path.write_bytes(self.ca_pem)
-        return path
 
     def write_service_account(
         self, path: Path, email: str = "sandboxes@p.iam.gserviceaccount.com"
     ) -> Path:
         """Write a service-account JSON key whose key the token endpoint trusts."""
         return write_service_account_key(path, email, self.token_uri, self._sa_keys)
-
-    def add(self, rule: Rule) -> Rule:
-        """Inject a fault on the gRPC methods whose short name fullmatches ``rule.pattern``."""
-        self.rules.append(rule)
-        return rule
-
-    def calls(self, method: str) -> list[Call]:
-        """Recorded calls whose short method name fullmatches the regex ``method``."""
-        return [c for c in self.all_calls if re.fullmatch(method, c.method)]
 
     def live(self) -> list[str]:
         """Ids of the services that exist now."""
@@ -332,12 +270,7 @@ class CloudRunEmulator:
         Removals already under way (deleted services) are waited for first, so a test that
         deleted everything sees ``[]`` rather than a container a moment from gone.
         """
-        assert self._docker is not None
-        await asyncio.gather(*list(self._background), return_exceptions=True)
-        found = await self._docker.containers.list(
-            all=True, filters=json.dumps({"label": [f"{LABEL}={self._instance}"]})
-        )
-        return [c.id for c in found]
+        return await self._engine.containers()
 
     def fail_deploys(self, code: int, message: str, times: int = 1) -> None:
         """Make the next ``times`` deployments fail with ``code``/``message``, no container."""
@@ -387,18 +320,9 @@ class CloudRunEmulator:
     ) -> Any:
         call = Call(method, request, dict(context.invocation_metadata() or ()), time.monotonic())
         self.all_calls.append(call)
-        rule = next((r for r in self.rules if r.take(method)), None)
+        rule = self._rule_for(method)
         try:
-            if rule is not None and rule.delay_before:
-                await asyncio.sleep(rule.delay_before)
-            if rule is not None and (rule.status or rule.drop) and not rule.forward:
-                raise _injected(rule)
-            response = await impl(request)
-            if rule is not None and rule.delay_after:
-                await asyncio.sleep(rule.delay_after)
-            if rule is not None and (rule.status or rule.drop):
-                raise _injected(rule)  # the emulator acted; the answer is lost
-            return response
+            return await faulted(rule, lambda: impl(request), _raise_injected)
         except _Abort as error:
             if error.quota:
                 self.refused.append(call)
@@ -483,7 +407,7 @@ class CloudRunEmulator:
         if deployment is not None:
             if deployment.task is not None:
                 deployment.task.cancel()  # now: a create still in its latency sleep never runs
-            self._spawn(self._teardown(deployment))
+            self._engine.spawn(self._teardown(deployment), removal=True)
         return op.final
 
     async def _get_op(self, request: Any) -> Any:
@@ -530,11 +454,6 @@ class CloudRunEmulator:
 
     # ----------------------------------------------------------------------- deployments
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _deploy(self, dep: _Deployment) -> None:
         """Run the service's container, wait for it to listen, then put a front before it."""
         container = dep.service.template.containers[0]
@@ -544,15 +463,10 @@ class CloudRunEmulator:
             if self._deploy_failures:
                 self._finish(dep, *self._deploy_failures.popleft())
                 return
-            assert self._docker is not None
-            try:
-                await self._docker.images.inspect(container.image)
-            except aiodocker.DockerError as error:
-                if error.status != 404:
-                    raise
+            if await self._engine.image(container.image) is None:
                 self._finish(dep, 5, f"Image '{container.image}' not found.")
                 return
-            dep.starting = asyncio.ensure_future(self._run(dep, port))
+            dep.starting = self._engine.atomic(self._run(dep, port))
             try:
                 await asyncio.shield(dep.starting)
                 started = await self._listening(dep)
@@ -561,7 +475,7 @@ class CloudRunEmulator:
                 # that is a container that failed to start.
                 started = False
             if not started:
-                await self._remove(dep.container_id)
+                await self._engine.remove(dep.container_id)
                 self._finish(
                     dep,
                     9,
@@ -576,11 +490,10 @@ class CloudRunEmulator:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the engine refused: the deployment fails, not the test
-            await self._remove(dep.container_id)
+            await self._engine.remove(dep.container_id)
             self._finish(dep, 13, f"Deployment failed: {error}")
 
     async def _run(self, dep: _Deployment, port: int) -> None:
-        assert self._docker is not None
         spec = dep.service.template.containers[0]
         service = dep.service.name
         env = [f"{e.name}={e.value}" for e in spec.env if e.name != "PORT"]
@@ -590,17 +503,14 @@ class CloudRunEmulator:
             f"K_REVISION={_revision(dep.service_id)}",
             f"K_CONFIGURATION={dep.service_id}",
         ]
-        host_config: dict[str, Any] = {
-            "PortBindings": {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
-        }
+        host_config: dict[str, Any] = {}
         memory = MEMORY.fullmatch(spec.resources.limits.get("memory", ""))
         if memory is not None:
             host_config["Memory"] = int(memory[1]) * MEMORY_UNITS[memory[2]]
         config: dict[str, Any] = {
             "Image": spec.image,
             "Env": env,
-            "ExposedPorts": {f"{port}/tcp": {}},
-            "Labels": {LABEL: self._instance, f"{LABEL}.service": service},
+            "Labels": {f"{LABEL}.service": service},
             "HostConfig": host_config,
         }
         if spec.command:
@@ -609,14 +519,12 @@ class CloudRunEmulator:
             config["Cmd"] = list(spec.args)
         if spec.working_dir:
             config["WorkingDir"] = spec.working_dir
-        name = f"cloudrun-{self._instance[:8]}-{dep.service_id}-{secrets.token_hex(3)}"
-        created = await self._docker.containers.create(config, name=name)
+        name = f"cloudrun-{self._engine.instance[:8]}-{dep.service_id}-{secrets.token_hex(3)}"
+        created = await self._engine.create(config, name=name, publish=[port])
         dep.container_id = created.id
         await created.start()
-        info = await created.show()
         # A container that already exited has no port binding any more.
-        binding = (info["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp")
-        dep.upstream_port = int(binding[0]["HostPort"]) if binding else None
+        dep.upstream_port = (await self._engine.published(created)).get(port)
 
     async def _listening(self, dep: _Deployment) -> bool:
         """Whether the container answers HTTP (any status) within ``listen_timeout``.
@@ -624,12 +532,10 @@ class CloudRunEmulator:
         Docker's userland proxy accepts TCP connections on the published port even when
         nothing listens inside, so only a whole HTTP answer counts.
         """
-        assert self._docker is not None
         assert self._http is not None
-        container = self._docker.containers.container(dep.container_id or "")
         deadline = time.monotonic() + self.listen_timeout
         while dep.upstream_port is not None and time.monotonic() < deadline:
-            state = (await container.show())["State"]
+            state = (await self._engine.show(dep.container_id or ""))["State"]
             if not state.get("Running"):
                 return False
             url = f"http://127.0.0.1:{dep.upstream_port}/"
@@ -672,14 +578,8 @@ class CloudRunEmulator:
                 ),
             )
         if dep.front is not None:
-            await dep.front.cleanup()
-        await self._remove(dep.container_id)
-
-    async def _remove(self, container_id: str | None) -> None:
-        if container_id is None or self._docker is None:
-            return
-        with contextlib.suppress(aiodocker.DockerError):
-            await self._docker.containers.container(container_id).delete(force=True, v=True)
+            await dep.front.close()
+        await self._engine.remove(dep.container_id)
 
     # -------------------------------------------------------------------------- HTTPS front
 
@@ -689,11 +589,8 @@ class CloudRunEmulator:
 
         # A client that goes away cancels its handler, which closes the upstream connection:
         # that is how the daemon learns a foreground command lost its client.
-        dep.front = web.AppRunner(
-            _app(handle), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
-        await dep.front.setup()
-        port = await _listen(dep.front, self._ssl)
+        dep.front = Listener(handle, handler_cancellation=True)
+        port = await dep.front.start(self._ssl)
         dep.service.uri = f"https://127.0.0.1:{port}"
         del dep.service.urls[:]
         dep.service.urls.append(dep.service.uri)
@@ -791,42 +688,10 @@ class CloudRunEmulator:
 
     def _verify_assertion(self, assertion: str) -> dict[str, Any] | None:
         """The claims of a JWT grant signed by one of our service-account keys, else None."""
-        try:
-            kid = jwt.decode_header(assertion).get("kid")
-            if kid not in self._sa_keys:
-                issuer = jwt.decode(assertion, verify=False).get("iss")
-                kid = next((k for k, (e, _) in self._sa_keys.items() if e == issuer), None)
-            if kid is None:
-                return None
-            email, public = self._sa_keys[kid]
-            claims: dict[str, Any] = jwt.decode(
-                assertion,
-                certs=public,
-                audience=[GOOGLE_TOKEN_ENDPOINT, self.token_uri],
-                clock_skew_in_seconds=10,
-            )
-        except (ValueError, auth_exceptions.GoogleAuthError):
-            return None
-        return claims if claims.get("iss") == email else None
+        return verify_assertion(assertion, self._sa_keys, self.token_uri, by_issuer=True)
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
-async def _listen(runner: web.AppRunner, context: ssl.SSLContext | None = None) -> int:
-    """Serve ``runner`` on 127.0.0.1 at an ephemeral port; return the port."""
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port: int = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return port
 
 
 def _revision(service_id: str) -> str:
@@ -889,6 +754,10 @@ def _injected(rule: Rule) -> _Abort:
     body = rule.body or {}
     message = body.get("message") or f"injected fault: HTTP {status}"
     return _Abort(HTTP_TO_GRPC.get(status, C.UNKNOWN), message, body.get("reason"))
+
+
+def _raise_injected(rule: Rule) -> NoReturn:
+    raise _injected(rule)
 
 
 def _details(error: _Abort) -> tuple[tuple[str, bytes], ...]:

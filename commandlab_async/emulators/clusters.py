@@ -25,7 +25,7 @@ aws-iam-authenticator does), :meth:`ClusterFakes.verify_aks_token` and
 Every request is recorded (:attr:`ClusterFakes.requests`, :meth:`ClusterFakes.calls`) under a
 short "what": ``"GET eks cluster"``, ``"POST aks credentials"``, ``"POST entra token"``,
 ``"GET gke cluster"``, ``"POST google token"``; faults are injected with
-:class:`tests.fault_proxy.Rule` (``status`` only) matched against it.
+:class:`~commandlab_async.emulators.faults.Rule` (``status`` only) matched against it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import hmac
 import json
 import re
 import secrets
-import ssl
 import time
 import urllib.parse
 import uuid
@@ -48,14 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import trustme
 import yaml
 from aiohttp import web
-from google.auth import exceptions as auth_exceptions
-from google.auth import jwt
 
-from tests.cloud_run_emulator import write_service_account_key
-from tests.fault_proxy import Recording, Rule
+from ._entra import access_token
+from ._google import JWT_BEARER, TrustedKeys, verify_assertion, write_service_account_key
+from ._https import Emulator, Listener, LocalCA
+from .faults import Recording, Rule
 
 Verifier = Callable[[str], Awaitable[str | None]]
 
@@ -63,9 +61,7 @@ ACCOUNT = "123456789012"
 AKS_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"  # the audience of AKS tokens
 AZURE_CLI_APP = "80faf920-1908-4b52-b5ef-a8e7bedfc67a"  # kubelogin's client id in AKS kubeconfigs
 ARM_API_VERSIONS = {"2023-10-01", "2024-01-01", "2024-02-01", "2024-05-01", "2024-07-01"}
-GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
 GOOGLE_CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 EKS_TOKEN_PREFIX = "k8s-aws-v1."
 EKS_TOKEN_MAX_AGE = 15 * 60  # what EKS (aws-iam-authenticator) accepts after X-Amz-Date
 
@@ -119,13 +115,13 @@ class _Issued:
 
 
 @dataclass
-class ClusterFakes(Recording[Recorded]):
+class ClusterFakes(Emulator, Recording[Recorded]):
     """EKS, ARM + Entra ID and GKE + Google OAuth2 on one HTTPS server on 127.0.0.1."""
 
     entra_token_lifetime: int = 3599
     google_token_lifetime: int = 3600
     url: str = ""
-    ca_pem: bytes = b""
+    ca: LocalCA = field(default_factory=LocalCA)
     tenant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(30))
@@ -135,34 +131,20 @@ class ClusterFakes(Recording[Recorded]):
     rules: list[Rule] = field(default_factory=list)
     _entra: dict[str, _Issued] = field(default_factory=dict)
     _google: dict[str, _Issued] = field(default_factory=dict)
-    _sa_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # kid -> (email, pub)
-    _runner: web.AppRunner | None = None
+    _sa_keys: TrustedKeys = field(default_factory=dict)
+    _listener: Listener | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Serve over HTTPS on 127.0.0.1 with a fresh test CA."""
-        ca = trustme.CA()
-        self.ca_pem = ca.cert_pem.bytes()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context).start()
-        self.url = f"https://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._listener, self.url = await self._serve_https(
+            self._handle, client_max_size=1024**2, shutdown_timeout=0.5
+        )
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> ClusterFakes:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        if self._listener is not None:
+            await self._listener.close()
 
     # ----------------------------------------------------------------------- test interface
 
@@ -185,11 +167,6 @@ class ClusterFakes(Recording[Recorded]):
         fake.status = status
         self.clusters.append(fake)
         return fake
-
-    def write_ca(self, path: Path) -> Path:
-        """Write the PEM of the CA that signed this server's certificate."""
-        path.write_bytes(self.ca_pem)
-        return path
 
     def write_service_account(
         self, path: Path, email: str = "sandboxes@sbx-test.iam.gserviceaccount.com"
@@ -379,7 +356,7 @@ class ClusterFakes(Recording[Recorded]):
                 "https://aka.ms/ARMResourceNotFoundFix",
             )
         user = f"clusterUser_{group}_{name}"
-        kubeconfig = {
+        kubeconfig: dict[str, Any] = {
             "apiVersion": "v1",
             "clusters": [
                 {
@@ -441,22 +418,14 @@ class ClusterFakes(Recording[Recorded]):
         if not scope.endswith("/.default"):
             return _entra_error(400, "invalid_scope", "AADSTS1002012: scope needs /.default.")
         audience = scope.removesuffix("/.default")
-        now = int(time.time())
-        claims = {
-            "aud": audience,
-            "iss": f"https://sts.windows.net/{self.tenant_id}/",
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.entra_token_lifetime,
-            "appid": self.client_id,
-            "oid": self.client_id,
-            "sub": self.client_id,
-            "tid": self.tenant_id,
-            "idtyp": "app",
-            "ver": "1.0",
-        }
-        token = _jwt_shaped(claims)
-        self._entra[token] = _Issued(self.client_id, audience, claims["exp"])
+        token, expires = access_token(
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            audience=audience,
+            lifetime=self.entra_token_lifetime,
+            kid="cluster-fakes",
+        )
+        self._entra[token] = _Issued(self.client_id, audience, expires)
         return web.json_response(
             {
                 "token_type": "Bearer",
@@ -539,20 +508,7 @@ class ClusterFakes(Recording[Recorded]):
         )
 
     def _assertion(self, assertion: str) -> dict[str, Any] | None:
-        try:
-            kid = jwt.decode_header(assertion).get("kid")
-            if kid not in self._sa_keys:
-                return None
-            email, public = self._sa_keys[kid]
-            claims: dict[str, Any] = jwt.decode(
-                assertion,
-                certs=public,
-                audience=[GOOGLE_TOKEN_ENDPOINT, f"{self.url}/token"],
-                clock_skew_in_seconds=10,
-            )
-        except (ValueError, auth_exceptions.GoogleAuthError):
-            return None
-        return claims if claims.get("iss") == email else None
+        return verify_assertion(assertion, self._sa_keys, f"{self.url}/token")
 
 
 # ----------------------------------------------------------------------------- EKS verifier
@@ -727,13 +683,6 @@ def _body(raw: bytes, content_type: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode(errors="replace")
-
-
-def _jwt_shaped(claims: dict[str, Any]) -> str:
-    """A JWT-shaped token (random signature: only this fake checks it, by lookup)."""
-    header = {"typ": "JWT", "alg": "RS256", "kid": "cluster-fakes"}
-    parts = [json.dumps(header).encode(), json.dumps(claims).encode(), secrets.token_bytes(64)]
-    return ".".join(base64.urlsafe_b64encode(p).rstrip(b"=").decode() for p in parts)
 
 
 def _aws_error(status: int, code: str, message: str) -> web.Response:

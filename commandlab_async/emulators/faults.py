@@ -1,22 +1,29 @@
-"""A fault-injecting HTTP proxy in front of a real server (the Docker Engine, moto).
+"""Fault injection: rules, the emulators' request recording, and a fault-injecting proxy.
 
-Every request is recorded and forwarded, unless a rule says to delay it (before or after
-the server handled it), answer with an error instead, or drop the connection.
-``FaultyDockerProxy`` serves a unix socket for ``DOCKER_HOST``; ``FaultyHttpProxy`` a
-loopback TCP port for ``AWS_ENDPOINT_URL``.
+A :class:`Rule` says what to do with the requests whose "what" name it matches: delay them
+(before or after they are served), answer with an error instead, or drop the connection.
+Every emulator records its requests and applies rules through :class:`Recording` and
+:func:`faulted`.
+
+:class:`FaultyProxy` puts the same faults in front of a real server: every request is
+recorded and forwarded unless a rule says otherwise. :class:`FaultyDockerProxy` serves a
+unix socket for ``DOCKER_HOST``; :class:`FaultyHttpProxy` a loopback TCP port for
+``AWS_ENDPOINT_URL`` (moto).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
+
+from ._https import Listener
 
 ENGINE_SOCKET = "/var/run/docker.sock"
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
@@ -62,6 +69,7 @@ class _Named(Protocol):
 
 
 R = TypeVar("R", bound=_Named)
+T = TypeVar("T")
 
 
 class Recording(Generic[R]):
@@ -85,6 +93,25 @@ class Recording(Generic[R]):
         return next((r for r in self.rules if r.take(what)), None)
 
 
+async def faulted(
+    rule: Rule | None, act: Callable[[], Awaitable[T]], fail: Callable[[Rule], T]
+) -> T:
+    """Serve a request under ``rule``: wait ``delay_before``; then, for a fault (``status``
+    or ``drop``) without ``forward``, ``fail`` instead of acting; else ``act``, wait
+    ``delay_after``, and for a fault ``fail`` anyway (the emulator acted; the answer is lost).
+    """
+    if rule is not None and rule.delay_before:
+        await asyncio.sleep(rule.delay_before)
+    if rule is not None and (rule.status or rule.drop) and not rule.forward:
+        return fail(rule)
+    result = await act()
+    if rule is not None and rule.delay_after:
+        await asyncio.sleep(rule.delay_after)
+    if rule is not None and (rule.status or rule.drop):
+        return fail(rule)
+    return result
+
+
 class FaultyProxy:
     """Forwards to ``upstream`` (a base URL) through connectors made by ``connector``."""
 
@@ -97,7 +124,7 @@ class FaultyProxy:
         self.requests: list[str] = []
         self.spans: list[tuple[str, float, float]] = []
         """(request, started, finished) on the loop clock, for every finished request."""
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener(self._handle)
         self._client: aiohttp.ClientSession | None = None
 
     def add(self, rule: Rule) -> Rule:
@@ -128,19 +155,15 @@ class FaultyProxy:
         """What rules match against: ``METHOD /path``."""
         return f"{request.method} {request.path}"
 
-    async def _setup(self) -> web.AppRunner:
+    def _setup(self) -> Listener:
         connector = self._connector() if self._connector else None
         self._client = aiohttp.ClientSession(connector=connector)
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # A request held by a hang rule must not hold the test's teardown for a minute.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        return self._runner
+        # A request held by a hang rule must not hold the test's teardown for a minute: the
+        # listener's shutdown timeout is a second.
+        return self._listener
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._listener.close()
         if self._client is not None:
             await self._client.close()
 
@@ -189,8 +212,9 @@ class FaultyProxy:
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError  # aiohttp's way to abandon a dropped request
-        body = rule.body or {"message": f"injected fault {rule.status}"}
-        return web.json_response(body, status=rule.status)
+        status = rule.status or 500  # not a drop: a status
+        body = rule.body or {"message": f"injected fault {status}"}
+        return web.json_response(body, status=status)
 
 
 class FaultyDockerProxy(FaultyProxy):
@@ -209,7 +233,7 @@ class FaultyDockerProxy(FaultyProxy):
         return f"{request.method} {re.sub(r'^/v[0-9.]+', '', request.path)}"
 
     async def start(self) -> None:
-        await web.UnixSite(await self._setup(), str(self.socket_path)).start()
+        await self._setup().start_unix(self.socket_path)
 
 
 class FaultyHttpProxy(FaultyProxy):
@@ -227,8 +251,4 @@ class FaultyHttpProxy(FaultyProxy):
         return target.rsplit(".", 1)[-1] if target else super().describe(request)
 
     async def start(self) -> None:
-        site = web.TCPSite(await self._setup(), "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = await self._setup().start()

@@ -37,11 +37,12 @@ path with another method a 405)::
 
 A request the emulator does not serve is described as ``"<METHOD> <path>"``.  Every request is
 authenticated first (a bearer token in ``tokens`` or accepted by the ``authenticate`` hook, or a
-client certificate issued by the test CA), else 401; then the first :class:`tests.fault_proxy.Rule`
-whose pattern fullmatches its "what" applies: ``status`` answers that status with the Status body
-the real server would send (``Rule.body`` merged over it; a 429 carries ``Retry-After`` from
-``Rule.body["retryAfterSeconds"]``, default 1), ``drop`` closes the connection unanswered, with
-``forward`` the emulator acts first and the answer is what is lost.  Every request is recorded in
+client certificate issued by the test CA), else 401; then the first
+:class:`~commandlab_async.emulators.faults.Rule` whose pattern fullmatches its "what" applies:
+``status`` answers that status with the Status body the real server would send (``Rule.body``
+merged over it; a 429 carries ``Retry-After`` from ``Rule.body["retryAfterSeconds"]``, default
+1), ``drop`` closes the connection unanswered, with ``forward`` the emulator acts first and the
+answer is what is lost.  Every request is recorded in
 :attr:`KubeEmulator.requests` (status 0: dropped or not answered yet; a watch or proxy records
 its status when its stream starts, and neither its bodies).
 
@@ -67,7 +68,6 @@ import json
 import math
 import re
 import secrets
-import ssl
 import time
 import urllib.parse
 import uuid
@@ -75,16 +75,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiodocker
 import aiohttp
-import trustme
 from aiohttp import web
 
-from tests.fault_proxy import Recording, Rule
+from ._containers import ENGINE_URL, LocalEngine
+from ._https import Emulator, Listener, LocalCA
+from .faults import Recording, Rule, faulted
 
-ENGINE_URL = "unix:///var/run/docker.sock"
 LABEL = "commandlab.k8s-emulator"
 NODE = "node-1"
 NODE_IP = "192.0.2.10"
@@ -447,7 +447,14 @@ class _Pod:
         return found
 
 
-class KubeEmulator(Recording[Recorded]):
+class _Located(Protocol):
+    """What :meth:`KubeEmulator.resolver` reads of a ``RunningSandbox``."""
+
+    @property
+    def url(self) -> str | None: ...
+
+
+class KubeEmulator(Emulator, Recording[Recorded]):
     """A Kubernetes API server over HTTPS on 127.0.0.1, its pods run on the local engine."""
 
     pull_backoff = 2.0
@@ -491,16 +498,13 @@ class KubeEmulator(Recording[Recorded]):
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._watchers: dict[_Watcher, web.Request] = {}
         self._unschedulable: list[str] = []
-        self._instance = uuid.uuid4().hex
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._engine = LocalEngine(LABEL, engine_url)
         self._reconciling: set[tuple[str, str]] = set()
-        self._starting: set[asyncio.Future[Any]] = set()
         self._ip_turn = 0
         self._lb_turn = 0
         self._cluster_ip_turn = 0
-        self._ca = trustme.CA()
-        self._runner: web.AppRunner | None = None
-        self._docker: aiodocker.Docker | None = None
+        self.ca = LocalCA()
+        self._listener: Listener | None = None
         self._client: aiohttp.ClientSession | None = None
         self._closing = False
 
@@ -508,60 +512,30 @@ class KubeEmulator(Recording[Recorded]):
 
     async def start(self) -> None:
         """Serve over HTTPS on 127.0.0.1; client certificates of the test CA are accepted."""
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._ca.configure_trust(context)
-        context.verify_mode = ssl.CERT_OPTIONAL
-        self._docker = aiodocker.Docker(url=self.engine_url)
+        self._engine.open()
         self._client = aiohttp.ClientSession(
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, connect=5),
         )
-        app = web.Application(client_max_size=1 << 40)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
         # Cancelled handlers: a watch or proxy stream ends when its client goes away.
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        self._listener, self.url = await self._serve_https(
+            self._handle, client_certs=True, client_max_size=1 << 40, handler_cancellation=True
         )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context).start()
-        self.url = f"https://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def aclose(self) -> None:
         """Stop serving, end every watch and remove every container the emulator made."""
         self._closing = True
         for watcher in list(self._watchers):
             watcher.queue.put_nowait(("close", None))
-        if self._runner is not None:
-            await self._runner.cleanup()
-        for task in list(self._tasks):
-            task.cancel()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._starting:
-            await asyncio.gather(*self._starting, return_exceptions=True)
-        if self._docker is not None:
-            for container_id in await self._labelled():
-                await self._remove_container(container_id)
-            await self._docker.close()
-            self._docker = None
+        if self._listener is not None:
+            await self._listener.close()
+        self._engine.cancel()
+        await self._engine.close()
         if self._client is not None:
             await self._client.close()
 
-    async def __aenter__(self) -> KubeEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # ----------------------------------------------------------------------- test interface
-
-    def write_ca(self, path: Path) -> Path:
-        """Write the PEM of the CA that signed the server's certificate to ``path``."""
-        path.write_bytes(self._ca.cert_pem.bytes())
-        return path
 
     def write_kubeconfig(
         self,
@@ -577,13 +551,8 @@ class KubeEmulator(Recording[Recorded]):
         if auth == "token":
             user = {"token": next(iter(sorted(self.tokens)), "test-token")}
         elif auth == "client-cert":
-            cert = self._ca.issue_cert(
-                "kubernetes-admin", common_name="kubernetes-admin", organization_name="kubeadm"
-            )
-            user = {
-                "client-certificate-data": _b64(cert.cert_chain_pems[0].bytes()),
-                "client-key-data": _b64(cert.private_key_pem.bytes()),
-            }
+            cert, key = self.ca.client_cert("kubernetes-admin", "kubeadm")
+            user = {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)}
         else:
             raise ValueError(f"auth must be 'token' or 'client-cert', not {auth!r}")
         config = {
@@ -594,7 +563,7 @@ class KubeEmulator(Recording[Recorded]):
                     "name": context,
                     "cluster": {
                         "server": self.url,
-                        "certificate-authority-data": _b64(self._ca.cert_pem.bytes()),
+                        "certificate-authority-data": _b64(self.ca.pem),
                     },
                 }
             ],
@@ -630,10 +599,9 @@ class KubeEmulator(Recording[Recorded]):
     async def containers(self) -> list[str]:
         """Ids of the engine's containers made by this emulator that still exist (removals
         already under way are waited for first)."""
-        await self._settle_background()
-        return await self._labelled()
+        return await self._engine.containers()
 
-    async def resolver(self, running: Any) -> str:
+    async def resolver(self, running: _Located) -> str:
         """An ``EndpointResolver``: ``running.url`` moved to the published 127.0.0.1 port.
 
         Pod IP + container port, node IP + nodePort, and load-balancer or cluster IP + service
@@ -655,7 +623,6 @@ class KubeEmulator(Recording[Recorded]):
         returns once the pod's status shows it."""
         pod = self._pods.get((namespace, name))
         assert pod is not None, f"no pod {namespace}/{name}"
-        assert self._docker is not None
         waits = []
         for container in pod.containers:
             if container.id is None:
@@ -663,8 +630,7 @@ class KubeEmulator(Recording[Recorded]):
             container.exit_override = code
             container.exited.clear()
             waits.append(container.exited.wait())
-            with contextlib.suppress(aiodocker.DockerError):
-                await self._docker.containers.container(container.id).kill(signal="SIGKILL")
+            await self._engine.kill(container.id)
         assert waits, f"pod {namespace}/{name} has no running container"
         async with asyncio.timeout(15):
             await asyncio.gather(*waits)
@@ -712,19 +678,16 @@ class KubeEmulator(Recording[Recorded]):
                 raise KubeError(401, "Unauthorized")
         except KubeError as error:
             return self._answer(record, _status_response(error))
-        rule = self._rule_for(what)
-        if rule is not None and rule.delay_before:
-            await asyncio.sleep(rule.delay_before)
-        if rule is not None and (rule.status or rule.drop) and not rule.forward:
-            return self._fail(request, record, rule, match, user)
-        try:
-            response = await self._serve(request, route, match, what, record)
-        except KubeError as error:
-            response = _status_response(error)
-        if rule is not None and rule.delay_after:
-            await asyncio.sleep(rule.delay_after)
-        if rule is not None and (rule.status or rule.drop):
-            return self._fail(request, record, rule, match, user)  # acted; the answer is lost
+
+        async def act() -> web.StreamResponse:
+            try:
+                return await self._serve(request, route, match, what, record)
+            except KubeError as error:
+                return _status_response(error)
+
+        response = await faulted(
+            self._rule_for(what), act, lambda rule: self._fail(request, record, rule, match, user)
+        )
         return self._answer(record, response)
 
     @staticmethod
@@ -781,8 +744,8 @@ class KubeEmulator(Recording[Recorded]):
             seconds = (rule.body or {}).get("retryAfterSeconds", 1)
             error.headers["Retry-After"] = str(seconds)
             error.details = {**(error.details or {}), "retryAfterSeconds": seconds}
-        record.status = 0
-        return self._answer(record, _status_response(error))
+        record.status = 0  # a stream may have recorded its start: the fault is the answer
+        return _status_response(error)
 
     async def _serve(
         self,
@@ -906,24 +869,6 @@ class KubeEmulator(Recording[Recorded]):
                 else:
                     self._remove(plural, obj)
 
-    def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _settle_background(self) -> None:
-        """Wait for work that removes things (terminations, teardowns) to finish."""
-        for _ in range(100):
-            pending = [t for t in self._tasks if getattr(t, "_k8s_removal", False) and not t.done()]
-            if not pending:
-                return
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    def _removal(self, work: Awaitable[Any]) -> None:
-        task = self._spawn(work)
-        task._k8s_removal = True  # type: ignore[attr-defined]
-
     # --------------------------------------------------------------------------------- lists
 
     def _select(
@@ -1039,7 +984,8 @@ class KubeEmulator(Recording[Recorded]):
 
     async def _watchers_gone(self, watchers: list[_Watcher]) -> None:
         async with asyncio.timeout(10):
-            while any(w in self._watchers for w in watchers):
+            # Each stream ends in its own handler, which no event marks: polled.
+            while any(w in self._watchers for w in watchers):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     # ---------------------------------------------------------------------------- creating
@@ -1233,7 +1179,7 @@ class KubeEmulator(Recording[Recorded]):
         pod = _Pod(meta["namespace"], meta["name"], obj, containers)
         self._pods[(pod.namespace, pod.name)] = pod
         self._create("pods", obj)
-        pod.task = self._spawn(self._kubelet(pod))  # type: ignore[assignment]
+        pod.task = self._engine.spawn(self._kubelet(pod))
         return pod
 
     def _delete_pod(self, pod: _Pod, grace: int | None, propagation: str = "Background") -> None:
@@ -1247,14 +1193,14 @@ class KubeEmulator(Recording[Recorded]):
         if grace == 0 or not started:
             self._cancel_pod(pod)
             self._forget_pod(pod, propagation)
-            self._removal(self._teardown(pod))
+            self._engine.spawn(self._teardown(pod), removal=True)
             return
         with self._changing("pods", pod.obj):
             meta = pod.obj["metadata"]
             deadline = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=grace)
             meta["deletionTimestamp"] = _iso(deadline)
             meta["deletionGracePeriodSeconds"] = grace
-        self._removal(self._terminate(pod, grace, propagation))
+        self._engine.spawn(self._terminate(pod, grace, propagation), removal=True)
 
     def _cancel_pod(self, pod: _Pod) -> None:
         for task in (pod.task, pod.deadline):
@@ -1277,18 +1223,16 @@ class KubeEmulator(Recording[Recorded]):
                 await asyncio.wait([task])
         if pod.starting:
             await asyncio.wait(list(pod.starting))
-        assert self._docker is not None
         running = [c for c in pod.containers if c.id is not None]
         for container in running:
             self._event(pod.obj, "Normal", "Killing", f"Stopping container {container.name}")
 
         async def stop(container: _Container) -> None:
-            assert self._docker is not None
             assert container.id is not None
-            engine = self._docker.containers.container(container.id)
+            engine = self._engine.docker.containers.container(container.id)
             with contextlib.suppress(aiodocker.DockerError):
                 await engine.stop(t=grace, timeout=grace + 30)
-            state = await self._engine_state(container.id)
+            state = await self._engine.state(container.id)
             code = state.get("ExitCode", 137)
             with self._changing("pods", pod.obj):
                 status = _container_status(pod.obj, container.index)
@@ -1307,30 +1251,7 @@ class KubeEmulator(Recording[Recorded]):
             await asyncio.wait(list(pod.starting))
         for container in pod.containers:
             for container_id in container.ids:
-                await self._remove_container(container_id)
-
-    async def _remove_container(self, container_id: str) -> None:
-        if self._docker is None:
-            return  # closed: aclose removed everything
-        with contextlib.suppress(aiodocker.DockerError):
-            await self._docker.containers.container(container_id).delete(force=True, v=True)
-
-    async def _labelled(self) -> list[str]:
-        filters = json.dumps({"label": [f"{LABEL}={self._instance}"]})
-        if self._docker is not None:
-            found = await self._docker.containers.list(all=True, filters=filters)
-        else:  # closed: a test checks for leftovers after aclose
-            async with aiodocker.Docker(url=self.engine_url) as docker:
-                found = await docker.containers.list(all=True, filters=filters)
-        return [c.id for c in found]
-
-    async def _engine_state(self, container_id: str) -> dict[str, Any]:
-        assert self._docker is not None
-        try:
-            info = await self._docker.containers.container(container_id).show()
-        except aiodocker.DockerError:
-            return {"Running": False, "ExitCode": 137}
-        return dict(info["State"])
+                await self._engine.remove(container_id)  # nothing once closed: all removed
 
     # ---------------------------------------------------------------------------- the kubelet
 
@@ -1373,7 +1294,7 @@ class KubeEmulator(Recording[Recorded]):
                 for c in spec["containers"]
             ]
         if spec.get("activeDeadlineSeconds"):
-            pod.deadline = self._spawn(  # type: ignore[assignment]
+            pod.deadline = self._engine.spawn(
                 self._deadline(pod, float(spec["activeDeadlineSeconds"]))
             )
         image_ids = await self._pull(pod)
@@ -1385,7 +1306,6 @@ class KubeEmulator(Recording[Recorded]):
     async def _pull(self, pod: _Pod) -> list[str]:
         """Find every image on the engine; report what a kubelet with containerd would until
         all are there.  Returns their ids."""
-        assert self._docker is not None
         obj = pod.obj
         containers = obj["spec"]["containers"]
         ids: list[str] = [""] * len(containers)
@@ -1472,14 +1392,8 @@ class KubeEmulator(Recording[Recorded]):
             await asyncio.sleep(self.pull_backoff)
 
     async def _image_id(self, image: str) -> str | None:
-        assert self._docker is not None
-        try:
-            info = await self._docker.images.inspect(image)
-        except aiodocker.DockerError as error:
-            if error.status in (400, 404):
-                return None
-            raise
-        return str(info["Id"])
+        info = await self._engine.image(image, missing=(400, 404))
+        return None if info is None else str(info["Id"])
 
     def _waiting(self, pod: _Pod, index: int, reason: str, message: str) -> None:
         with self._changing("pods", pod.obj):
@@ -1501,12 +1415,12 @@ class KubeEmulator(Recording[Recorded]):
                 self._waiting(pod, container.index, "CreateContainerConfigError", problem)
                 await asyncio.sleep(self.pull_backoff)
                 continue
-            while container.index > 0 and pod.containers[0].id is None:
-                await asyncio.sleep(0.05)  # later containers join the first one's network
-            future = asyncio.ensure_future(self._engine_start(pod, container, spec))
-            for holder in (pod.starting, self._starting):
-                holder.add(future)
-                future.add_done_callback(holder.discard)
+            # Later containers join the first one's network: polled, as a kubelet would.
+            while container.index > 0 and pod.containers[0].id is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            future = self._engine.atomic(self._engine_start(pod, container, spec))
+            pod.starting.add(future)
+            future.add_done_callback(pod.starting.discard)
             try:
                 await asyncio.shield(future)
             except aiodocker.DockerError as error:
@@ -1532,10 +1446,9 @@ class KubeEmulator(Recording[Recorded]):
                 )
             probe: asyncio.Future[Any] | None = None
             if spec.get("readinessProbe") is not None:
-                probe = self._spawn(self._probe(pod, container, spec["readinessProbe"]))
+                probe = self._engine.spawn(self._probe(pod, container, spec["readinessProbe"]))
             try:
-                assert self._docker is not None
-                result = await self._docker.containers.container(container.id).wait()
+                result = await self._engine.docker.containers.container(container.id).wait()
             finally:
                 if probe is not None:
                     probe.cancel()
@@ -1543,7 +1456,7 @@ class KubeEmulator(Recording[Recorded]):
             if code is None:
                 code = int(result.get("StatusCode", 0))
             container.exit_override = None
-            state = await self._engine_state(container.id)
+            state = await self._engine.state(container.id)
             policy = obj["spec"].get("restartPolicy", "Always")
             with self._changing("pods", obj):
                 status = _container_status(obj, container.index)
@@ -1593,8 +1506,8 @@ class KubeEmulator(Recording[Recorded]):
             if int(ctx["runAsUser"]) == 0:
                 return f"container's runAsUser breaks non-root policy {where}"
             return None
-        assert self._docker is not None
-        user = str((await self._docker.images.inspect(spec["image"]))["Config"].get("User") or "")
+        image = await self._engine.docker.images.inspect(spec["image"])
+        user = str(image["Config"].get("User") or "")
         uid = user.split(":")[0]
         if uid in ("", "0", "root"):
             return f"container has runAsNonRoot and image will run as root {where}"
@@ -1606,27 +1519,28 @@ class KubeEmulator(Recording[Recorded]):
         return None
 
     async def _engine_start(self, pod: _Pod, container: _Container, spec: dict[str, Any]) -> None:
-        """Create and start one container on the engine (never cancelled half-way)."""
-        assert self._docker is not None
+        """Create and start one container on the engine (never cancelled half-way); the first
+        publishes every container port of the pod (they share its network namespace)."""
         config = self._container_config(pod, container, spec)
-        name = f"k8s-{self._instance[:8]}_{container.name}_{pod.name}_{pod.namespace}"
+        name = f"k8s-{self._engine.instance[:8]}_{container.name}_{pod.name}_{pod.namespace}"
         name += f"_{secrets.token_hex(3)}"
-        created = await self._docker.containers.create(config, name=name)
+        publish = None
+        if container.index == 0:
+            publish = {
+                int(p["containerPort"])
+                for c in pod.obj["spec"]["containers"]
+                for p in c.get("ports") or []
+            }
+        created = await self._engine.create(config, name=name, publish=publish)
         container.ids.append(created.id)
         # Keep the last exited container (for ``previous`` logs); remove older ones.
         for old in container.ids[:-2]:
-            await self._remove_container(old)
+            await self._engine.remove(old)
             container.ids.remove(old)
         await created.start()
         container.id = created.id
         if container.index == 0:
-            info = await created.show()
-            bindings = info["NetworkSettings"]["Ports"] or {}
-            container.published = {
-                int(key.split("/")[0]): int(value[0]["HostPort"])
-                for key, value in bindings.items()
-                if value
-            }
+            container.published = await self._engine.published(created)
 
     def _container_config(
         self, pod: _Pod, container: _Container, spec: dict[str, Any]
@@ -1654,7 +1568,6 @@ class KubeEmulator(Recording[Recorded]):
             "Image": spec["image"],
             "Env": env,
             "Labels": {
-                LABEL: self._instance,
                 "io.kubernetes.pod.name": pod.name,
                 "io.kubernetes.pod.namespace": pod.namespace,
                 "io.kubernetes.pod.uid": pod.uid,
@@ -1663,16 +1576,7 @@ class KubeEmulator(Recording[Recorded]):
             "HostConfig": host,
         }
         if container.index == 0:
-            ports = {
-                int(p["containerPort"])
-                for c in pod_spec["containers"]
-                for p in c.get("ports") or []
-            }
             config["Hostname"] = pod.name[:63]
-            config["ExposedPorts"] = {f"{p}/tcp": {} for p in sorted(ports)}
-            host["PortBindings"] = {
-                f"{p}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}] for p in sorted(ports)
-            }
         else:
             first = pod.containers[0].id
             if first is not None:
@@ -1709,7 +1613,7 @@ class KubeEmulator(Recording[Recorded]):
         return config
 
     async def _started_at(self, container_id: str) -> str:
-        state = await self._engine_state(container_id)
+        state = await self._engine.state(container_id)
         return _docker_time(state.get("StartedAt")) or _now()
 
     async def _probe(self, pod: _Pod, container: _Container, probe: dict[str, Any]) -> None:
@@ -1780,18 +1684,16 @@ class KubeEmulator(Recording[Recorded]):
             await asyncio.wait([pod.task])
         if pod.starting:
             await asyncio.wait(list(pod.starting))
-        assert self._docker is not None
         for container in pod.containers:
             if container.id is not None:
-                with contextlib.suppress(aiodocker.DockerError):
-                    await self._docker.containers.container(container.id).kill(signal="SIGKILL")
+                await self._engine.kill(container.id)
         with self._changing("pods", pod.obj):
             status = pod.obj["status"]
             for index, container in enumerate(pod.containers):
                 entry = _container_status(pod.obj, index)
                 if "terminated" in entry.get("state", {}):
                     continue
-                engine = await self._engine_state(container.id) if container.id else {}
+                engine = await self._engine.state(container.id) if container.id else {}
                 entry["state"] = _terminated(137, entry, engine)
                 entry["ready"] = False
                 entry["started"] = False
@@ -1901,17 +1803,12 @@ class KubeEmulator(Recording[Recorded]):
             raise _bad_request(
                 f'container "{wanted}" in pod "{name}" is waiting to start: {reason}'
             )
-        assert self._docker is not None
-        params: dict[str, Any] = {"stdout": True, "stderr": True}
+        params: dict[str, Any] = {}
         if request.query.get("tailLines"):
             params["tail"] = request.query["tailLines"]
         if request.query.get("timestamps", "").lower() in ("true", "1"):
             params["timestamps"] = True
-        try:
-            lines = await self._docker.containers.container(target).log(**params)
-        except aiodocker.DockerError:
-            lines = []
-        text = "".join(lines)
+        text = await self._engine.logs(target, **params)
         if request.query.get("limitBytes"):
             text = text.encode()[: int(request.query["limitBytes"])].decode(errors="replace")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
@@ -2094,7 +1991,7 @@ class KubeEmulator(Recording[Recorded]):
         obj["status"] = {"loadBalancer": {}}
         self._create("services", obj)
         if kind == "LoadBalancer":
-            self._spawn(self._provision_lb(obj))
+            self._engine.spawn(self._provision_lb(obj))
 
     async def _provision_lb(self, obj: dict[str, Any]) -> None:
         await asyncio.sleep(self.schedule_latency)
