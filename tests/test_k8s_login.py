@@ -3,9 +3,9 @@
 Each login is checked the way the driver uses it: kubernetes_asyncio's ``VersionApi``
 through :meth:`ClusterLogin.configuration` against a local HTTPS server standing in for
 the API server (its own CA, as a cluster's), which checks tokens with the verifiers of
-:mod:`tests.cluster_fakes`, and the login's own headers and SSL context with aiohttp.
-The clouds are :class:`tests.cluster_fakes.ClusterFakes` (EKS, ARM + Entra, GKE + Google
-OAuth2) and moto's STS; everything listens on 127.0.0.1.
+:mod:`commandlab_async.emulators.clusters`, and the login's own headers and SSL context with
+aiohttp. The clouds are :class:`~commandlab_async.emulators.clusters.ClusterFakes` (EKS, ARM +
+Entra, GKE + Google OAuth2) and moto's STS; everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import yaml
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, VersionApi
 
+from commandlab_async.emulators.clusters import AKS_SERVER_APP, ClusterFakes, verify_eks_token
+from commandlab_async.emulators.faults import Rule
 from commandlab_async.errors import BackendError, MissingExtraError, SpecError
 from commandlab_async.platforms.base import KubernetesPlatform
-from commandlab_async.platforms.kubernetes import login as login_module
-from commandlab_async.platforms.kubernetes.login import ClusterLogin, login
+from commandlab_async.platforms.kubernetes.logins import ClusterLogin, login
+from commandlab_async.platforms.kubernetes.logins import tokens as tokens_module
 from commandlab_async.platforms.kubernetes.options import AKS_SERVER_SCOPE, KubernetesTarget
-from tests.cluster_fakes import AKS_SERVER_APP, ClusterFakes, verify_eks_token
-from tests.fault_proxy import Rule
 from tests.k8s_support import REGION
 
 pytestmark = pytest.mark.unit
@@ -152,7 +152,7 @@ class Clock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset = 0.0
-        monkeypatch.setattr(login_module, "_monotonic", lambda: time.monotonic() + self.offset)
+        monkeypatch.setattr(tokens_module, "_monotonic", lambda: time.monotonic() + self.offset)
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds

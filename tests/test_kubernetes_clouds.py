@@ -22,9 +22,9 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from tests.cluster_fakes import ClusterFakes, verify_eks_token
-from tests.fault_proxy import Rule
-from tests.k8s_emulator import KubeEmulator
+from commandlab_async.emulators.clusters import ClusterFakes, verify_eks_token
+from commandlab_async.emulators.faults import Rule
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.k8s_support import NAMESPACE, REGION, our_pods
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]

@@ -25,19 +25,21 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .._lifecycle.identity import SandboxIdentity
+from .._lifecycle.limits import Limits
+from .._lifecycle.machine_quota import MachineQuota
+from ..daemon import protocol as wire
 from ..errors import (
     BackendError,
     BackendTimeoutError,
     SandboxExitedError,
     UnsupportedOperationError,
 )
-from ..identity import SandboxIdentity
-from ..limits import Limits
-from ..machine_quota import MachineQuota
 from ..specs import Spec
 from .base import Platform, RunningSandbox, Target
 
 __all__ = [
+    "TRANSIENT_STATUS",
     "Driver",
     "Failure",
     "SandboxRecord",
@@ -50,6 +52,8 @@ __all__ = [
 
 T = TypeVar("T")
 _LONGEST_WAIT = 60.0  # the longest Retry-After one call waits for (seconds)
+#: HTTP statuses worth another try: timeouts, throttling and 5xx.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TargetT = TypeVar("TargetT", bound=Target)
 
 
@@ -317,8 +321,8 @@ def token_digest(token: str) -> str:
 def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
     """Environment that tells the daemon its token's hash, its port and its time to live."""
     env = dict(spec.env)
-    env["COMMANDLAB_TOKEN_SHA256"] = token_digest(identity.token)
-    env["COMMANDLAB_PORT"] = str(spec.daemon_port)
+    env[wire.TOKEN_SHA256_ENV] = token_digest(identity.token)
+    env[wire.PORT_ENV] = str(spec.daemon_port)
     if identity.expires_at is not None:
-        env["COMMANDLAB_TTL"] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
+        env[wire.TTL_ENV] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
     return env

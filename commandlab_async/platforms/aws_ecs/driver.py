@@ -13,12 +13,11 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from copy import deepcopy
 from typing import Any, ClassVar
 
 import aioboto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -27,12 +26,13 @@ from botocore.exceptions import (
     NoRegionError,
 )
 
+from ..._client.tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
+from ..._lifecycle.identity import SESSION, SandboxIdentity
+from ..._lifecycle.limits import Limits
+from ..._lifecycle.machine_quota import MachineQuota
 from ...errors import BackendError, SandboxExitedError
-from ...identity import SESSION, SandboxIdentity
-from ...limits import Limits
-from ...machine_quota import MachineQuota
 from ...specs import Spec
-from ...tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
+from .._clouds import aws
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
 from .options import EcsOptions, EcsTarget, fargate_storage_gib
@@ -54,9 +54,6 @@ _TRANSIENT_CODES = {
 _NOT_FOUND_CODES = {"ClusterNotFoundException", "TaskDefinitionNotFoundException"}
 _CAPACITY = ("RESOURCE", "Capacity is unavailable")
 _STOPPING = {"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"}
-# Our own retries (tenacity, under the fleet's rate limit) replace botocore's, so that a
-# retried run_task is known to us (it may have started a task whose answer was lost).
-_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
 
 def _without_key(task: dict[str, Any]) -> dict[str, Any]:
@@ -114,21 +111,6 @@ def _task_definition(spec: Spec, options: EcsOptions) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
     definition["family"] = f"{spec.name_prefix}-{digest[:16]}"
     return definition
-
-
-def _warm(session: aioboto3.Session, service: str) -> None:
-    """Load what creating a client reads from disk, so it is cached before the loop needs it."""
-    core = session._session  # the botocore session behind aioboto3's
-    core.get_scoped_config()
-    for name in ("endpoint_resolver", "default_config_resolver", "monitor"):
-        core._get_internal_component(name)
-    loader = core.get_component("data_loader")
-    # The same call shapes as botocore's client factory: its cache keys on them.
-    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
-        with suppress(Exception):  # not every service ships every kind
-            loader.load_service_model(service, kind, api_version=None)
-    for data in ("_retry", "partitions", "sdk-default-configuration"):
-        loader.load_data(data)
 
 
 def _options(spec: Spec) -> EcsOptions:
@@ -206,14 +188,10 @@ class EcsDriver(Driver[EcsTarget]):
         async with self._client_lock:
             if service not in self._clients:
                 if self._session is None:
-                    self._session = await asyncio.to_thread(aioboto3.Session)
-                session: Any = self._session
-                # botocore reads config files and service models from disk synchronously:
-                # load them into its caches in a thread, not on the event loop.
-                await asyncio.to_thread(_warm, session, service)
+                    self._session = await aws.session()
                 try:
                     self._clients[service] = await self._stack.enter_async_context(
-                        session.client(service, region_name=self.target.region, config=_CONFIG)
+                        aws.client(self._session, service, region=self.target.region)
                     )
                 except NoRegionError as exc:
                     raise BackendError(

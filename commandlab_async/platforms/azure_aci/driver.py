@@ -4,7 +4,7 @@ group per sandbox.
 Each group is named by us before the call, runs one container that is never restarted
 (the daemon exits 0 at its TTL, and the group stops), and is reached over HTTPS on its
 IP: ACI offers no TLS of its own, so the daemon serves it with a key and certificate made
-for this sandbox, which the client pins (:mod:`commandlab_async.tls`). The token's hash
+for this sandbox, which the client pins (:mod:`commandlab_async._client.tls`). The token's hash
 and the key travel as ``secureValue`` variables, which ARM never returns.
 
 azure-core's own retries are off (``retry_total=0``): our limiter and :meth:`Driver.call`
@@ -15,11 +15,9 @@ is honoured when the driver starts, not only when aiohttp is imported).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import aiohttp
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -28,18 +26,19 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.mgmt.containerinstance import models
 from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
 
+from ..._client.tls import SandboxTls, make_sandbox_tls
+from ..._lifecycle.identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
+from ..._lifecycle.limits import Limits
+from ..._lifecycle.machine_quota import MachineQuota
 from ...errors import BackendError, SandboxExitedError
-from ...identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
-from ...limits import Limits
-from ...machine_quota import MachineQuota
 from ...specs import Spec
-from ...tls import SandboxTls, make_sandbox_tls
+from .._clouds.azure import AzureSession, arm_scope
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import (
+    TRANSIENT_STATUS,
     Driver,
     Failure,
     SandboxRecord,
@@ -71,7 +70,6 @@ _QUOTA_NOTES = {
         "finished ones (`commandlab gc --platform azure-aci`) or ask Azure for more"
     ),
 }
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 def _options(spec: Spec) -> AciOptions:
@@ -205,8 +203,7 @@ class AciDriver(Driver[AciTarget]):
         super().__init__(target)
         self._lock = asyncio.Lock()
         self._arm: ContainerInstanceManagementClient | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._own_credential: Any = None
+        self._azure: AzureSession | None = None
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
 
     @classmethod
@@ -219,7 +216,7 @@ class AciDriver(Driver[AciTarget]):
             code = _arm_code(exc) or exc.status_code
             return Failure(
                 code,
-                transient=exc.status_code in _TRANSIENT_STATUS,
+                transient=exc.status_code in TRANSIENT_STATUS,
                 not_found=isinstance(exc, ResourceNotFoundError),
             )
         return None
@@ -241,24 +238,14 @@ class AciDriver(Driver[AciTarget]):
         async with self._lock:
             if self._arm is None:
                 target = self.target
-                # Loads the trust store from disk (SSL_CERT_FILE honoured), so in a thread.
-                context = await asyncio.to_thread(ssl.create_default_context)
-                self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=context, limit=100)
-                )
-                transport = AioHttpTransport(session=self._session, session_owner=False)
-                credential = target.credential
-                if credential is None:
-                    # Reads the environment and token caches from disk: in a thread.
-                    credential = self._own_credential = await asyncio.to_thread(
-                        _default_credential, transport
-                    )
+                if self._azure is None:
+                    self._azure = await AzureSession.open(target.credential)
                 self._arm = ContainerInstanceManagementClient(
-                    credential,
+                    self._azure.credential,
                     target.subscription_id,
                     base_url=target.arm_endpoint,
-                    credential_scopes=[f"{target.arm_endpoint}/.default"],
-                    transport=transport,
+                    credential_scopes=[arm_scope(target.arm_endpoint)],
+                    transport=self._azure.transport,
                     retry_total=0,
                     polling_interval=1,
                 )
@@ -269,12 +256,9 @@ class AciDriver(Driver[AciTarget]):
             if self._arm is not None:
                 await self._arm.close()
                 self._arm = None
-            if self._own_credential is not None:
-                await self._own_credential.close()
-                self._own_credential = None
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
+            if self._azure is not None:
+                await self._azure.close()
+                self._azure = None
 
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         assert self.target.region is not None  # AciOptions.target requires it
@@ -393,9 +377,3 @@ class AciDriver(Driver[AciTarget]):
         except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
             raise self.translate(exc, "list container groups", None) from exc
         return records
-
-
-def _default_credential(transport: AioHttpTransport) -> Any:
-    from azure.identity.aio import DefaultAzureCredential
-
-    return DefaultAzureCredential(transport=transport)

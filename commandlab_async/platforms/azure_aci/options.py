@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..._validation import check_ids, check_text
 from ...errors import SpecError
-from ...validation import check_ids, check_text
+from .._clouds.azure import ARM_ENDPOINT, SUBSCRIPTION_ENV
 from ..base import DockerPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ARM_ENDPOINT", "SUBSCRIPTION_ENV", "AciOptions", "AciTarget", "memory_in_gb"]
 
-ARM_ENDPOINT = "https://management.azure.com"
-SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 # ACI's sizes: a Linux group takes up to 4 vCPU and 16 GB in most regions; memory is
 # counted in GB with one decimal.
 _MAX_CPU = 4.0

@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 import aiodocker
 import aiohttp
 
+from ..._lifecycle.identity import SESSION, SandboxIdentity
+from ..._lifecycle.limits import Limits
+from ...daemon.protocol import LISTENING, SOCKET_ENV
 from ...errors import BackendError, SandboxNotFoundError, SpecError
-from ...identity import SESSION, SandboxIdentity
-from ...limits import Limits
 from ...specs import Spec
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
@@ -34,7 +35,7 @@ __all__ = ["DockerDriver"]
 _MIB = 1024 * 1024
 _TERMINAL = {"exited", "dead", "removing"}
 # The daemon's startup line: from there on, the container's output is the daemon's log.
-_LISTENING = "commandlab daemon listening on"
+_LISTENING = LISTENING.rstrip()
 # Storage drivers that take a per-container size (overlay2 only on xfs with pquota).
 _DISK_QUOTA_DRIVERS = {"btrfs", "zfs", "devicemapper", "windowsfilter"}
 _KEPT = 4000  # characters of a container's startup output kept for its error
@@ -99,7 +100,7 @@ class DockerDriver(Driver[DockerTarget]):
     def _config(self, spec: Spec, identity: SandboxIdentity, socket: bool) -> dict[str, Any]:
         env = daemon_env(spec, identity)
         if socket:
-            env["COMMANDLAB_SOCKET"] = f"{socket_dirs.IN_SANDBOX}/{socket_dirs.SOCKET_NAME}"
+            env[SOCKET_ENV] = f"{socket_dirs.IN_SANDBOX}/{socket_dirs.SOCKET_NAME}"
             endpoint: dict[str, Any] = {
                 "Mounts": [
                     {

@@ -19,16 +19,17 @@ from typing import ClassVar
 import grpc
 from google.api_core import exceptions as google_errors
 from google.api_core.operation_async import AsyncOperation
-from google.auth.credentials import Credentials
 from google.cloud import run_v2
 from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
 from google.protobuf import duration_pb2
 
+from ..._lifecycle.identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
+from ..._lifecycle.limits import Limits
+from ..._lifecycle.machine_quota import MachineQuota
+from ...daemon.protocol import TTL_ENV
 from ...errors import BackendError, SandboxExitedError
-from ...identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
-from ...limits import Limits
-from ...machine_quota import MachineQuota
 from ...specs import Spec
+from .._clouds import gcp, system_ssl_context
 from ..base import DockerPlatform, RunningSandbox
 from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
 from .id_tokens import IdTokens
@@ -37,7 +38,6 @@ from .options import LABEL_VALUE, CloudRunOptions, CloudRunTarget
 __all__ = ["EMULATOR_ENV", "CloudRunDriver", "gcp_labels"]
 
 EMULATOR_ENV = "CLOUD_RUN_EMULATOR_HOST"
-_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _API_HOST = "run.googleapis.com:443"
 _REQUEST_TIMEOUT = duration_pb2.Duration(seconds=3600)  # the longest Cloud Run allows
 _MAX_CONCURRENCY = 1000  # requests one instance takes at once (Cloud Run's most)
@@ -75,23 +75,6 @@ def gcp_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return fitted
 
 
-def _default_credentials() -> Credentials:
-    """Google's default credentials (blocking: reads files, may ask the metadata server)."""
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        credentials, _ = google.auth.default(scopes=_SCOPES)
-    except DefaultCredentialsError as exc:
-        raise BackendError(
-            f"no Google credentials ({exc}); set GOOGLE_APPLICATION_CREDENTIALS or run "
-            "`gcloud auth application-default login`",
-            sandbox=None,
-            platform=DockerPlatform.GCP_CLOUD_RUN,
-        ) from exc
-    return credentials
-
-
 def _options(spec: Spec) -> CloudRunOptions:
     assert isinstance(spec.options, CloudRunOptions)  # the registry guarantees it
     return spec.options
@@ -102,7 +85,7 @@ def _service(spec: Spec, identity: SandboxIdentity) -> run_v2.Service:
     env = daemon_env(spec, identity)
     # A daemon that exits at its TTL would be replaced by a fresh instance that keeps
     # billing: on Cloud Run the TTL is enforced by deleting the service (lifecycle, gc).
-    env.pop("COMMANDLAB_TTL", None)
+    env.pop(TTL_ENV, None)
     container = run_v2.Container(
         image=spec.image,
         ports=[run_v2.ContainerPort(container_port=spec.daemon_port)],
@@ -221,9 +204,9 @@ class CloudRunDriver(Driver[CloudRunTarget]):
                 if emulator:
                     channel = grpc.aio.insecure_channel(emulator)
                 else:
-                    credentials = await asyncio.to_thread(_default_credentials)
+                    credentials, _ = await gcp.default_credentials(self.platform)
                     channel = ServicesGrpcAsyncIOTransport.create_channel(
-                        _API_HOST, credentials=credentials, scopes=_SCOPES
+                        _API_HOST, credentials=credentials, scopes=gcp.SCOPES
                     )
                 # The channel belongs to the loop; the client's constructor looks for
                 # client-certificate files on disk, so it is made in a thread.
@@ -231,8 +214,7 @@ class CloudRunDriver(Driver[CloudRunTarget]):
                 self._services = await asyncio.to_thread(
                     run_v2.ServicesAsyncClient, transport=transport
                 )
-                # Loads the trust store from disk; SSL_CERT_FILE is honoured.
-                self._ssl = await asyncio.to_thread(ssl.create_default_context)
+                self._ssl = await system_ssl_context()
             return self._services
 
     async def close(self) -> None:

@@ -11,13 +11,11 @@ audience at a time, and is reused until shortly before it expires.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import json
 import time
 from collections.abc import Callable, Mapping
 
-from ...errors import BackendError
+from .._clouds import gcp, jwt_expiry
 from ..base import DockerPlatform, HeaderSource
 
 __all__ = ["IdTokens", "fetch_id_token"]
@@ -41,32 +39,25 @@ def fetch_id_token(audience: str) -> str:
     try:
         token: str = google.oauth2.id_token.fetch_id_token(request, audience)
     except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise BackendError(
+        raise gcp.auth_error(
+            exc,
             f"no Google credentials that can mint an ID token for {audience} ({exc}); use a "
             "service account (GOOGLE_APPLICATION_CREDENTIALS, the metadata server) or make "
             "the sandbox public (CloudRunOptions(public=True))",
-            sandbox=None,
-            platform=_PLATFORM,
+            _PLATFORM,
         ) from exc
     except google.auth.exceptions.GoogleAuthError as exc:
         # A refused refresh (a revoked key) or an unreachable token endpoint.
-        raise BackendError(
-            f"could not get an ID token for {audience}: {exc}",
-            sandbox=None,
-            platform=_PLATFORM,
-            transient=isinstance(exc, google.auth.exceptions.TransportError),
+        raise gcp.auth_error(
+            exc, f"could not get an ID token for {audience}: {exc}", _PLATFORM
         ) from exc
     return token
 
 
 def _expiry(token: str) -> float:
-    """The ``exp`` claim of a JWT (read, not verified: Google's front end verifies it)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        return time.time() + 60.0  # unreadable: use it briefly, then fetch again
+    """When ``token`` expires (Google's front end verifies it; we only read it)."""
+    expiry = jwt_expiry(token)
+    return time.time() + 60.0 if expiry is None else expiry  # unreadable: use it briefly
 
 
 class IdTokens:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..._validation import check_bool, check_text
 from ...errors import SpecError
-from ...validation import check_bool, check_text
 from ..base import DockerPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:

@@ -26,13 +26,15 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ..._client.tls import SandboxTls, make_sandbox_tls
+from ..._lifecycle.identity import CREATED_AT, SESSION, SESSION_ID, SandboxIdentity
+from ..._lifecycle.limits import Limits, TokenBucket
+from ...daemon.protocol import TLS_KEY_ENV
 from ...errors import BackendError, SandboxExitedError
-from ...identity import CREATED_AT, SESSION, SESSION_ID, SandboxIdentity
-from ...limits import Limits, TokenBucket
 from ...specs import Spec
-from ...tls import SandboxTls, make_sandbox_tls
 from ..base import KubernetesPlatform, Platform, RunningSandbox
 from ..driver import (
+    TRANSIENT_STATUS,
     Driver,
     Failure,
     SandboxRecord,
@@ -40,7 +42,7 @@ from ..driver import (
     SandboxState,
     retry_after_seconds,
 )
-from .login import ClusterLogin, login
+from .logins import ClusterLogin, login
 from .manifests import (
     SANDBOX,
     WORKLOAD,
@@ -56,7 +58,7 @@ from .watch import PodWatch, WatchExpired
 
 __all__ = ["AksDriver", "EksDriver", "GkeDriver", "KubernetesDriver"]
 
-_TRANSIENT_STATUS = {0, 408, 429, 500, 502, 503, 504}
+_TRANSIENT_STATUS = {0, *TRANSIENT_STATUS}  # 0: no answer at all
 # A watch ends by itself after this long (client-go picks 5..10 minutes) and resumes.
 _WATCH_SECONDS = 300
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
@@ -100,7 +102,7 @@ def _bucket(target: KubernetesTarget, options: _KubernetesOptions | None) -> Tok
 class KubernetesDriver(Driver[KubernetesTarget]):
     """Driver for a kubeconfig (or in-cluster) cluster: one pod (or Deployment) each.
 
-    EKS, AKS and GKE differ only in how :mod:`.login` finds and authenticates to the
+    EKS, AKS and GKE differ only in how :mod:`.logins` finds and authenticates to the
     cluster; each has a subclass naming its platform.
     """
 
@@ -563,7 +565,7 @@ def _without_secrets(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     pod = json.loads(json.dumps(pod))
     for container in pod.get("spec", {}).get("containers") or []:
         for variable in container.get("env") or []:
-            if variable.get("name") == "COMMANDLAB_TLS_KEY":
+            if variable.get("name") == TLS_KEY_ENV:
                 variable["value"] = "<hidden>"
     return pod
 

@@ -10,9 +10,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ...identity import LABEL_PREFIX, SandboxIdentity
+from ..._client.tls import SandboxTls
+from ..._lifecycle.identity import LABEL_PREFIX, SandboxIdentity
 from ...specs import Spec
-from ...tls import SandboxTls
 from ..driver import daemon_env
 from .options import _KubernetesOptions
 

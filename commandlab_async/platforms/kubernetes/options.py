@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from ..._validation import check_ids, check_int, check_number, check_text
 from ...errors import SpecError
-from ...validation import check_ids, check_int, check_number, check_text
-from ..azure_aci.options import ARM_ENDPOINT, SUBSCRIPTION_ENV
+from .._clouds.azure import ARM_ENDPOINT, SUBSCRIPTION_ENV
 from ..base import KubernetesPlatform, PlatformOptions, Target, take_scope
 
 if TYPE_CHECKING:
