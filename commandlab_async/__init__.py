@@ -6,7 +6,24 @@ async with provision(DockerSpec()) as computer:
 ```
 """
 
-from .computer import Computer
+from ._admin.handles import connect
+from ._admin.reaper import GC_TIMEOUT, Reaped, gc, remove
+from ._admin.sandboxes import SandboxInfo, list_sandboxes, read_logs, target_for
+from ._client.computer import Computer
+from ._client.files import FileInfo
+from ._client.history import CommandRecord
+from ._client.processes import CommandResult, OutputChunk, Process, ProcessInfo
+from ._lifecycle.events import (
+    EventKind,
+    EventStream,
+    LifecycleEvent,
+    lifecycle_events,
+)
+from ._lifecycle.identity import labelled
+from ._lifecycle.limits import Limits, set_limits
+from ._lifecycle.machine_quota import MachineQuota, set_machine_quotas
+from ._lifecycle.provision import Fleet, provision, provision_many
+from ._lifecycle.warm_pools import WarmPool
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -39,28 +56,29 @@ from .errors import (
     UnsupportedOperationError,
     UnsupportedPlatformError,
 )
-from .events import EventKind, EventStream, LifecycleEvent, lifecycle_events
-from .files import FileInfo
-from .handles import connect
-from .history import CommandRecord
-from .lifecycle import Fleet, provision, provision_many
-from .limits import Limits, set_limits
-from .machine_quota import MachineQuota, set_machine_quotas
 from .platforms.aws_ecs.options import EcsOptions
 from .platforms.azure_aci.options import AciOptions
 from .platforms.base import PlatformOptions, RunningSandbox, Target
 from .platforms.docker.options import DockerOptions
 from .platforms.gcp_cloud_run.options import CloudRunOptions
 from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
-from .process import CommandResult, OutputChunk, Process, ProcessInfo
-from .reaper import Reaped, gc, remove
-from .specs import DEFAULT_IMAGE, DockerPlatform, DockerSpec, KubernetesPlatform, KubernetesSpec
-from .warm_pools import WarmPool
+from .specs import (
+    DEFAULT_IMAGE,
+    PLATFORMS,
+    DockerPlatform,
+    DockerSpec,
+    KubernetesPlatform,
+    KubernetesSpec,
+    Spec,
+    spec_for,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "GC_TIMEOUT",
+    "PLATFORMS",
     "AciOptions",
     "AksOptions",
     "AuthenticationError",
@@ -115,7 +133,9 @@ __all__ = [
     "RunningSandbox",
     "SandboxDeletedError",
     "SandboxExitedError",
+    "SandboxInfo",
     "SandboxNotFoundError",
+    "Spec",
     "SpecError",
     "Target",
     "UnsupportedOperationError",
@@ -124,10 +144,15 @@ __all__ = [
     "__version__",
     "connect",
     "gc",
+    "labelled",
     "lifecycle_events",
+    "list_sandboxes",
     "provision",
     "provision_many",
+    "read_logs",
     "remove",
     "set_limits",
     "set_machine_quotas",
+    "spec_for",
+    "target_for",
 ]

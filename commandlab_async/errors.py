@@ -6,12 +6,14 @@ CommandLabError
 ├── BackendUnavailableError       the platform cannot be used from this process
 │   ├── UnsupportedPlatformError  no driver is written for the platform yet
 │   └── MissingExtraError         the platform's optional extra is not installed (ImportError)
-├── ProvisionError                a sandbox could not be brought up (names the sandbox)
-│   ├── BackendError              the backend API refused or failed
-│   │   └── BackendTimeoutError   it did not answer in time (TimeoutError)
+├── UnsupportedOperationError     this platform or sandbox cannot do that (yet)
+├── BackendError                  the backend's API refused or failed a call (any call)
+│   └── BackendTimeoutError       it did not answer in time (TimeoutError)
+├── ProvisionError                a sandbox could not be brought up; it has been deleted
 │   ├── SandboxExitedError        the sandbox stopped before its daemon became ready
 │   └── ReadyTimeoutError         readiness deadline passed; names the last state (TimeoutError)
-├── FleetError                    several sandboxes failed (an ExceptionGroup of the above)
+├── FleetError                    sandboxes of a fleet failed, to come up or to be deleted
+│                                 (an ExceptionGroup: one error above per sandbox)
 ├── CleanupError                  a sandbox could not be deleted (names it: it may still exist)
 ├── SandboxNotFoundError          no sandbox of that name is known here (LookupError)
 └── DaemonError                   the daemon inside a sandbox refused or failed a request
@@ -23,7 +25,6 @@ CommandLabError
     ├── CommandTimeoutError       a command ran past its timeout; its processes were killed
     ├── OutputLimitExceededError  a command printed more than allowed and was killed
     ├── ResourceExhaustedError    the sandbox hit a limit (pids, memory, processes)
-    ├── UnsupportedOperationError the sandbox cannot do this (e.g. switch users)
     ├── FileTooLargeError         a file is bigger than the size limit of the read
     └── RemoteOSError             a path or program failed in the sandbox (OSError)
         ├── RemoteFileNotFoundError      (FileNotFoundError)
@@ -31,6 +32,11 @@ CommandLabError
         ├── RemoteIsADirectoryError      (IsADirectoryError)
         ├── RemoteNotADirectoryError     (NotADirectoryError)
         └── RemoteProcessLookupError     no such process id (ProcessLookupError)
+```
+
+A create the backend refuses while a sandbox is brought up is a ``BackendError`` naming
+the sandbox (it has been deleted, as after any failed bring-up); to catch every way a
+bring-up can fail, catch ``(ProvisionError, BackendError)``.
 ```
 
 Every ``DaemonError`` has ``code``: the daemon's stable error code (``not_found``,
@@ -45,7 +51,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .process import CommandResult
+    from ._client.processes import CommandResult
 
 _LOG_LINES = 10  # of a sandbox's output, shown in SandboxExitedError's message
 
@@ -129,7 +135,7 @@ class MissingExtraError(BackendUnavailableError, ImportError):
 class ProvisionError(CommandLabError):
     """A sandbox could not be brought up. It has been (or is being) deleted.
 
-    ``sandbox`` is None when the error concerns no single sandbox (listing a target).
+    ``sandbox`` is None when the error concerns no single sandbox (a closed warm pool).
     """
 
     def __init__(self, message: str, *, sandbox: str | None, platform: str) -> None:
@@ -139,11 +145,35 @@ class ProvisionError(CommandLabError):
         self.platform = platform
 
 
-class BackendError(ProvisionError):
-    """The backend API failed.
+class UnsupportedOperationError(CommandLabError):
+    """This platform or sandbox cannot do what was asked: read logs where the driver
+    cannot, switch users in a sandbox without ``run_as_root``...
 
-    ``transient`` tells whether a retry could succeed; ``code`` is the backend's own
-    status or error code (an HTTP status, ``ThrottlingException``...) when it answered.
+    ``sandbox`` names the sandbox; ``status`` and ``code`` are the daemon's HTTP status and
+    error code when it was the daemon that said so (``user_unsupported``), else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox: str,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"sandbox {sandbox}: {message}")
+        self.sandbox = sandbox
+        self.status = status
+        self.code = code
+
+
+class BackendError(CommandLabError):
+    """The backend's API refused or failed a call: a create, a listing, a delete...
+
+    ``sandbox`` names the sandbox the call was about, None for calls about none (listing
+    a target). ``transient`` tells whether a retry could succeed; ``code`` is the
+    backend's own status or error code (an HTTP status, ``ThrottlingException``...) when
+    it answered.
     """
 
     def __init__(
@@ -155,7 +185,10 @@ class BackendError(ProvisionError):
         transient: bool = False,
         code: int | str | None = None,
     ) -> None:
-        super().__init__(message, sandbox=sandbox, platform=platform)
+        where = f"{platform} sandbox {sandbox}" if sandbox is not None else str(platform)
+        super().__init__(f"{where}: {message}")
+        self.sandbox = sandbox
+        self.platform = platform
         self.transient = transient
         self.code = code
 
@@ -216,9 +249,12 @@ class ReadyTimeoutError(ProvisionError, TimeoutError):
 
 
 class FleetError(CommandLabError, ExceptionGroup[Exception]):
-    """Some members of a fleet failed to come up; every member was deleted.
+    """Sandboxes of a fleet failed: to come up, or to be deleted when the fleet closed.
 
-    The group holds one error per failed member, each naming its sandbox.
+    The group holds one error per failed sandbox, each naming it. When members failed to
+    come up, every member was deleted (a member whose delete failed too is reported with
+    a :class:`CleanupError` beside them); when the group is of ``CleanupError`` only, the
+    fleet's work was done and those sandboxes may still exist (the reaper will find them).
     """
 
     def __new__(cls, message: str, errors: Sequence[Exception]) -> FleetError:
@@ -319,10 +355,6 @@ class ResourceExhaustedError(DaemonError):
     def __init__(self, message: str, *, sandbox: str, limit: str, status: int | None = None):
         super().__init__(message, sandbox=sandbox, status=status, code="resource_exhausted")
         self.limit = limit
-
-
-class UnsupportedOperationError(DaemonError):
-    """The sandbox cannot do what was asked (switch users without ``run_as_root``...)."""
 
 
 class FileTooLargeError(DaemonError):

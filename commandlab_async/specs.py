@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from ._validation import check_bool, check_int, check_number, check_str_map, check_text
 from .errors import SpecError
 from .platforms import options_class
 from .platforms.base import (
@@ -24,12 +25,12 @@ from .platforms.base import (
     RunningSandbox,
     Target,
 )
-from .validation import check_bool, check_int, check_number, check_str_map, check_text
 
 __all__ = [
     "DEFAULT_IMAGE",
     "MIN_MEMORY",
     "MIN_PIDS",
+    "PLATFORMS",
     "DockerPlatform",
     "DockerSpec",
     "EndpointResolver",

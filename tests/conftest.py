@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from commandlab_async.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async.emulators.faults import FaultyDockerProxy
 from commandlab_async.platforms import REGISTRY, PlatformEntry
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerOptions
 from tests.fake_driver import FakeCloud, FakeDriver
-from tests.fault_proxy import FaultyDockerProxy
 
 # A user's project, run in subprocesses by test_pytest_plugin.py.
 collect_ignore = ["plugin_project"]
@@ -52,7 +52,7 @@ _TEST_IMAGES = {
     NEVER_HEALTHY_IMAGE: 'CMD ["sleep", "infinity"]',
     EXITS_IMAGE: 'CMD ["sh", "-c", "echo boom >&2; exit 3"]',
     # An image whose python the daemon cannot find: the shell says so, exit status 127.
-    NO_PYTHON_IMAGE: 'CMD ["sh", "-c", "exec python3.99 -I -S /opt/commandlab/daemon.py"]',
+    NO_PYTHON_IMAGE: 'CMD ["sh", "-c", "exec python3.99 -I -S /opt/commandlab/daemon.pyz"]',
 }
 
 

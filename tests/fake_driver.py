@@ -17,9 +17,9 @@ from typing import ClassVar
 
 from aiohttp import web
 
+from commandlab_async._lifecycle.identity import SandboxIdentity
+from commandlab_async._lifecycle.limits import Limits
 from commandlab_async.errors import SandboxExitedError
-from commandlab_async.identity import SandboxIdentity
-from commandlab_async.limits import Limits
 from commandlab_async.platforms.base import DockerPlatform, RunningSandbox
 from commandlab_async.platforms.docker.options import DockerTarget
 from commandlab_async.platforms.driver import (

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from commandlab_async import DockerPlatform, provision_many, set_machine_quotas
-from commandlab_async.machine_quota import MachineBuckets, MachineQuota
+from commandlab_async._lifecycle.machine_quota import MachineBuckets, MachineQuota
 from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver
 from commandlab_async.platforms.gcp_cloud_run.options import CloudRunTarget
 from tests.gcp_support import cloud_run_spec

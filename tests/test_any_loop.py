@@ -22,10 +22,10 @@ from commandlab_async import (
     SandboxNotFoundError,
     connect,
     lifecycle_events,
-    loop_sessions,
     provision,
     provision_many,
 )
+from commandlab_async._client import transport
 from commandlab_async.integrations.pytest_plugin.background import BackgroundLoop
 from tests.conftest import docker
 
@@ -79,7 +79,7 @@ def test_a_loop_that_ends_closes_its_connection_pool(elsewhere: Computer) -> Non
     worker.start()
     worker.join(60)
     assert outputs == ["0\n1\n2\n3\n4\n"]
-    session, _ = loop_sessions._sessions[seen[0]]
+    session, _ = transport._sessions[seen[0]]
     assert session.closed  # by the loop's shutdown_asyncgens, not by garbage collection
     seen.clear()
     gc.collect()  # and no "Unclosed client session" warning (warnings are errors here)

@@ -22,11 +22,11 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async.identity import EXPIRES_AT, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION_ID, new_identity
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async.emulators.faults import Rule
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
-from commandlab_async.pools import open_backend
 from tests.aws_support import REGION, Aws
-from tests.fault_proxy import Rule
 
 pytestmark = pytest.mark.aws
 

@@ -24,22 +24,21 @@ from commandlab_async import (
     provision_many,
     set_limits,
 )
-from commandlab_async import limits as limits_module
-from commandlab_async.identity import SESSION, SESSION_ID
-from commandlab_async.pools import open_backend
-from commandlab_async.reaper import gc
-from commandlab_async.tls import make_sandbox_tls
-from tests.aci_emulator import AciEmulator
+from commandlab_async._admin.reaper import gc
+from commandlab_async._client.tls import make_sandbox_tls
+from commandlab_async._lifecycle import limits as limits_module
+from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async.emulators.aci import AciEmulator, arm_client
+from commandlab_async.emulators.faults import Rule
 from tests.azure_support import (
     RESOURCE_GROUP,
     aci_spec,
-    arm_client,
     foreign_group,
     start_emulator,
     stop_emulator,
 )
 from tests.conftest import EXITS_IMAGE
-from tests.fault_proxy import Rule
 from tests.test_tls import tls_server
 
 pytestmark = pytest.mark.docker

@@ -8,10 +8,10 @@ import pytest
 from azure.mgmt.containerinstance import models
 
 from commandlab_async import AciOptions, BackendError, DockerPlatform, DockerSpec, SpecError
-from commandlab_async.identity import new_identity
+from commandlab_async._client.tls import TLS_CERT_ENV, TLS_KEY_ENV, SandboxTls
+from commandlab_async._lifecycle.identity import new_identity
 from commandlab_async.platforms.azure_aci.driver import AciDriver, _failure, _group
 from commandlab_async.platforms.azure_aci.options import AciTarget
-from commandlab_async.tls import TLS_CERT_ENV, TLS_KEY_ENV, SandboxTls
 
 pytestmark = pytest.mark.unit
 

@@ -51,3 +51,55 @@ def test_all_matches_the_public_names() -> None:
         value = getattr(commandlab_async, name)
         if callable(value):
             assert value.__doc__, f"{name} has no docstring"
+
+
+async def test_the_admin_api_lists_reads_logs_and_names_targets() -> None:
+    from contextlib import aclosing
+
+    from commandlab_async import (
+        DockerSpec,
+        SpecError,
+        list_sandboxes,
+        provision,
+        read_logs,
+        target_for,
+    )
+
+    docker = target_for("docker")
+    labels = {"suite": "admin-api"}
+    async with provision(DockerSpec(labels=labels, ttl=600)) as computer:
+        (info,) = await list_sandboxes(docker, labels=labels)
+        assert (info.name, info.platform, info.state) == (computer.name, "docker", "running")
+        assert info.owner.startswith("pid ")
+        assert info.reapable is None
+        assert info.expires_at == pytest.approx(computer.expires_at, abs=1)
+        assert info.created_at is not None
+        assert info.expires_at - info.created_at == pytest.approx(600, abs=1)
+        logs = bytearray()
+        async with aclosing(read_logs(computer.name)) as chunks:
+            async for chunk in chunks:
+                logs += chunk
+        assert b"commandlab daemon listening" in logs
+    assert await list_sandboxes(labels=labels) == []
+    with pytest.raises(SpecError, match="platform"):
+        target_for("nowhere")
+    with pytest.raises(SpecError):
+        target_for("aws-ecs", galaxy="far")
+
+
+def test_the_error_tree_says_what_failed() -> None:
+    from commandlab_async import (
+        BackendError,
+        CommandLabError,
+        DaemonError,
+        FleetError,
+        ProvisionError,
+        UnsupportedOperationError,
+    )
+
+    assert not issubclass(BackendError, ProvisionError)  # a listing fails, nothing deleted
+    assert not issubclass(UnsupportedOperationError, DaemonError)  # drivers raise it too
+    for cls in (BackendError, UnsupportedOperationError, FleetError):
+        assert issubclass(cls, CommandLabError)
+    error = BackendError("listing failed", sandbox=None, platform="aws-ecs", code=503)
+    assert (str(error), error.sandbox, error.code) == ("aws-ecs: listing failed", None, 503)

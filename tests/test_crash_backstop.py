@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from commandlab_async import CleanupError, DockerSpec, gc, provision, reaper
-from commandlab_async.identity import (
+from commandlab_async import CleanupError, DockerSpec, gc, provision
+from commandlab_async._admin import reaper
+from commandlab_async._admin.reaper import why_reap
+from commandlab_async._lifecycle.identity import (
     EXPIRES_AT,
     OWNER_NS,
     PID,
@@ -28,10 +30,9 @@ from commandlab_async.identity import (
     owner_namespace,
     process_start_ticks,
 )
+from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
 from commandlab_async.platforms.driver import SandboxRecord
-from commandlab_async.reaper import why_reap
 from tests.conftest import NEVER_HEALTHY_IMAGE, commandlab_cli, docker, our_containers
-from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
 
@@ -169,7 +170,10 @@ async def test_gc_in_another_pid_namespace_spares_owners_it_cannot_see(
     """Same hostname, own PID namespace (a container, a CI runner): the owners' pids mean
     nothing there, so that reaper leaves their sandboxes to the TTL; one in the owners'
     namespace still deletes a dead owner's."""
-    probe = ["-c", "from commandlab_async.identity import owner_namespace as o; print(o())"]
+    probe = [
+        "-c",
+        "from commandlab_async._lifecycle.identity import owner_namespace as o; print(o())",
+    ]
     assert (await in_new_pid_namespace(*probe)).strip() not in ("None", owner_namespace())
     # the /proc of the namespace above shows other pids: no namespace to judge in
     assert (await in_new_pid_namespace(*probe, mount_proc=False)).strip() == "None"

@@ -19,11 +19,11 @@ from commandlab_async import (
     gc,
     provision,
 )
-from commandlab_async import computer as computer_module
-from commandlab_async.computer import Computer
-from commandlab_async.liveness import LIVENESS_TIMEOUT
+from commandlab_async._client import computer as computer_module
+from commandlab_async._client.computer import Computer
+from commandlab_async._client.liveness import LIVENESS_TIMEOUT
+from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
 from tests.conftest import our_containers
-from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
 

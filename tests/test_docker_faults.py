@@ -14,8 +14,8 @@ from commandlab_async import (
     ReadyTimeoutError,
     provision,
 )
+from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
 from tests.conftest import HANGS_IMAGE, WRONG_ANSWERS_IMAGE, docker, our_containers
-from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
 

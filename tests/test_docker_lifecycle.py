@@ -9,17 +9,17 @@ import pytest
 
 from commandlab_async import (
     AuthenticationError,
+    BackendError,
     CommandTimeoutError,
     Computer,
     DockerSpec,
-    ProvisionError,
     ReadyTimeoutError,
     RemoteFileNotFoundError,
     SandboxExitedError,
     provision,
 )
+from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
 from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE, NO_PYTHON_IMAGE, our_containers
-from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
 
@@ -154,7 +154,7 @@ async def test_sandbox_that_exits_before_ready_fails_fast_and_says_why(
 
 
 async def test_missing_image_is_a_permanent_backend_error() -> None:
-    with pytest.raises(ProvisionError, match="not on the engine"):
+    with pytest.raises(BackendError, match="not on the engine"):
         await _enter(DockerSpec(image="commandlab-test/does-not-exist:nope"))
 
 

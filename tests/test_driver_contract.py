@@ -36,19 +36,19 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async.identity import SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async.emulators.aci import AciEmulator
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
+from commandlab_async.emulators.faults import FaultyProxy, Rule
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
-from commandlab_async.pools import open_backend
 from commandlab_async.specs import Spec
-from tests.aci_emulator import AciEmulator
 from tests.aws_support import Aws
 from tests.azure_support import aci_spec
-from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE, docker, our_containers
-from tests.fault_proxy import FaultyProxy, Rule
 from tests.gcp_support import cloud_run_spec
-from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import NAMESPACE, kube_spec, our_pods
 
 

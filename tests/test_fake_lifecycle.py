@@ -29,8 +29,8 @@ from commandlab_async import (
     provision_many,
     set_limits,
 )
-from commandlab_async import limits as limits_module
-from commandlab_async.identity import EXPIRES_AT, MANAGED, SESSION
+from commandlab_async._lifecycle import limits as limits_module
+from commandlab_async._lifecycle.identity import EXPIRES_AT, MANAGED, SESSION
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerTarget
 from tests.fake_driver import FakeCloud, FakeDriver, FakeSandbox

@@ -19,9 +19,9 @@ from commandlab_async import (
     provision_many,
     set_limits,
 )
-from commandlab_async import limits as limits_module
+from commandlab_async._lifecycle import limits as limits_module
+from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
 from tests.conftest import NEVER_HEALTHY_IMAGE, our_containers
-from tests.fault_proxy import FaultyDockerProxy, Rule
 
 pytestmark = pytest.mark.docker
 

@@ -26,12 +26,12 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async.identity import EXPIRES_AT, SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
+from commandlab_async.emulators.faults import Rule
 from commandlab_async.platforms.driver import token_digest
-from commandlab_async.pools import open_backend
-from tests.cloud_run_emulator import CloudRunEmulator
 from tests.conftest import EXITS_IMAGE
-from tests.fault_proxy import Rule
 from tests.gcp_support import (
     PARENT,
     PROJECT,

@@ -15,11 +15,11 @@ import grpc
 import pytest
 
 from commandlab_async import CloudRunOptions, SpecError
-from commandlab_async.identity import SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import SESSION_ID, new_identity
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver, gcp_labels
 from commandlab_async.platforms.gcp_cloud_run.id_tokens import IdTokens
 from commandlab_async.platforms.gcp_cloud_run.options import LABEL_KEY, LABEL_VALUE
-from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import cloud_run_spec
 
 pytestmark = pytest.mark.unit

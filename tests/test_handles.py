@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from commandlab_async import SandboxNotFoundError
-from commandlab_async.handles import Handle, load, load_all, save
+from commandlab_async._admin.handles import Handle, load, load_all, save
 from commandlab_async.platforms.docker import socket_dirs
 
 pytestmark = pytest.mark.unit

@@ -29,9 +29,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from commandlab_async import computer as computer_module
-from commandlab_async import replies
-from commandlab_async.computer import Computer
+from commandlab_async._client import computer as computer_module
+from commandlab_async._client import replies
+from commandlab_async._client.computer import Computer
+from commandlab_async._client.files import FileInfo
+from commandlab_async._client.processes import CommandResult, ProcessInfo
+from commandlab_async._client.transport import new_session
 from commandlab_async.errors import (
     AuthenticationError,
     DaemonError,
@@ -40,9 +43,6 @@ from commandlab_async.errors import (
     FileTooLargeError,
     RemoteFileNotFoundError,
 )
-from commandlab_async.files import FileInfo
-from commandlab_async.loop_sessions import new_session
-from commandlab_async.process import CommandResult, ProcessInfo
 from tests.hostile_daemon import (
     END_CHUNKS,
     FRAMES_TYPE,

@@ -28,11 +28,11 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async.identity import EXPIRES_AT, SESSION, new_identity
-from commandlab_async.pools import open_backend
+from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION, new_identity
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async.emulators.faults import Rule
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE, commandlab_cli
-from tests.fault_proxy import Rule
-from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import NAMESPACE, kube_spec, our_pods, start_emulator, stop_emulator
 
 pytestmark = pytest.mark.docker

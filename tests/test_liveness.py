@@ -8,10 +8,10 @@ import asyncio
 import aiohttp
 import pytest
 
-from commandlab_async import computer as computer_module
-from commandlab_async.computer import Computer
+from commandlab_async._client import computer as computer_module
+from commandlab_async._client.computer import Computer
+from commandlab_async._client.liveness import Liveness
 from commandlab_async.errors import DaemonUnreachableError
-from commandlab_async.liveness import Liveness
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 

@@ -23,8 +23,8 @@ from commandlab_async import (
     gc,
     provision,
 )
+from commandlab_async._client.transport import http_url, socket_path
 from commandlab_async.platforms.docker import socket_dirs
-from commandlab_async.unix_sockets import http_url, socket_path
 from tests.conftest import docker, our_containers
 
 pytestmark = pytest.mark.docker

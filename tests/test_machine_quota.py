@@ -32,9 +32,14 @@ from commandlab_async import (
     MachineQuota,
     set_machine_quotas,
 )
-from commandlab_async import machine_quota as mq
-from commandlab_async.limits import Limiter
-from commandlab_async.machine_quota import MachineBuckets, bucket_path, machine_quotas_for
+from commandlab_async._lifecycle import machine_quota as mq
+from commandlab_async._lifecycle.limits import Limiter
+from commandlab_async._lifecycle.machine_quota import (
+    MachineBuckets,
+    bucket_path,
+    machine_quotas_for,
+)
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.platforms.aws_ecs.driver import EcsDriver
 from commandlab_async.platforms.aws_ecs.options import EcsTarget
 from commandlab_async.platforms.azure_aci.driver import AciDriver
@@ -45,7 +50,6 @@ from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver
 from commandlab_async.platforms.gcp_cloud_run.options import CloudRunTarget
 from commandlab_async.platforms.kubernetes.driver import KubernetesDriver
 from commandlab_async.platforms.kubernetes.options import KubernetesTarget
-from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import start_emulator, stop_emulator
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,13 +10,13 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from commandlab_async import DockerSpec, WarmPool, provision, provision_many
-from commandlab_async.reaper import gc as reap
-from tests.aci_emulator import AciEmulator
+from commandlab_async._admin.reaper import gc as reap
+from commandlab_async.emulators.aci import AciEmulator
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.aws_support import Aws
 from tests.azure_support import aci_spec
-from tests.cloud_run_emulator import CloudRunEmulator
 from tests.gcp_support import cloud_run_spec
-from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import kube_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]

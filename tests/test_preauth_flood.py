@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import pytest
 
 from commandlab_async import Computer, DaemonError, DockerSpec, provision
-from commandlab_async.identity import SESSION, SESSION_ID
-from commandlab_async.loop_sessions import new_session
+from commandlab_async._client.tls import make_sandbox_tls
+from commandlab_async._client.transport import new_session
+from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
 from commandlab_async.platforms.driver import token_digest
-from commandlab_async.tls import make_sandbox_tls
 from tests.conftest import docker, our_containers
 
 pytestmark = pytest.mark.docker

@@ -18,7 +18,7 @@ from commandlab_async import (
     SpecError,
     provision,
 )
-from tests.fault_proxy import FaultyDockerProxy
+from commandlab_async.emulators.faults import FaultyDockerProxy
 
 pytestmark = pytest.mark.unit
 

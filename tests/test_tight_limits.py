@@ -23,9 +23,9 @@ from commandlab_async import (
     SpecError,
     provision,
 )
+from commandlab_async.emulators.faults import FaultyDockerProxy
 from commandlab_async.specs import MIN_MEMORY, MIN_PIDS
 from tests.conftest import docker, our_containers
-from tests.fault_proxy import FaultyDockerProxy
 
 pytestmark = pytest.mark.docker
 

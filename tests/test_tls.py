@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from commandlab_async.tls import SandboxTls, make_sandbox_tls
+from commandlab_async._client.tls import SandboxTls, make_sandbox_tls
 
 pytestmark = pytest.mark.unit
 

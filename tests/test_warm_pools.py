@@ -23,18 +23,18 @@ from commandlab_async import (
     SpecError,
     WarmPool,
     gc,
-    limits,
     provision,
     provision_many,
     set_limits,
 )
-from commandlab_async.identity import PID, POOL
-from commandlab_async.limits import Limiter
-from commandlab_async.pools import open_backend
-from tests.cloud_run_emulator import CloudRunEmulator
+from commandlab_async._lifecycle import limits
+from commandlab_async._lifecycle.identity import PID, POOL
+from commandlab_async._lifecycle.leases import open_backend
+from commandlab_async._lifecycle.limits import Limiter
+from commandlab_async.emulators.cloud_run import CloudRunEmulator
+from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.conftest import docker, our_containers
 from tests.gcp_support import cloud_run_spec
-from tests.k8s_emulator import KubeEmulator
 from tests.k8s_support import NAMESPACE, kube_spec, our_pods
 
 pytestmark = pytest.mark.docker
@@ -93,7 +93,7 @@ async def test_a_dead_member_is_never_handed_out() -> None:
 
 def freeze(name: str) -> None:
     """SIGSTOP the daemon of sandbox ``name`` (the init's child), as code in it could."""
-    docker("exec", name, "pkill", "-STOP", "-P", "1", "-f", "/opt/commandlab/daemon.py")
+    docker("exec", name, "pkill", "-STOP", "-P", "1", "-f", "/opt/commandlab/daemon.pyz")
     assert "T" in docker("exec", name, "ps", "-o", "stat=", "--ppid", "1")
 
 

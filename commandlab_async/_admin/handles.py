@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .computer import Computer
-from .errors import SandboxNotFoundError, UnsupportedOperationError
-from .loop_sessions import new_session
-from .platforms.base import PLATFORMS, DockerPlatform
-from .platforms.docker import socket_dirs
-from .pools import lease
-from .unix_sockets import UNIX_SCHEME
+from .._client.computer import Computer, Lifetime
+from .._client.transport import UNIX_SCHEME, new_session
+from .._lifecycle.leases import lease
+from ..errors import SandboxNotFoundError, UnsupportedOperationError
+from ..platforms.base import PLATFORMS, DockerPlatform
+from ..platforms.docker import socket_dirs
 
 __all__ = [
     "MAX_HANDLE_SIZE",
@@ -425,15 +424,16 @@ async def connect(name: str) -> AsyncIterator[Computer]:
             " (local Docker only)",
             sandbox=name,
         )
+    lifetime = Lifetime(expires_at=handle.expires_at)
     async with lease("http", new_session) as http:
-        computer = Computer(
-            name=handle.name,
-            url=handle.url,
-            token=handle.token,
-            session=http,
-            platform=handle.platform,
-        )
         try:
-            yield computer
+            yield Computer(
+                name=handle.name,
+                url=handle.url,
+                token=handle.token,
+                session=http,
+                platform=handle.platform,
+                lifetime=lifetime,
+            )
         finally:
-            computer._mark_deleted("its connect block ended (the sandbox still runs)")
+            lifetime.end("its connect block ended (the sandbox still runs)")

@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from .errors import BackendTimeoutError, CleanupError, SpecError
-from .handles import forget as forget_handle
-from .identity import (
+from .._lifecycle.identity import (
     EXPIRES_AT,
     MANAGED,
     NEVER,
@@ -30,12 +28,14 @@ from .identity import (
     owner_namespace,
     process_start_ticks,
 )
-from .platforms.base import Target
-from .platforms.driver import SandboxRecord
-from .pools import Backend, open_backend
-from .shielding import shielded
-from .specs import DockerSpec, KubernetesSpec, Spec
-from .validation import check_number, to_number
+from .._lifecycle.leases import Backend, open_backend
+from .._lifecycle.shielding import shielded
+from .._validation import check_number, to_number
+from ..errors import BackendTimeoutError, CleanupError, SpecError
+from ..platforms.base import Target
+from ..platforms.driver import SandboxRecord
+from ..specs import DockerSpec, KubernetesSpec, Spec
+from .handles import forget as forget_handle
 
 __all__ = ["Reaped", "gc", "remove"]
 
@@ -88,7 +88,7 @@ async def remove(
 
     Only sandboxes we made (``commandlab.managed``) are ever touched. ``where``,
     ``timeout`` and the errors are as for :func:`gc`; a name found on no target is not
-    an error (check the result).
+    an error (check the result), but its saved handle, stale, is forgotten.
     """
     wanted = set(names)
     if not wanted and not labels:
@@ -104,9 +104,12 @@ async def remove(
             return ["labelled"] * len(records)
         return ["named" if record.name in wanted else None for record in records]
 
-    return await _sweep_all(
+    reaped = await _sweep_all(
         where, judge, "remove", dry_run=dry_run, timeout=timeout, labels=labels or {}
     )
+    if not dry_run and (missing := sorted(wanted - {r.name for r in reaped})):
+        await asyncio.to_thread(_forget_handles, missing)
+    return reaped
 
 
 async def _sweep_all(

@@ -18,7 +18,9 @@ from typing import Any, Literal, NoReturn, TypeVar
 import aiohttp
 import anyio
 
-from .errors import (
+from ..daemon import protocol as wire
+from ..daemon.protocol import MAX_TIMEOUT
+from ..errors import (
     AuthenticationError,
     CommandTimeoutError,
     DaemonError,
@@ -37,12 +39,12 @@ from .errors import (
     SandboxDeletedError,
     UnsupportedOperationError,
 )
+from ..platforms.base import HeaderSource
 from .files import FileInfo, parse_listing, read_local
 from .history import CommandRecord, History
 from .liveness import CHECK_AFTER, PROBE_TIMEOUT, Liveness
-from .loop_sessions import on_loop, session_for
-from .platforms.base import HeaderSource
-from .process import (
+from .process_io import StdinQueue, process_route
+from .processes import (
     Collector,
     CommandResult,
     Frames,
@@ -52,7 +54,6 @@ from .process import (
     parse_process_list,
     stdin_body,
 )
-from .process_io import StdinQueue, process_route
 from .replies import (
     MAX_ERROR_BODY,
     MAX_FIELD,
@@ -66,7 +67,7 @@ from .replies import (
     get_opt_str,
     read_json,
 )
-from .unix_sockets import http_url
+from .transport import http_url, on_loop, session_for
 
 __all__ = ["CommandResult", "Computer"]
 
@@ -74,8 +75,6 @@ DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 """Bytes of each stream ``run()`` keeps by default (the first and last 8 MiB)."""
 DEFAULT_MAX_READ = 64 * 1024 * 1024
 """The largest file ``read_file()`` returns by default; use ``download()`` for more."""
-MAX_TIMEOUT = 1_000_000.0
-"""The longest command timeout the daemon accepts, in seconds (about 11.5 days)."""
 
 # How much longer than the command's own timeout the client waits for the daemon's answer.
 _REPLY_MARGIN = 30.0
@@ -89,20 +88,40 @@ _MAX_CODE = 64  # characters of a daemon's error code kept
 
 # The daemon's error codes that are OS errors: (class, errno).
 _OS_ERRORS: dict[str, tuple[type[RemoteOSError], int]] = {
-    "not_found": (RemoteFileNotFoundError, errno.ENOENT),
-    "permission_denied": (RemotePermissionError, errno.EACCES),
-    "is_a_directory": (RemoteIsADirectoryError, errno.EISDIR),
-    "not_a_directory": (RemoteNotADirectoryError, errno.ENOTDIR),
-    "no_such_process": (RemoteProcessLookupError, errno.ESRCH),
-    "exec_format_error": (RemoteOSError, errno.ENOEXEC),
-    "not_a_regular_file": (RemoteOSError, errno.EINVAL),
-    "bad_path": (RemoteOSError, errno.EINVAL),
-    "insufficient_storage": (RemoteOSError, errno.ENOSPC),
+    wire.NOT_FOUND: (RemoteFileNotFoundError, errno.ENOENT),
+    wire.PERMISSION_DENIED: (RemotePermissionError, errno.EACCES),
+    wire.IS_A_DIRECTORY: (RemoteIsADirectoryError, errno.EISDIR),
+    wire.NOT_A_DIRECTORY: (RemoteNotADirectoryError, errno.ENOTDIR),
+    wire.NO_SUCH_PROCESS: (RemoteProcessLookupError, errno.ESRCH),
+    wire.EXEC_FORMAT_ERROR: (RemoteOSError, errno.ENOEXEC),
+    wire.NOT_A_REGULAR_FILE: (RemoteOSError, errno.EINVAL),
+    wire.BAD_PATH: (RemoteOSError, errno.EINVAL),
+    wire.INSUFFICIENT_STORAGE: (RemoteOSError, errno.ENOSPC),
 }
 
 T = TypeVar("T")
 Command = str | Sequence[str]
 Stdin = bytes | str | AsyncIterable[bytes] | None
+
+
+class Lifetime:
+    """How long a :class:`Computer` works: ended by whoever owns its sandbox's block.
+
+    The code that made the Computer (a ``provision`` or ``connect`` block) keeps this
+    and calls :meth:`end` when its block ends; from then on the Computer raises
+    :class:`SandboxDeletedError` saying why. ``expires_at`` is the sandbox's TTL
+    deadline (epoch seconds), None without a TTL.
+    """
+
+    __slots__ = ("ended", "expires_at")
+
+    def __init__(self, *, expires_at: float | None = None) -> None:
+        self.ended: str | None = None
+        self.expires_at = expires_at
+
+    def end(self, why: str) -> None:
+        """From now on every call of the Computer raises SandboxDeletedError saying ``why``."""
+        self.ended = why
 
 
 class Computer:
@@ -123,13 +142,14 @@ class Computer:
         platform: str,
         ssl_context: ssl.SSLContext | None = None,
         extra_headers: HeaderSource | None = None,
+        lifetime: Lifetime | None = None,
     ) -> None:
         self._name = name
         self._url = url.rstrip("/")
         self._base = http_url(self._url)  # where requests go (a Unix socket's stand-in)
         # Not ``Authorization``: the Kubernetes API server's proxy strips it, and Cloud
         # Run's IAM reads it. The daemon accepts both.
-        self._headers = {"X-CommandLab-Token": token}
+        self._headers = {wire.TOKEN_HEADER: token}
         self._session = session
         try:  # the loop ``session`` belongs to; used on another, a Computer uses that loop's
             self._home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -142,7 +162,7 @@ class Computer:
         self._extra_headers = extra_headers
         self._cwd: str | None = None
         self._liveness = Liveness(self._probe, check_after=CHECK_AFTER)
-        self._deleted: str | None = None
+        self._lifetime = Lifetime() if lifetime is None else lifetime
         self._kept = False
         self._history = History()
 
@@ -171,6 +191,11 @@ class Computer:
         exited. This object stops working when the block ends either way.
         """
         self._kept = True
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the sandbox's TTL deletes it (epoch seconds); None if it has no TTL."""
+        return self._lifetime.expires_at
 
     @property
     def kept(self) -> bool:
@@ -562,8 +587,8 @@ class Computer:
         **kwargs: Any,
     ) -> aiohttp.ClientResponse:
         """Send a request; returns the 200 response (unread) or raises the typed error."""
-        if self._deleted is not None:
-            raise SandboxDeletedError(self._deleted, sandbox=self._name)
+        if self._lifetime.ended is not None:
+            raise SandboxDeletedError(self._lifetime.ended, sandbox=self._name)
         headers = await self._request_headers()
         if content_type is not None:
             headers = {**headers, "Content-Type": content_type}
@@ -622,8 +647,8 @@ class Computer:
         """The connection pool of the running loop.
 
         On the loop the sandbox was brought up on, the pool it was given; on any other
-        (a test's own loop, another thread's), that loop's own pool (:mod:`.loop_sessions`),
-        so a Computer works from every loop of the process.
+        (a test's own loop, another thread's), that loop's own pool
+        (:func:`.transport.session_for`), so a Computer works from every loop of the process.
         """
         loop = asyncio.get_running_loop()
         if self._home is None:
@@ -677,10 +702,6 @@ class Computer:
                 f"a health check while waiting got HTTP {response.status}", sandbox=self._name
             )
 
-    def _mark_deleted(self, why: str) -> None:
-        """From now on every call raises :class:`SandboxDeletedError` saying ``why``."""
-        self._deleted = why
-
     @contextmanager
     def _unreachable(self, what: str) -> Iterator[None]:
         """A broken connection or a timeout during ``what`` is a DaemonUnreachableError.
@@ -706,8 +727,8 @@ class Computer:
                 sandbox=self._name,
             ) from exc
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-            if self._deleted is not None:  # a call still in flight when its block ended
-                raise SandboxDeletedError(self._deleted, sandbox=self._name) from exc
+            if self._lifetime.ended is not None:  # a call in flight when its block ended
+                raise SandboxDeletedError(self._lifetime.ended, sandbox=self._name) from exc
             if isinstance(exc, TimeoutError):
                 raise DaemonUnreachableError(
                     f"{what}: no answer in time", sandbox=self._name
@@ -740,9 +761,13 @@ class Computer:
         self, response: aiohttp.ClientResponse, path: str, max_size: int | None
     ) -> None:
         """A file's reply is bytes, and no longer than the read allows."""
-        if response.content_type != "application/octet-stream":
+        # The header itself, not aiohttp's default for a reply without one: a head that
+        # only looks complete (a bare LF before the blank line) has none, and its "body"
+        # is whatever the sandbox drips next.
+        declared = response.headers.get("Content-Type", "")
+        if response.content_type != "application/octet-stream" or not declared:
             raise DaemonProtocolError(
-                f"reading {path}: a reply of type {clip(response.content_type)}, not a file",
+                f"reading {path}: a reply of type {clip(declared or 'none')}, not a file",
                 sandbox=self._name,
             )
         length = response.content_length
@@ -757,7 +782,7 @@ class Computer:
 
 def _typed_error(
     sandbox: str, status: int, code: str, message: str, payload: dict[str, Any]
-) -> DaemonError:
+) -> DaemonError | UnsupportedOperationError:
     if status == 401:
         return AuthenticationError(
             "the daemon refused the token", sandbox=sandbox, status=401, code=code
@@ -771,7 +796,7 @@ def _typed_error(
         )
     path = payload.get("path")
     path = _short(path, _MAX_MESSAGE) if path is not None else None
-    if code in _OS_ERRORS and (code != "not_found" or "path" in payload):
+    if code in _OS_ERRORS and (code != wire.NOT_FOUND or "path" in payload):
         cls, number = _OS_ERRORS[code]
         return cls(
             message,
@@ -781,7 +806,7 @@ def _typed_error(
             status=status,
             code=code,
         )
-    if code == "file_too_large":
+    if code == wire.FILE_TOO_LARGE:
         size = payload.get("size")
         return FileTooLargeError(
             message,
@@ -789,11 +814,11 @@ def _typed_error(
             path=str(path),
             size=size if isinstance(size, int) and not isinstance(size, bool) else None,
         )
-    if code == "resource_exhausted":
+    if code == wire.RESOURCE_EXHAUSTED:
         return ResourceExhaustedError(
             message, sandbox=sandbox, limit=_short(payload.get("limit"), _MAX_CODE), status=status
         )
-    if code == "user_unsupported":
+    if code == wire.USER_UNSUPPORTED:
         return UnsupportedOperationError(message, sandbox=sandbox, status=status, code=code)
     return DaemonError(f"{code}: {message}", sandbox=sandbox, status=status, code=code)
 

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .process import CommandResult
+from .processes import CommandResult
 
 __all__ = ["CommandRecord", "History"]
 

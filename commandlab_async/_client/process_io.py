@@ -15,7 +15,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from .errors import RemoteOSError
+from ..errors import RemoteOSError
 
 __all__ = ["StdinQueue", "process_route"]
 

@@ -1,6 +1,6 @@
 """Commands in a sandbox: results, streaming processes, and the daemon's frame stream.
 
-``POST /exec`` answers with a stream of frames (see ``daemon/server.py``): one ``S``
+``POST /exec`` answers with a stream of frames (see ``daemon/protocol.py``): one ``S``
 (started), output frames ``1``/``2``, a ``G`` (gap) before a truncated stream's kept
 tail, and one ``X`` (exit). Everything here reads that stream in bounded pieces and
 checks each frame (:mod:`.replies`): a daemon's reply is never trusted.
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from ..daemon import protocol as wire
 from .process_io import StdinQueue, process_route
 from .replies import (
     MAX_CONTROL_FRAME,
@@ -41,10 +42,10 @@ from .replies import (
 __all__ = ["CommandResult", "OutputChunk", "Process", "ProcessInfo"]
 
 Stream = Literal["stdout", "stderr"]
-_STREAMS: dict[bytes, Stream] = {b"1": "stdout", b"2": "stderr"}
+_STREAMS: dict[bytes, Stream] = {wire.FRAME_STDOUT: "stdout", wire.FRAME_STDERR: "stderr"}
 _STREAM_NUMBERS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 _FRAME_HEAD = struct.Struct(">cI")
-FRAMES_TYPE = "application/x-commandlab-frames"
+FRAMES_TYPE = wire.FRAMES_CONTENT_TYPE
 _MAX_ID = 256  # characters of a process id (the daemon's are a few)
 _MAX_PID = 2**31 - 1
 _MAX_COUNT = 2**63 - 1  # of bytes omitted
@@ -204,7 +205,7 @@ class Frames:
             if head is None:
                 raise ConnectionResetError("the daemon's reply ended before the process started")
             kind, length = head
-            if kind != b"S":
+            if kind != wire.FRAME_START:
                 raise ReplyError(f"a command's reply began with a frame {clip(kind)}, not S")
             data = expect_object(parse_json(await self._control(length), what), what)
             return _Started(
@@ -223,9 +224,9 @@ class Frames:
                 stream = _STREAMS.get(kind)
                 if stream is None:
                     payload = await self._control(length)
-                    if kind == b"G":
+                    if kind == wire.FRAME_GAP:
                         return _parse_gap(payload)
-                    if kind == b"X":
+                    if kind == wire.FRAME_EXIT:
                         return parse_exit(payload)
                     raise ReplyError(f"an unexpected frame {clip(kind)} in a command's output")
                 if length > self._max_output_frame:

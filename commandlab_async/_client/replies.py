@@ -9,7 +9,7 @@ anything outside them is a :class:`ReplyError`, which the :class:`Computer` rais
   most :data:`MAX_HEADERS` fields; once a head's first byte has come, the rest within
   :data:`HEAD_TIMEOUT` seconds; one reply per request, nothing unasked
   (:class:`BoundedResponseHandler`, the protocol of every pool :func:`new_session
-  <commandlab_async.loop_sessions.new_session>` makes).
+  <commandlab_async._client.transport.new_session>` makes).
 * **JSON replies**: of type ``application/json``, at most :data:`MAX_JSON` bytes
   (:data:`MAX_LISTING` for a directory or process listing) before parsing, no ``NaN``,
   nesting as deep as the parser allows; then each field the client uses is checked for
@@ -17,7 +17,7 @@ anything outside them is a :class:`ReplyError`, which the :class:`Computer` rais
   reply's size, briefly.
 * **Error replies**: the first :data:`MAX_ERROR_BODY` bytes are read, the rest dropped
   with the connection.
-* **Frames** (:class:`~commandlab_async.process.Frames`): ``S``, ``G`` and ``X`` at most
+* **Frames** (:class:`~commandlab_async._client.processes.Frames`): ``S``, ``G`` and ``X`` at most
   :data:`MAX_CONTROL_FRAME` bytes; output frames at most :data:`MAX_OUTPUT_FRAME` bytes
   (or a run's ``max_output``, if larger), read in pieces of at most :data:`READ_PIECE`;
   ``run(max_output=N)`` keeps at most ``N`` bytes of each stream by its own count.

@@ -15,10 +15,10 @@ import datetime
 import ssl
 from dataclasses import dataclass, field
 
+from ..daemon.protocol import TLS_CERT_ENV, TLS_KEY_ENV
+
 __all__ = ["TLS_CERT_ENV", "TLS_KEY_ENV", "SandboxTls", "make_sandbox_tls"]
 
-TLS_CERT_ENV = "COMMANDLAB_TLS_CERT"
-TLS_KEY_ENV = "COMMANDLAB_TLS_KEY"
 # The certificate is pinned, not checked against a clock the sandbox may not share: it is
 # valid from well before it was made until long after any sandbox ends.
 _BACKDATE = datetime.timedelta(days=1)

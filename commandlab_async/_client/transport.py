@@ -1,11 +1,22 @@
-"""Connection pools for Computers used on an event loop other than the one that made them.
+"""How requests reach daemons: one connection pool per event loop, Unix sockets included.
 
-An aiohttp session belongs to one event loop. A sandbox brought up on one loop (a pytest
-plugin's background loop, say) may be used from another: a test's, another thread's.
-Each such loop gets one session, shared by every Computer used there, and closed when
-the loop shuts down: the session is held by an async generator, and the loop's
-``shutdown_asyncgens()`` — the last step of ``asyncio.run`` and ``asyncio.Runner`` —
-closes every async generator it saw start, which closes the session. A loop closed
+Every Computer of a loop shares one aiohttp session with no connection cap, so a fleet's
+commands never queue. Its connections bound what a daemon may send
+(:class:`~.replies.BoundedResponseHandler`).
+
+**Unix sockets.** A sandbox on the local engine may serve on a Unix socket in a host
+directory instead of a published TCP port: no port proxy per sandbox, a faster delete,
+and a sandbox that needs no network at all. Its URL is ``unix:<socket path>``. Rather
+than a pool per socket, the pool's connector reaches such a daemon at a host name that
+spells the socket's path (hex, in DNS labels): nothing to register or forget, and
+connections are still kept alive per sandbox.
+
+**Other loops.** An aiohttp session belongs to one event loop. A sandbox brought up on
+one loop (a pytest plugin's background loop, say) may be used from another: a test's,
+another thread's. Each such loop gets one session, shared by every Computer used there,
+and closed when the loop shuts down: the session is held by an async generator, and the
+loop's ``shutdown_asyncgens()`` — the last step of ``asyncio.run`` and ``asyncio.Runner``
+— closes every async generator it saw start, which closes the session. A loop closed
 without that step leaves the session unclosed, as it would any other.
 """
 
@@ -16,15 +27,71 @@ import contextlib
 import functools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import aiohttp
+from aiohttp.client_exceptions import UnixClientConnectorError
 from aiohttp.client_proto import ResponseHandler
 
 from .replies import MAX_FIELD, MAX_HEADERS, MAX_LINE, BoundedResponseHandler
-from .unix_sockets import RoutingConnector
 
-__all__ = ["on_loop", "session_for"]
+if TYPE_CHECKING:
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.tracing import Trace
+
+__all__ = [
+    "UNIX_SCHEME",
+    "RoutingConnector",
+    "http_url",
+    "new_session",
+    "on_loop",
+    "session_for",
+    "socket_path",
+]
+
+
+UNIX_SCHEME = "unix:"
+_DOMAIN = ".commandlab-unix"  # never resolved: the connector answers for it
+_LABEL = 60  # hex digits per DNS label (at most 63)
+
+
+def http_url(url: str) -> str:
+    """The HTTP base URL to send requests to for ``url`` (``unix:<path>`` or http[s])."""
+    if not url.startswith(UNIX_SCHEME):
+        return url
+    digits = url.removeprefix(UNIX_SCHEME).encode().hex()
+    labels = [digits[i : i + _LABEL] for i in range(0, len(digits), _LABEL)]
+    return f"http://{'.'.join(labels)}{_DOMAIN}"
+
+
+def socket_path(host: str) -> str | None:
+    """The socket path a host name of :func:`http_url` spells; None for any other host."""
+    if not host.endswith(_DOMAIN):
+        return None
+    try:
+        return bytes.fromhex(host.removesuffix(_DOMAIN).replace(".", "")).decode()
+    except ValueError:
+        return None
+
+
+class RoutingConnector(aiohttp.TCPConnector):
+    """A TCP connector that connects to the Unix socket a host name spells, if it does."""
+
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        path = socket_path(req.host)
+        if path is None:
+            return await super()._create_connection(req, traces, timeout)
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                _, protocol = await self._loop.create_unix_connection(self._factory, path)
+        except OSError as exc:  # what aiohttp's own UnixConnector raises
+            if isinstance(exc, TimeoutError):
+                raise  # aiohttp makes it its connection timeout
+            raise UnixClientConnectorError(path, req.connection_key, exc) from exc
+        return protocol
+
 
 T = TypeVar("T")
 
@@ -35,7 +102,7 @@ _sessions: weakref.WeakKeyDictionary[
 
 def new_session() -> aiohttp.ClientSession:
     """A connection pool with no cap, so a fleet's commands never queue; it reaches daemons
-    on Unix sockets too (:mod:`.unix_sockets`). Its connections hold a daemon to the reply
+    on Unix sockets too (:class:`RoutingConnector`). Its connections hold a daemon to the reply
     it was asked, in bounded time (:class:`~.replies.BoundedResponseHandler`)."""
     connector = RoutingConnector(limit=0)
     # The one place aiohttp makes a connection's protocol, plain, TLS or Unix socket.

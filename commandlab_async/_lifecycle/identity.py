@@ -24,12 +24,43 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .specs import Spec
+from ..labels import (
+    CREATED_AT,
+    DETACHED,
+    EXPIRES_AT,
+    HOST,
+    LABEL_PREFIX,
+    MANAGED,
+    NEVER,
+    OWNER_NS,
+    PID,
+    PID_START,
+    POOL,
+    SESSION,
+    TEST_RUN,
+    WORKER,
+)
 
+if TYPE_CHECKING:
+    from ..specs import Spec
+
+# The label keys are re-exported: they are defined in the public labels module.
 __all__ = [
+    "CREATED_AT",
+    "DETACHED",
+    "EXPIRES_AT",
+    "HOST",
     "LABEL_PREFIX",
+    "MANAGED",
+    "NEVER",
+    "OWNER_NS",
+    "PID",
+    "PID_START",
+    "POOL",
+    "SESSION",
     "SESSION_ID",
+    "TEST_RUN",
+    "WORKER",
     "SandboxIdentity",
     "labelled",
     "new_identity",
@@ -38,20 +69,6 @@ __all__ = [
     "process_start_ticks",
 ]
 
-LABEL_PREFIX = "commandlab."
-MANAGED = LABEL_PREFIX + "managed"
-SESSION = LABEL_PREFIX + "session"
-PID = LABEL_PREFIX + "pid"
-HOST = LABEL_PREFIX + "host"
-OWNER_NS = LABEL_PREFIX + "owner-ns"
-PID_START = LABEL_PREFIX + "pid-start"
-CREATED_AT = LABEL_PREFIX + "created-at"
-EXPIRES_AT = LABEL_PREFIX + "expires-at"
-DETACHED = LABEL_PREFIX + "detached"
-TEST_RUN = LABEL_PREFIX + "test-run"
-WORKER = LABEL_PREFIX + "worker"
-POOL = LABEL_PREFIX + "pool"
-NEVER = "never"
 
 #: Identifies this process's sandboxes for the reaper.
 SESSION_ID = secrets.token_hex(8)

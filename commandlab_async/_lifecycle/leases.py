@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..platforms import driver_class
+from ..platforms.base import Target
 from .limits import Limiter, limits_for
 from .machine_quota import MachineBuckets, machine_quotas_for
-from .platforms import driver_class
-from .platforms.base import Target
 from .shielding import shielded
 
 if TYPE_CHECKING:
-    from .platforms.driver import Driver
+    from ..platforms.driver import Driver
 
 __all__ = ["Backend", "Closable", "lease", "open_backend"]
 

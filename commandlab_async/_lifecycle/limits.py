@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import SpecError
+from ..errors import SpecError
 from .machine_quota import MachineBuckets
 
 if TYPE_CHECKING:
-    from .platforms.base import Target
+    from ..platforms.base import Target
 
 __all__ = ["Limiter", "Limits", "TokenBucket", "limits_for", "set_limits"]
 

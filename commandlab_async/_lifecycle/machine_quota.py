@@ -2,7 +2,7 @@
 
 A cloud counts its rate quotas per account (project, subscription) and region, never
 per process: eight pytest-xdist workers or eval workers, each within its own
-:class:`~commandlab_async.limits.Limits`, would send eight times what the backend takes.
+:class:`~commandlab_async._lifecycle.limits.Limits`, would send eight times what the backend takes.
 Each documented quota a driver names (:class:`MachineQuota`) is therefore a token bucket
 kept in a file of this user's private runtime directory, and every process of the user
 on the machine draws from the same one.
@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import SpecError
+from ..errors import SpecError
 
 if TYPE_CHECKING:
-    from .platforms.base import Target
+    from ..platforms.base import Target
 
 __all__ = [
     "ENV",
@@ -148,7 +148,7 @@ def quota_directory() -> Path:
     Raises PermissionError when it, or the runtime directory, is not this user's 0700:
     another user could otherwise hold a bucket's lock forever or fake its tokens.
     """
-    from .platforms.docker.socket_dirs import base_dir  # here: limits imports this module
+    from ..platforms.docker.socket_dirs import base_dir  # here: limits imports this module
 
     base = base_dir()
     base.mkdir(mode=0o700, parents=True, exist_ok=True)

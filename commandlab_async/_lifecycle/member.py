@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from .computer import Computer
-from .errors import CleanupError, FleetError, ProvisionError, ReadyTimeoutError
+from .._admin.handles import Handle
+from .._admin.handles import save as save_handle
+from .._client.computer import Computer, Lifetime
+from ..errors import BackendError, CleanupError, FleetError, ProvisionError, ReadyTimeoutError
+from ..specs import RunningSandbox, Spec
 from .events import EventCallback, EventKind, emit
-from .handles import Handle
-from .handles import save as save_handle
 from .identity import SandboxIdentity, is_detached
-from .pools import Backend
+from .leases import Backend
 from .readiness import Progress, wait_ready
 from .shielding import settle, shielded
-from .specs import RunningSandbox, Spec
 
 __all__ = ["Member", "bring_up", "bring_up_all", "tear_down", "tear_down_all"]
 
@@ -40,6 +40,8 @@ class Member:
     identity: SandboxIdentity
     on_event: EventCallback | None
     computer: Computer | None = None
+    lifetime: Lifetime = field(default_factory=Lifetime)
+    """Ended when the block ends: the Computer stops working then."""
     needs_destroy: bool = False
     """True from the moment its create may have reached the backend until it is deleted."""
     create_interrupted: bool = False
@@ -47,6 +49,9 @@ class Member:
     progress: Progress = field(default_factory=Progress)
     background: bool = False
     """Made ahead of need (a warm pool's refill): it yields create slots to users' creates."""
+
+    def __post_init__(self) -> None:
+        self.lifetime.expires_at = self.identity.expires_at
 
     @property
     def name(self) -> str:
@@ -122,6 +127,7 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
                 platform=str(driver.platform),
                 ssl_context=running.ssl,
                 extra_headers=running.headers,
+                lifetime=member.lifetime,
             )
             await wait_ready(computer, driver, identity, progress, limiter.probes.hold)
     except TimeoutError as exc:
@@ -140,7 +146,7 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
             raise error from None
         member.emit(EventKind.FAILED, repr(exc))
         raise
-    except ProvisionError as exc:
+    except (ProvisionError, BackendError) as exc:
         member.emit(EventKind.FAILED, str(exc))
         raise
     member.computer = computer
@@ -220,11 +226,10 @@ async def tear_down(member: Member, *, pending: BaseException | None) -> None:
     computer = member.computer
     detached = is_detached(member.identity.labels) and pending is None
     kept = computer is not None and (computer.kept or detached)
-    if computer is not None:
-        computer._mark_deleted(
-            f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
-            " a Computer works only inside that block"
-        )
+    member.lifetime.end(
+        f"its provision block ended{' (the sandbox was kept)' if kept else ''};"
+        " a Computer works only inside that block"
+    )
     if not member.needs_destroy:
         return
     if kept:

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import overload
 
-from .computer import Computer
-from .errors import FleetError, SpecError
+from .._client.computer import Computer
+from .._client.transport import new_session
+from ..errors import FleetError, SpecError
+from ..specs import DockerSpec, KubernetesSpec, Spec, checked_spec
 from .events import EventCallback
 from .identity import new_identity
-from .loop_sessions import new_session
-from .members import Member, bring_up, bring_up_all, tear_down, tear_down_all
-from .pools import Backend, lease, open_backend
+from .leases import Backend, lease, open_backend
+from .member import Member, bring_up, bring_up_all, tear_down, tear_down_all
 from .signals import terminate_after_cleanup
-from .specs import DockerSpec, KubernetesSpec, Spec, checked_spec
 from .warm_pools import find as find_pool
 
 __all__ = ["Fleet", "provision", "provision_many"]

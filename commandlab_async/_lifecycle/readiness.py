@@ -10,9 +10,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from .computer import Computer
-from .errors import AuthenticationError, DaemonError, ProvisionError
-from .platforms.driver import Driver, SandboxRef
+from .._client.computer import Computer
+from ..errors import AuthenticationError, DaemonError, ProvisionError
+from ..platforms.driver import Driver, SandboxRef
 
 __all__ = ["DaemonStart", "Progress", "daemon_start", "wait_ready"]
 

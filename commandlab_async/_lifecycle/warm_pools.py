@@ -34,17 +34,17 @@ from types import TracebackType
 
 import aiohttp
 
-from .errors import CommandLabError, FleetError, ProvisionError, SpecError
+from .._client.transport import new_session
+from .._validation import check_bool, check_int, check_number
+from ..errors import CommandLabError, FleetError, ProvisionError, SpecError
+from ..specs import Spec, checked_spec
 from .events import EventCallback, EventKind
 from .identity import POOL, labelled, new_identity
-from .loop_sessions import new_session
-from .members import Member, bring_up, tear_down, tear_down_all
-from .pools import Backend, lease, open_backend
+from .leases import Backend, lease, open_backend
+from .member import Member, bring_up, tear_down, tear_down_all
 from .readiness import daemon_start
 from .shielding import shielded
 from .signals import terminate_after_cleanup
-from .specs import Spec, checked_spec
-from .validation import check_bool, check_int, check_number
 
 __all__ = ["WarmPool"]
 

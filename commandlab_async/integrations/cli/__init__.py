@@ -11,22 +11,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from ... import __version__
+from ... import DEFAULT_IMAGE, GC_TIMEOUT, PLATFORMS, __version__
 from ...errors import (
     CommandLabError,
     RemoteFileNotFoundError,
     RemotePermissionError,
     SpecError,
 )
-from ...platforms.base import PLATFORMS
-from ...reaper import GC_TIMEOUT
-from ...specs import DEFAULT_IMAGE
 from . import remote, sandboxes
 from .demo import demo
 
@@ -203,6 +201,11 @@ def _fail(exc: BaseException | str, status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    # The library's warnings (a saved handle it skipped...), said as the CLI says things.
+    warnings = logging.StreamHandler()
+    warnings.setFormatter(logging.Formatter("commandlab: warning: %(message)s"))
+    warnings.setLevel(logging.WARNING)
+    logging.getLogger("commandlab_async").addHandler(warnings)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:

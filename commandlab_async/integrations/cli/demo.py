@@ -7,9 +7,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from ...events import EventCallback, EventKind, LifecycleEvent
-from ...lifecycle import Fleet, provision, provision_many
-from ...specs import DockerSpec
+from ... import (
+    DockerSpec,
+    EventKind,
+    Fleet,
+    LifecycleEvent,
+    provision,
+    provision_many,
+)
 
 __all__ = ["demo"]
 
@@ -38,7 +43,9 @@ async def _demo_fleet(spec: DockerSpec, count: int, started: float) -> None:
     except ImportError:  # the `progress` extra is optional
         Progress = None  # type: ignore[assignment,misc]
 
-    def run_fleet(on_event: EventCallback | None) -> AbstractAsyncContextManager[Fleet]:
+    def run_fleet(
+        on_event: Callable[[LifecycleEvent], None] | None,
+    ) -> AbstractAsyncContextManager[Fleet]:
         return provision_many(spec, count=count, on_event=on_event)
 
     if Progress is None:

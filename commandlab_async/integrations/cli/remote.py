@@ -8,14 +8,9 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import aclosing
 
-from ...computer import Computer
-from ...errors import SpecError
-from ...handles import connect
-from ...platforms.driver import SandboxRecord
-from ...pools import open_backend
-from ...process import Process
+from ... import Computer, Process, SpecError, connect, read_logs
 from .sandboxes import pairs, targets
 
 __all__ = ["cp", "exec_command", "logs"]
@@ -126,9 +121,7 @@ async def _download(computer: Computer, remote: str, local: str) -> None:
 async def logs(args: argparse.Namespace) -> None:
     """What the sandbox printed (its daemon's log); with ``-f``, as it comes."""
     (target,) = targets(args)
-    async with AsyncExitStack() as stack:
-        backend = await open_backend(stack, target)
-        sandbox = SandboxRecord(args.name, {}, "")
-        async for chunk in backend.driver.logs(sandbox, follow=args.follow):
+    async with aclosing(read_logs(args.name, target, follow=args.follow)) as chunks:
+        async for chunk in chunks:
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()

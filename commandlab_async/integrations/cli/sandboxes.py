@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ...errors import SandboxNotFoundError, SpecError
-from ...handles import forget, load, scan
-from ...identity import (
-    CREATED_AT,
-    EXPIRES_AT,
-    MANAGED,
-    NEVER,
-    PID,
-    is_detached,
+from ... import (
+    PLATFORMS,
+    KubernetesPlatform,
+    Reaped,
+    SandboxInfo,
+    SandboxNotFoundError,
+    Spec,
+    SpecError,
+    Target,
+    gc,
     labelled,
+    list_sandboxes,
+    provision_many,
+    remove,
+    spec_for,
+    target_for,
 )
-from ...lifecycle import provision_many
-from ...platforms import driver_class, options_class
-from ...platforms.base import PLATFORMS, KubernetesPlatform, Target
-from ...platforms.driver import SandboxRecord
-from ...pools import open_backend
-from ...reaper import Reaped, gc, remove, why_reap
-from ...specs import Spec, spec_for
-from ...validation import to_number
 
 __all__ = ["SCOPE_FLAGS", "gc_command", "ls", "rm", "targets", "up"]
 
@@ -56,12 +51,7 @@ def _scope(args: argparse.Namespace) -> dict[str, str]:
 def targets(args: argparse.Namespace) -> list[Target]:
     """The targets the ``--platform`` flags and scope flags name (default: docker)."""
     names = args.platform if isinstance(args.platform, list) else [args.platform]
-    found = []
-    for name in [n for n in names if n] or ["docker"]:
-        platform = PLATFORMS[name]
-        driver_class(platform)  # a platform without a driver says so before its scope
-        found.append(options_class(platform).target_from(_scope(args)))
-    return found
+    return [target_for(name, **_scope(args)) for name in [n for n in names if n] or ["docker"]]
 
 
 def pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -107,20 +97,10 @@ async def up(args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = _up_spec(args)
     with labelled({}, owned=False):
         async with provision_many(spec, count=args.count) as fleet:
-            started = [c for c in fleet]
-    expiries = await asyncio.to_thread(lambda: [_expiry(c.name) for c in started])
-    return [
-        {"name": c.name, "platform": c.platform, "url": c.url, "expires_at": expires_at}
-        for c, expires_at in zip(started, expiries, strict=True)
-    ]
-
-
-def _expiry(name: str) -> float | None:
-    """From its saved handle; None if saving it failed (the sandbox still runs)."""
-    try:
-        return load(name).expires_at
-    except SandboxNotFoundError:
-        return None
+            return [
+                {"name": c.name, "platform": c.platform, "url": c.url, "expires_at": c.expires_at}
+                for c in fleet
+            ]
 
 
 def print_up(items: list[dict[str, Any]]) -> None:
@@ -133,59 +113,30 @@ def print_up(items: list[dict[str, Any]]) -> None:
         print(f"remove:         commandlab rm {' '.join(i['name'] for i in items)}")
 
 
-async def find(where: list[Target], labels: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Every sandbox of ours on ``where`` carrying ``labels``, described for ``ls``."""
-    found: list[tuple[Target, SandboxRecord]] = []
-    async with AsyncExitStack() as stack:
-        for target in where:
-            backend = await open_backend(stack, target)
-            records = await backend.driver.list_sandboxes({**labels, MANAGED: "true"})
-            found += [(target, record) for record in records]
-    reasons = await asyncio.to_thread(lambda: [why_reap(r) for _, r in found])
-    saved, skipped = await asyncio.to_thread(scan)
-    for problem in skipped:  # a bad handle costs only its own sandbox's REACHABLE
-        print(f"commandlab: warning: {' '.join(problem.split())}", file=sys.stderr)
-    handles = {h.name for h in saved}
-    return [
-        _describe(target, record, reason, record.name in handles)
-        for (target, record), reason in zip(found, reasons, strict=True)
-    ]
-
-
-def _describe(
-    target: Target, record: SandboxRecord, reason: str | None, handle: bool
-) -> dict[str, Any]:
-    labels = dict(record.labels)
-    created = to_number(labels.get(CREATED_AT, ""))
-    expires_text = labels.get(EXPIRES_AT, NEVER)
-    if is_detached(labels):
-        owner = "detached"
-    elif PID in labels:
-        owner = f"pid {labels[PID]}" + (" (gone)" if reason and "owner" in reason else "")
-    else:
-        owner = "unknown"
+def _describe(info: SandboxInfo) -> dict[str, Any]:
     return {
-        "name": record.name,
-        "platform": str(target.platform),
-        "target": str(target),
-        "state": record.state,
-        "created_at": created,
-        "expires_at": None if expires_text == NEVER else to_number(expires_text),
-        "owner": owner,
-        "reapable": reason,
-        "handle": handle,
-        "labels": labels,
+        "name": info.name,
+        "platform": info.platform,
+        "target": str(info.target),
+        "state": info.state,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "owner": info.owner,
+        "reapable": info.reapable,
+        "handle": info.reachable,
+        "labels": dict(info.labels),
     }
 
 
 async def ls(args: argparse.Namespace) -> list[dict[str, Any]]:
-    items = await find(targets(args), pairs(args.label, "--label"))
+    found = await list_sandboxes(targets(args), labels=pairs(args.label, "--label"))
+    items = [_describe(info) for info in found]
     now = time.time()
     if args.older_than is not None:
         items = [i for i in items if i["created_at"] and now - i["created_at"] >= args.older_than]
     if args.newer_than is not None:
         items = [i for i in items if i["created_at"] and now - i["created_at"] < args.newer_than]
-    return sorted(items, key=lambda i: (i["created_at"] or 0, i["name"]))
+    return items
 
 
 def print_ls(items: list[dict[str, Any]]) -> None:
@@ -216,9 +167,7 @@ async def rm(args: argparse.Namespace) -> list[Reaped]:
         raise SpecError("rm", "takes sandbox names or -l KEY=VALUE")
     where = targets(args)
     gone = await remove(where, names=args.names, labels=labels or None)
-    missing = sorted(set(args.names) - {r.name for r in gone})
-    for name in missing:  # a stale handle goes too
-        await asyncio.to_thread(forget, name)
+    missing = sorted(set(args.names) - {r.name for r in gone})  # their handles are gone too
     if missing:
         raise SandboxNotFoundError(
             f"no such sandbox on {', '.join(map(str, where))} ({len(gone)} other(s) deleted)",

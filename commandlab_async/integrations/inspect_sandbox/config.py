@@ -8,8 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ...errors import SpecError
-from ...specs import DEFAULT_IMAGE, DockerSpec, KubernetesSpec, spec_for
+from ... import DEFAULT_IMAGE, DockerSpec, KubernetesSpec, SpecError, spec_for
 
 __all__ = ["CommandLabSandboxConfig", "load_config"]
 

@@ -32,7 +32,7 @@ from inspect_ai.util._sandbox.exec_remote import (
 )
 from pydantic import BaseModel
 
-from ...computer import Computer
+from ... import Computer, DockerPlatform, gc, provision
 from ...errors import (
     CleanupError,
     CommandTimeoutError,
@@ -42,9 +42,6 @@ from ...errors import (
     RemoteFileNotFoundError,
     UnsupportedOperationError,
 )
-from ...lifecycle import provision
-from ...reaper import gc
-from ...specs import DockerPlatform
 from .config import load_config
 from .streaming import StreamingProcess, exit_status
 

@@ -15,7 +15,7 @@ from inspect_ai.util._sandbox.exec_remote import (
     ExecStdout,
 )
 
-from ...process import Process
+from ... import Process
 
 __all__ = ["StreamingProcess", "exit_status"]
 

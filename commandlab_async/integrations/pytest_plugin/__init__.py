@@ -27,11 +27,8 @@ from typing import Any
 
 import pytest
 
-from ...computer import Computer
-from ...identity import TEST_RUN, WORKER
-from ...lifecycle import Fleet
-from ...reaper import remove
-from ...specs import Spec
+from ... import Computer, Fleet, Spec, remove
+from ...labels import TEST_RUN, WORKER
 from .background import Hold
 from .lab import CommandLab, KeptSandbox
 from .report import LOG_TIMEOUT, log_tail, section

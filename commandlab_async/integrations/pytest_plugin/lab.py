@@ -11,13 +11,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ...computer import Computer
-from ...errors import SandboxNotFoundError
-from ...handles import load as load_handle
-from ...identity import TEST_RUN, WORKER, labelled
-from ...lifecycle import Fleet, provision, provision_many
-from ...specs import Spec
-from ...warm_pools import WarmPool
+from ... import Computer, Fleet, Spec, WarmPool, labelled, provision, provision_many
+from ...labels import TEST_RUN, WORKER
 from .background import BackgroundLoop, Hold
 from .settings import Keep, Settings
 
@@ -137,11 +132,9 @@ class CommandLab:
         """Name the kept ones in the end-of-run summary (their handles are saved by now)."""
         for computer in computers:
             if computer.kept:
-                try:
-                    expires_at = load_handle(computer.name).expires_at
-                except SandboxNotFoundError:
-                    expires_at = None
-                self.kept.append(KeptSandbox(computer.name, computer.platform, what, expires_at))
+                self.kept.append(
+                    KeptSandbox(computer.name, computer.platform, what, computer.expires_at)
+                )
 
     # -- async, for factories ----------------------------------------------
 

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from contextlib import aclosing
 
-from ...computer import Computer
-from ...errors import CommandLabError
-from ...history import CommandRecord
-from ...platforms.driver import SandboxRecord
-from ...pools import open_backend
-from ...specs import Spec
+from ... import CommandLabError, CommandRecord, Computer, Spec, read_logs
 
 __all__ = ["LOG_TIMEOUT", "log_tail", "section"]
 
@@ -26,9 +21,11 @@ async def log_tail(spec: Spec, name: str) -> str:
     """The end of what the sandbox printed, or why there is none (bounded in time)."""
     data = bytearray()
     try:
-        async with asyncio.timeout(LOG_TIMEOUT), AsyncExitStack() as stack:
-            backend = await open_backend(stack, spec.target())
-            async for chunk in backend.driver.logs(SandboxRecord(name, {}, "")):
+        async with (
+            asyncio.timeout(LOG_TIMEOUT),
+            aclosing(read_logs(name, spec.target())) as chunks,
+        ):
+            async for chunk in chunks:
                 data += chunk
                 del data[: -TAIL_CHARS * 4]
     except TimeoutError:

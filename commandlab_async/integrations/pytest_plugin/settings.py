@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from ...errors import SpecError
-from ...specs import DEFAULT_IMAGE, Spec, spec_for
+from ... import DEFAULT_IMAGE, Spec, SpecError, spec_for
 
 __all__ = ["OPTIONS", "Keep", "Settings", "add_options"]
 
