@@ -118,6 +118,9 @@ def parse_head(data: bytes) -> Request:
     return Request(method, target, version, headers)
 
 
+_TOKEN_KEY = TOKEN_HEADER.lower()  # parsed header names are lowercased
+
+
 def presented_token(headers: Mapping[str, list[str]]) -> bytes | None:
     """The token a request presents, as raw bytes; None when absent or ambiguous.
 
@@ -126,7 +129,7 @@ def presented_token(headers: Mapping[str, list[str]]) -> bytes | None:
     header may carry someone else's credential and is ignored.  A repeated header that
     would be used is refused rather than guessed at.
     """
-    tokens = headers.get(TOKEN_HEADER)
+    tokens = headers.get(_TOKEN_KEY)
     if tokens is not None:
         if len(tokens) != 1:
             return None

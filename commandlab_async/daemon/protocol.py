@@ -127,7 +127,7 @@ SERVING_TLS = "commandlab daemon: serving TLS (https)"
 
 # ---------------------------------------------------------------- requests
 
-TOKEN_HEADER = "x-commandlab-token"  # as the daemon matches it (header names are lowercased)
+TOKEN_HEADER = "X-CommandLab-Token"  # header names match case-insensitively (compare lowercased)
 
 HEALTH_PATH = "/health"
 EXEC_PATH = "/exec"

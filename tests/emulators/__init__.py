@@ -1,0 +1,1 @@
+"""The emulated clouds themselves, against their SDKs."""
