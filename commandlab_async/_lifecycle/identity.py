@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -40,6 +40,7 @@ from ..labels import (
     TEST_RUN,
     WORKER,
 )
+from ..platforms.driver import SESSION_ID, SandboxIdentity
 
 if TYPE_CHECKING:
     from ..specs import Spec
@@ -68,10 +69,6 @@ __all__ = [
     "owner_namespace",
     "process_start_ticks",
 ]
-
-
-#: Identifies this process's sandboxes for the reaper.
-SESSION_ID = secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -126,17 +123,6 @@ def _this_owner() -> _Owner:
 def owner_namespace() -> str | None:
     """The ``owner-ns`` label value of this process: where its pids mean something."""
     return _this_owner().namespace
-
-
-@dataclass(frozen=True)
-class SandboxIdentity:
-    """Name, labels and token of one sandbox. The token is kept out of ``repr``."""
-
-    name: str
-    labels: dict[str, str]
-    created_at: float
-    expires_at: float | None
-    token: str = field(repr=False)
 
 
 def owner_labels() -> dict[str, str]:

@@ -14,45 +14,20 @@ machine shares: many processes together stay within the backend's documented quo
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import SpecError
+from ..platforms.base import Limits
+from ..platforms.driver import TokenBucket
 from .machine_quota import MachineBuckets
 
 if TYPE_CHECKING:
     from ..platforms.base import Target
 
 __all__ = ["Limiter", "Limits", "TokenBucket", "limits_for", "set_limits"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """Bounds on what one process asks of one backend at once."""
-
-    creates_in_flight: int = 16
-    """Create calls running at once."""
-    creates_per_second: float = 20.0
-    """Sustained create rate; ``math.inf`` for none."""
-    create_burst: int = 10
-    """Creates allowed back to back before the rate applies."""
-    probes_in_flight: int = 64
-    """Readiness probes of daemons running at once."""
-    destroys_in_flight: int = 32
-    """Delete calls running at once (separate from creates)."""
-
-    def __post_init__(self) -> None:
-        for name in ("creates_in_flight", "create_burst", "probes_in_flight", "destroys_in_flight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(name, f"must be a positive int, got {value!r}")
-        rate = self.creates_per_second
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
-            raise SpecError("creates_per_second", f"must be positive, got {rate!r}")
 
 
 # Set by the user: per platform (every target of it) or per target (one region, cluster...).
@@ -107,34 +82,6 @@ class _Gauge:
                 yield
             finally:
                 self._held -= 1
-
-
-class TokenBucket:
-    """A rate limit: ``burst`` calls back to back, then ``rate`` a second, first come first
-    served, with a little jitter so fleets of several processes spread out."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._refilled = asyncio.get_running_loop().time()
-        self._lock = asyncio.Lock()
-
-    async def take(self) -> None:
-        """Wait until a call may be made."""
-        if math.isinf(self.rate):
-            return
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            now = loop.time()
-            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
-            self._refilled = now
-            if self._tokens < 1:
-                wait = (1 - self._tokens) / self.rate
-                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait))
-                self._tokens = 1.0
-                self._refilled = loop.time()
-            self._tokens -= 1
 
 
 class Limiter:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import SpecError
+from ..platforms.base import MachineQuota
 
 if TYPE_CHECKING:
     from ..platforms.base import Target
@@ -74,36 +75,6 @@ _MIN_SLEEP = 0.001
 
 log = logging.getLogger("commandlab_async")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MachineQuota:
-    """One rate quota of a backend: a token bucket every process of this user on this
-    machine draws from."""
-
-    scope: str
-    """What the backend counts the quota per, e.g. ``"gcp-cloud-run writes
-    project=p region=r"``. Quotas of equal scope share one bucket, whichever process or
-    target names them (they should agree on its rate)."""
-    per_second: float
-    """Tokens added a second (the sustained rate)."""
-    burst: int
-    """Tokens the bucket holds at most (calls allowed back to back)."""
-    creates: bool = True
-    """Whether a create takes a token."""
-    deletes: bool = False
-    """Whether a delete takes a token."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.scope, str) or not self.scope:
-            raise SpecError("scope", f"must be a non-empty str, got {self.scope!r}")
-        rate = self.per_second
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
-            raise SpecError("per_second", f"must be positive and finite, got {rate!r}")
-        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
-            raise SpecError("burst", f"must be a positive int, got {self.burst!r}")
-        if not (self.creates or self.deletes):
-            raise SpecError("creates", "a quota must count creates, deletes or both")
 
 
 # Set by the user: per platform (every target of it) or per target.

@@ -10,6 +10,7 @@ before any SDK is imported.
 from __future__ import annotations
 
 import enum
+import math
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +26,8 @@ __all__ = [
     "EndpointResolver",
     "HeaderSource",
     "KubernetesPlatform",
+    "Limits",
+    "MachineQuota",
     "Platform",
     "PlatformOptions",
     "RunningSandbox",
@@ -144,3 +147,58 @@ def take_scope(scope: Mapping[str, str | None], *names: str) -> list[str | None]
         if name not in names:
             raise SpecError(name, f"does not scope this platform (it takes: {', '.join(names)})")
     return [scope.get(name) for name in names]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Bounds on what one process asks of one backend at once."""
+
+    creates_in_flight: int = 16
+    """Create calls running at once."""
+    creates_per_second: float = 20.0
+    """Sustained create rate; ``math.inf`` for none."""
+    create_burst: int = 10
+    """Creates allowed back to back before the rate applies."""
+    probes_in_flight: int = 64
+    """Readiness probes of daemons running at once."""
+    destroys_in_flight: int = 32
+    """Delete calls running at once (separate from creates)."""
+
+    def __post_init__(self) -> None:
+        for name in ("creates_in_flight", "create_burst", "probes_in_flight", "destroys_in_flight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(name, f"must be a positive int, got {value!r}")
+        rate = self.creates_per_second
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise SpecError("creates_per_second", f"must be positive, got {rate!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineQuota:
+    """One rate quota of a backend: a token bucket every process of this user on this
+    machine draws from."""
+
+    scope: str
+    """What the backend counts the quota per, e.g. ``"gcp-cloud-run writes
+    project=p region=r"``. Quotas of equal scope share one bucket, whichever process or
+    target names them (they should agree on its rate)."""
+    per_second: float
+    """Tokens added a second (the sustained rate)."""
+    burst: int
+    """Tokens the bucket holds at most (calls allowed back to back)."""
+    creates: bool = True
+    """Whether a create takes a token."""
+    deletes: bool = False
+    """Whether a delete takes a token."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scope, str) or not self.scope:
+            raise SpecError("scope", f"must be a non-empty str, got {self.scope!r}")
+        rate = self.per_second
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+            raise SpecError("per_second", f"must be positive and finite, got {rate!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise SpecError("burst", f"must be a positive int, got {self.burst!r}")
+        if not (self.creates or self.deletes):
+            raise SpecError("creates", "a quota must count creates, deletes or both")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import math
+import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from tenacity import (
@@ -25,9 +28,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .._lifecycle.identity import SandboxIdentity
-from .._lifecycle.limits import Limits
-from .._lifecycle.machine_quota import MachineQuota
 from ..daemon import protocol as wire
 from ..errors import (
     BackendError,
@@ -36,19 +36,65 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..specs import Spec
-from .base import Platform, RunningSandbox, Target
+from .base import Limits, MachineQuota, Platform, RunningSandbox, Target
 
 __all__ = [
+    "SESSION_ID",
     "TRANSIENT_STATUS",
     "Driver",
     "Failure",
+    "SandboxIdentity",
     "SandboxRecord",
     "SandboxRef",
     "SandboxState",
+    "TokenBucket",
     "daemon_env",
     "retry_after_seconds",
     "token_digest",
 ]
+
+#: Identifies this process's sandboxes for the reaper.
+SESSION_ID = secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class SandboxIdentity:
+    """Name, labels and token of one sandbox. The token is kept out of ``repr``."""
+
+    name: str
+    labels: dict[str, str]
+    created_at: float
+    expires_at: float | None
+    token: str = field(repr=False)
+
+
+class TokenBucket:
+    """A rate limit: ``burst`` calls back to back, then ``rate`` a second, first come first
+    served, with a little jitter so fleets of several processes spread out."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._refilled = asyncio.get_running_loop().time()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        """Wait until a call may be made."""
+        if math.isinf(self.rate):
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            now = loop.time()
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens < 1:
+                wait = (1 - self._tokens) / self.rate
+                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait))
+                self._tokens = 1.0
+                self._refilled = loop.time()
+            self._tokens -= 1
+
 
 T = TypeVar("T")
 _LONGEST_WAIT = 60.0  # the longest Retry-After one call waits for (seconds)

@@ -27,14 +27,20 @@ from botocore.exceptions import (
 )
 
 from ..._client.tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
-from ..._lifecycle.identity import SESSION, SandboxIdentity
-from ..._lifecycle.limits import Limits
-from ..._lifecycle.machine_quota import MachineQuota
 from ...errors import BackendError, SandboxExitedError
+from ...labels import SESSION
 from ...specs import Spec
 from .._clouds import aws
-from ..base import DockerPlatform, RunningSandbox
-from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
+from ..base import DockerPlatform, Limits, MachineQuota, RunningSandbox
+from ..driver import (
+    Driver,
+    Failure,
+    SandboxIdentity,
+    SandboxRecord,
+    SandboxRef,
+    SandboxState,
+    daemon_env,
+)
 from .options import EcsOptions, EcsTarget, fargate_storage_gib
 
 __all__ = ["NAME_TAG", "EcsDriver", "started_by"]

@@ -30,17 +30,16 @@ from azure.mgmt.containerinstance import models
 from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
 
 from ..._client.tls import SandboxTls, make_sandbox_tls
-from ..._lifecycle.identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
-from ..._lifecycle.limits import Limits
-from ..._lifecycle.machine_quota import MachineQuota
 from ...errors import BackendError, SandboxExitedError
+from ...labels import CREATED_AT, MANAGED, SESSION
 from ...specs import Spec
 from .._clouds.azure import AzureSession, arm_scope
-from ..base import DockerPlatform, RunningSandbox
+from ..base import DockerPlatform, Limits, MachineQuota, RunningSandbox
 from ..driver import (
     TRANSIENT_STATUS,
     Driver,
     Failure,
+    SandboxIdentity,
     SandboxRecord,
     SandboxRef,
     SandboxState,

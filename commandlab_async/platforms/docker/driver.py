@@ -20,13 +20,20 @@ from typing import Any, ClassVar
 import aiodocker
 import aiohttp
 
-from ..._lifecycle.identity import SESSION, SandboxIdentity
-from ..._lifecycle.limits import Limits
 from ...daemon.protocol import LISTENING, SOCKET_ENV
 from ...errors import BackendError, SandboxNotFoundError, SpecError
+from ...labels import SESSION
 from ...specs import Spec
-from ..base import DockerPlatform, RunningSandbox
-from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
+from ..base import DockerPlatform, Limits, RunningSandbox
+from ..driver import (
+    Driver,
+    Failure,
+    SandboxIdentity,
+    SandboxRecord,
+    SandboxRef,
+    SandboxState,
+    daemon_env,
+)
 from . import socket_dirs
 from .options import DockerOptions, DockerTarget
 

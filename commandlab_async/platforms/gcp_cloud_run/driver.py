@@ -23,15 +23,21 @@ from google.cloud import run_v2
 from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
 from google.protobuf import duration_pb2
 
-from ..._lifecycle.identity import CREATED_AT, MANAGED, SESSION, SandboxIdentity
-from ..._lifecycle.limits import Limits
-from ..._lifecycle.machine_quota import MachineQuota
 from ...daemon.protocol import TTL_ENV
 from ...errors import BackendError, SandboxExitedError
+from ...labels import CREATED_AT, MANAGED, SESSION
 from ...specs import Spec
 from .._clouds import gcp, system_ssl_context
-from ..base import DockerPlatform, RunningSandbox
-from ..driver import Driver, Failure, SandboxRecord, SandboxRef, SandboxState, daemon_env
+from ..base import DockerPlatform, Limits, MachineQuota, RunningSandbox
+from ..driver import (
+    Driver,
+    Failure,
+    SandboxIdentity,
+    SandboxRecord,
+    SandboxRef,
+    SandboxState,
+    daemon_env,
+)
 from .id_tokens import IdTokens
 from .options import LABEL_VALUE, CloudRunOptions, CloudRunTarget
 

@@ -27,19 +27,21 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..._client.tls import SandboxTls, make_sandbox_tls
-from ..._lifecycle.identity import CREATED_AT, SESSION, SESSION_ID, SandboxIdentity
-from ..._lifecycle.limits import Limits, TokenBucket
 from ...daemon.protocol import TLS_KEY_ENV
 from ...errors import BackendError, SandboxExitedError
+from ...labels import CREATED_AT, SESSION
 from ...specs import Spec
-from ..base import KubernetesPlatform, Platform, RunningSandbox
+from ..base import KubernetesPlatform, Limits, Platform, RunningSandbox
 from ..driver import (
+    SESSION_ID,
     TRANSIENT_STATUS,
     Driver,
     Failure,
+    SandboxIdentity,
     SandboxRecord,
     SandboxRef,
     SandboxState,
+    TokenBucket,
     retry_after_seconds,
 )
 from .logins import ClusterLogin, login

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..._client.tls import SandboxTls
-from ..._lifecycle.identity import LABEL_PREFIX, SandboxIdentity
+from ...labels import LABEL_PREFIX
 from ...specs import Spec
-from ..driver import daemon_env
+from ..driver import SandboxIdentity, daemon_env
 from .options import _KubernetesOptions
 
 __all__ = [
