@@ -2,7 +2,7 @@
 # The test command under load: two CPU-bound processes run beside it for its whole run,
 # so a test whose pass depends on an idle machine fails here rather than by chance in CI.
 #   scripts/stress.sh                                   every test, as scripts/test.sh
-#   scripts/stress.sh tests/test_kubernetes_clouds.py   some of them
+#   scripts/stress.sh tests/platforms/test_kubernetes_clouds.py   some of them
 # HOGS=N changes the number of busy processes (default 2: this machine's core count).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,16 +18,16 @@ from commandlab_async.emulators.faults import FaultyDockerProxy
 from commandlab_async.platforms import REGISTRY, PlatformEntry
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerOptions
-from tests.fake_driver import FakeCloud, FakeDriver
+from tests.lifecycle.fake_driver import FakeCloud, FakeDriver
 
 # A user's project, run in subprocesses by test_pytest_plugin.py.
 collect_ignore = ["plugin_project"]
 
 pytest_plugins = [
-    "tests.aws_support",
-    "tests.azure_support",
-    "tests.gcp_support",
-    "tests.k8s_support",
+    "tests.platforms.aws_support",
+    "tests.platforms.azure_support",
+    "tests.platforms.gcp_support",
+    "tests.platforms.k8s_support",
 ]
 
 BASE_IMAGE = "commandlab/python-base:bookworm-ps-users"
@@ -64,7 +64,7 @@ atexit.register(shutil.rmtree, _STATE_DIR, ignore_errors=True)
 # pace the whole run at real clouds' documented rates (a session-long moto would meet
 # Fargate's and ACI's buckets), shared with every other test run of this user, and leave
 # a bucket file per emulator address in the runtime directory.
-# tests/test_machine_quota.py turns them on, in a runtime directory of its own.
+# tests/lifecycle/test_machine_quota.py turns them on, in a runtime directory of its own.
 os.environ.setdefault("COMMANDLAB_MACHINE_QUOTA", "off")
 
 # The engine as the test process found it: tests point DOCKER_HOST at a proxy served by
@@ -155,13 +155,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 async def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeCloud]:
-    """The local Docker platform served by tests/fake_driver.py: no engine, milliseconds."""
+    """Local Docker served by tests/lifecycle/fake_driver.py: no engine, milliseconds."""
     cloud = FakeCloud()
     monkeypatch.setattr(FakeDriver, "cloud", cloud, raising=False)
     monkeypatch.setitem(
         REGISTRY,
         DockerPlatform.LOCAL,
-        PlatformEntry(DockerOptions, "tests.fake_driver:FakeDriver"),
+        PlatformEntry(DockerOptions, "tests.lifecycle.fake_driver:FakeDriver"),
     )
     runner = await cloud.serve()
     try:

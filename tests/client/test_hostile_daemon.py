@@ -1,4 +1,4 @@
-"""The client against a daemon that lies (tests/hostile_daemon.py): every lie is a typed
+"""The client against a daemon that lies (tests/client/hostile_daemon.py): every lie is a typed
 error (a ``DaemonError``) or a correct, bounded result, in bounded memory and time.
 
 Memory is the test process's tracemalloc peak above its level before the call. The liar
@@ -43,7 +43,7 @@ from commandlab_async.errors import (
     FileTooLargeError,
     RemoteFileNotFoundError,
 )
-from tests.hostile_daemon import (
+from tests.client.hostile_daemon import (
     END_CHUNKS,
     FRAMES_TYPE,
     HONEST_HEALTH,
@@ -65,7 +65,7 @@ from tests.hostile_daemon import (
     json_reply,
     raw_json_reply,
 )
-from tests.test_daemon import TOKEN, Daemon, start_daemon, stop_daemons
+from tests.daemon.test_daemon import TOKEN, Daemon, start_daemon, stop_daemons
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from commandlab_async import Computer, RemoteOSError
-from tests.test_daemon import TOKEN, Daemon, start_daemon, stop_daemons
+from tests.daemon.test_daemon import TOKEN, Daemon, start_daemon, stop_daemons
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -2,7 +2,7 @@
 
 The daemon runs on the host here, so /proc shows the processes its commands start.
 Set COMMANDLAB_TEST_DAEMON_PYTHON (e.g. to a python3.9) to run the daemon under another
-interpreter (see tests/daemon_bundle.py).
+interpreter (see tests/daemon/daemon_bundle.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from commandlab_async.daemon import http as daemon_http
 from commandlab_async.daemon import processes as daemon_processes
 from commandlab_async.daemon import protocol
 from commandlab_async.daemon import server as daemon_server
-from tests.daemon_bundle import daemon_argv
+from tests.daemon.daemon_bundle import daemon_argv
 
 pytestmark = pytest.mark.unit
 

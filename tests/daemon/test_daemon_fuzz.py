@@ -33,7 +33,7 @@ from commandlab_async.daemon import http as daemon_http
 from commandlab_async.daemon import processes as daemon_processes
 from commandlab_async.daemon import protocol
 from commandlab_async.daemon import users as daemon_users
-from tests.test_daemon import (
+from tests.daemon.test_daemon import (
     AUTH,
     AUTH_LINE,
     TOKEN,

@@ -23,7 +23,7 @@ import pytest
 
 from commandlab_async.daemon import bundle, file_agent, protocol
 from commandlab_async.daemon.errors import RequestError
-from tests.daemon_bundle import daemon_zipapp
+from tests.daemon.daemon_bundle import daemon_zipapp
 
 pytestmark = pytest.mark.unit
 

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from commandlab_async.daemon import config as daemon_config
-from tests.daemon_bundle import daemon_argv
-from tests.test_daemon import (
+from tests.daemon.daemon_bundle import daemon_argv
+from tests.daemon.test_daemon import (
     Frames,
     Response,
     exec_body,

@@ -1,6 +1,6 @@
 """A real Inspect eval on commandlab sandboxes, and the provider's own edges.
 
-The eval (tests/inspect_eval/eval_task.py) runs in a subprocess, as a user would run
+The eval (tests/integrations/inspect_eval/eval_task.py) runs in a subprocess, as a user would run
 it: 10 samples at once, each using the bash tool in its own sandbox, scored by Inspect.
 """
 

@@ -1,4 +1,4 @@
-"""The pytest plugin as a user meets it: tests/plugin_project run by pytest in a
+"""The pytest plugin as a user meets it: tests/integrations/plugin_project run by pytest in a
 subprocess (plain, with xdist, keeping failures, killed), and what it leaves behind."""
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Bringing sandboxes up and down: provision, fleets, warm pools, quotas, specs, handles, crashes."""
+"""Sandboxes up and down: provision, fleets, warm pools, quotas, specs, handles, crashes."""

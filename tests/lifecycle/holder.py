@@ -1,4 +1,4 @@
-"""A user program that holds a fleet until killed: ``python -m tests.holder COUNT [IMAGE]``.
+"""A user program holding a fleet until killed: ``python -m tests.lifecycle.holder COUNT [IMAGE]``.
 
 Prints ``ready`` once the fleet is up. Signal and crash tests run it as a subprocess;
 ``HOLDER_PLATFORM=kubernetes`` makes it hold pods on the cluster ``KUBECONFIG`` names;

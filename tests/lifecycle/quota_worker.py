@@ -1,4 +1,4 @@
-"""One process of the machine-wide quota tests: ``python -m tests.quota_worker MODE JSON``.
+"""A process of the machine-wide quota tests: ``python -m tests.lifecycle.quota_worker MODE JSON``.
 
 It imports everything first, prints ``ready``, and waits for a line on stdin, so that
 every process starts at once; then it works and prints one JSON line.
@@ -25,7 +25,7 @@ from commandlab_async import DockerPlatform, provision_many, set_machine_quotas
 from commandlab_async._lifecycle.machine_quota import MachineBuckets, MachineQuota
 from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver
 from commandlab_async.platforms.gcp_cloud_run.options import CloudRunTarget
-from tests.gcp_support import cloud_run_spec
+from tests.platforms.gcp_support import cloud_run_spec
 
 
 async def take_tokens(quotas: list[dict[str, Any]], takes: int) -> dict[str, Any]:

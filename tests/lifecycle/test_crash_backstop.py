@@ -49,7 +49,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 class Holder:
-    """A subprocess holding a fleet (tests/holder.py)."""
+    """A subprocess holding a fleet (tests/lifecycle/holder.py)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -75,7 +75,9 @@ async def spawn() -> AsyncIterator[Callable[..., Coroutine[Any, Any, Holder]]]:
     async def start(
         count: int = 2, image: str | None = None, env: dict[str, str] | None = None
     ) -> Holder:
-        args = [sys.executable, "-m", "tests.holder", str(count)] + ([image] if image else [])
+        args = [sys.executable, "-m", "tests.lifecycle.holder", str(count)] + (
+            [image] if image else []
+        )
         proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})}
         )

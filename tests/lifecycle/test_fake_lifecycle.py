@@ -33,7 +33,7 @@ from commandlab_async._lifecycle import limits as limits_module
 from commandlab_async._lifecycle.identity import EXPIRES_AT, MANAGED, SESSION
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerTarget
-from tests.fake_driver import FakeCloud, FakeDriver, FakeSandbox
+from tests.lifecycle.fake_driver import FakeCloud, FakeDriver, FakeSandbox
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 

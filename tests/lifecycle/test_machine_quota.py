@@ -1,7 +1,7 @@
 """One quota for the machine: every process of this user shares each cloud's rate quotas.
 
 The buckets are real files in a runtime directory of the test's own, taken from by real
-processes (``tests/quota_worker.py``); the end-to-end tests bring fleets up from eight
+processes (``tests/lifecycle/quota_worker.py``); the end-to-end tests bring fleets up from eight
 processes at once against the Cloud Run emulator, whose write quota refuses what goes
 over it, and measure what it received.
 """
@@ -50,9 +50,9 @@ from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver
 from commandlab_async.platforms.gcp_cloud_run.options import CloudRunTarget
 from commandlab_async.platforms.kubernetes.driver import KubernetesDriver
 from commandlab_async.platforms.kubernetes.options import KubernetesTarget
-from tests.gcp_support import start_emulator, stop_emulator
+from tests.platforms.gcp_support import start_emulator, stop_emulator
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def rate_line(what: str, stamps: Sequence[float], per_second: float, burst: int)
 async def workers(
     mode: str, arguments: Sequence[dict[str, Any]], env: dict[str, str]
 ) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    """Start one ``tests.quota_worker`` per ``arguments``, each ready (imports done);
+    """Start one ``tests.lifecycle.quota_worker`` per ``arguments``, each ready (imports done);
     kill, on the way out, any still running."""
     procs: list[asyncio.subprocess.Process] = []
     try:
@@ -114,7 +114,7 @@ async def workers(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "tests.quota_worker",
+                    "tests.lifecycle.quota_worker",
                     mode,
                     json.dumps(args),
                     stdin=asyncio.subprocess.PIPE,

@@ -14,10 +14,10 @@ from commandlab_async._admin.reaper import gc as reap
 from commandlab_async.emulators.aci import AciEmulator
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.kubernetes import KubeEmulator
-from tests.aws_support import Aws
-from tests.azure_support import aci_spec
-from tests.gcp_support import cloud_run_spec
-from tests.k8s_support import kube_spec
+from tests.platforms.aws_support import Aws
+from tests.platforms.azure_support import aci_spec
+from tests.platforms.gcp_support import cloud_run_spec
+from tests.platforms.k8s_support import kube_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]
 

@@ -34,8 +34,8 @@ from commandlab_async._lifecycle.limits import Limiter
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.conftest import docker, our_containers
-from tests.gcp_support import cloud_run_spec
-from tests.k8s_support import NAMESPACE, kube_spec, our_pods
+from tests.platforms.gcp_support import cloud_run_spec
+from tests.platforms.k8s_support import NAMESPACE, kube_spec, our_pods
 
 pytestmark = pytest.mark.docker
 

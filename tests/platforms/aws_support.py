@@ -15,7 +15,7 @@ import pytest
 from commandlab_async import DockerPlatform, DockerSpec, EcsOptions, RunningSandbox
 from commandlab_async.emulators.faults import FaultyHttpProxy
 from commandlab_async.emulators.moto import MotoServer, pin_ecs_tasks, reset
-from tests.daemon_bundle import daemon_argv
+from tests.daemon.daemon_bundle import daemon_argv
 
 DAEMON = daemon_argv  # python3 -I -S <the daemon's zipapp>, as an image runs it
 REGION = "us-east-1"

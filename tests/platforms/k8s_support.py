@@ -18,7 +18,7 @@ from commandlab_async import KubeconfigOptions, KubernetesSpec
 from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
 from commandlab_async.emulators.clusters import ClusterFakes
 from commandlab_async.emulators.kubernetes import KubeEmulator
-from tests.azure_support import AZURE_ENV
+from tests.platforms.azure_support import AZURE_ENV
 
 NAMESPACE = "sandboxes"
 REGION = "us-east-1"

@@ -26,7 +26,7 @@ from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION_ID, new_ide
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
-from tests.aws_support import REGION, Aws
+from tests.platforms.aws_support import REGION, Aws
 
 pytestmark = pytest.mark.aws
 

@@ -31,15 +31,15 @@ from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.aci import AciEmulator, arm_client
 from commandlab_async.emulators.faults import Rule
-from tests.azure_support import (
+from tests.client.test_tls import tls_server
+from tests.conftest import EXITS_IMAGE
+from tests.platforms.azure_support import (
     RESOURCE_GROUP,
     aci_spec,
     foreign_group,
     start_emulator,
     stop_emulator,
 )
-from tests.conftest import EXITS_IMAGE
-from tests.test_tls import tls_server
 
 pytestmark = pytest.mark.docker
 

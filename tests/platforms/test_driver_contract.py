@@ -45,11 +45,11 @@ from commandlab_async.emulators.kubernetes import KubeEmulator
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.specs import Spec
-from tests.aws_support import Aws
-from tests.azure_support import aci_spec
 from tests.conftest import EXITS_IMAGE, docker, our_containers
-from tests.gcp_support import cloud_run_spec
-from tests.k8s_support import NAMESPACE, kube_spec, our_pods
+from tests.platforms.aws_support import Aws
+from tests.platforms.azure_support import aci_spec
+from tests.platforms.gcp_support import cloud_run_spec
+from tests.platforms.k8s_support import NAMESPACE, kube_spec, our_pods
 
 
 class Faults(Protocol):

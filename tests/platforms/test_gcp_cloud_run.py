@@ -32,7 +32,7 @@ from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.platforms.driver import token_digest
 from tests.conftest import EXITS_IMAGE
-from tests.gcp_support import (
+from tests.platforms.gcp_support import (
     PARENT,
     PROJECT,
     REGION,

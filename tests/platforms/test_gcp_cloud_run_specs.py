@@ -20,7 +20,7 @@ from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver, gcp_labels
 from commandlab_async.platforms.gcp_cloud_run.id_tokens import IdTokens
 from commandlab_async.platforms.gcp_cloud_run.options import LABEL_KEY, LABEL_VALUE
-from tests.gcp_support import cloud_run_spec
+from tests.platforms.gcp_support import cloud_run_spec
 
 pytestmark = pytest.mark.unit
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import trustme
 import yaml
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, VersionApi
 
+from commandlab_async.emulators._https import Listener, LocalCA
 from commandlab_async.emulators.clusters import AKS_SERVER_APP, ClusterFakes, verify_eks_token
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.errors import BackendError, MissingExtraError, SpecError
@@ -37,7 +37,7 @@ from commandlab_async.platforms.base import KubernetesPlatform
 from commandlab_async.platforms.kubernetes.logins import ClusterLogin, login
 from commandlab_async.platforms.kubernetes.logins import tokens as tokens_module
 from commandlab_async.platforms.kubernetes.options import AKS_SERVER_SCOPE, KubernetesTarget
-from tests.k8s_support import REGION
+from tests.platforms.k8s_support import REGION
 
 pytestmark = pytest.mark.unit
 
@@ -73,33 +73,30 @@ class ApiServer:
     ``Status``, as the API server does).
     """
 
-    def __init__(self, verify: Verify | None = None, *, client_ca: trustme.CA | None = None):
+    def __init__(self, verify: Verify | None = None, *, client_ca: LocalCA | None = None):
         self.verify = verify
         self.client_ca = client_ca
-        self.ca = trustme.CA()
-        self.ca_pem = self.ca.cert_pem.bytes()
+        self.ca = LocalCA()
+        self.ca_pem = self.ca.pem
         self.url = ""
         self.seen: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener(self._serve, shutdown_timeout=0.5)
 
     async def start(self) -> ApiServer:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        if self.client_ca is not None:
+        context = self.ca.server_context()
+        if self.client_ca is not None:  # a cluster's users have a CA of their own
             context.verify_mode = ssl.CERT_OPTIONAL
-            context.load_verify_locations(cadata=self.client_ca.cert_pem.bytes().decode())
-        app = web.Application()
-        app.router.add_get("/version", self._version)
-        app.router.add_get("/version/", self._version)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context).start()
-        self.url = f"https://127.0.0.1:{self._runner.addresses[0][1]}"
+            context.load_verify_locations(cadata=self.client_ca.pem.decode())
+        self.url = f"https://127.0.0.1:{await self._listener.start(context)}"
         return self
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._listener.close()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path.rstrip("/") == "/version":
+            return await self._version(request)
+        raise web.HTTPNotFound()
 
     @property
     def port(self) -> int:
@@ -281,14 +278,12 @@ async def test_kubeconfig_with_a_token(tmp_path: Path, api_server: Any) -> None:
 
 async def test_kubeconfig_with_a_client_certificate(tmp_path: Path, api_server: Any) -> None:
     # kind and minikube: the API server authenticates the client certificate; no token.
-    users_ca = trustme.CA()
+    users_ca = LocalCA()
     api = await api_server(client_ca=users_ca)
-    cert = users_ca.issue_cert(
-        "kubernetes-admin", common_name="kubernetes-admin", organization_name="system:masters"
-    )
+    cert, key = users_ca.client_cert("kubernetes-admin", "system:masters")
     user = {
-        "client-certificate-data": base64.b64encode(cert.cert_chain_pems[0].bytes()).decode(),
-        "client-key-data": base64.b64encode(cert.private_key_pem.bytes()).decode(),
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(key).decode(),
     }
     path = kubeconfig(tmp_path / "config", {"kind": (api.url, api.ca_pem)}, {"kind": user}, "kind")
     cluster = await login(local(path))

@@ -33,7 +33,13 @@ from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.emulators.kubernetes import KubeEmulator
 from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE, commandlab_cli
-from tests.k8s_support import NAMESPACE, kube_spec, our_pods, start_emulator, stop_emulator
+from tests.platforms.k8s_support import (
+    NAMESPACE,
+    kube_spec,
+    our_pods,
+    start_emulator,
+    stop_emulator,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -275,10 +281,15 @@ async def test_gc_sweeps_the_namespace_by_labels_and_spares_live_siblings(
 
 
 async def _holder(count: int) -> asyncio.subprocess.Process:
-    """A process holding ``count`` pods on the emulator (tests/holder.py), once ready."""
+    """A process holding ``count`` pods on the emulator (tests/lifecycle/holder.py), once ready."""
     env = {**os.environ, "HOLDER_PLATFORM": KubernetesPlatform.LOCAL.value}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.holder", str(count), stdout=asyncio.subprocess.PIPE, env=env
+        sys.executable,
+        "-m",
+        "tests.lifecycle.holder",
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"

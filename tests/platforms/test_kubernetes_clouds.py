@@ -25,7 +25,7 @@ from commandlab_async import (
 from commandlab_async.emulators.clusters import ClusterFakes, verify_eks_token
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.emulators.kubernetes import KubeEmulator
-from tests.k8s_support import NAMESPACE, REGION, our_pods
+from tests.platforms.k8s_support import NAMESPACE, REGION, our_pods
 
 pytestmark = [pytest.mark.docker, pytest.mark.aws]
 
