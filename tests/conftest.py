@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION_ID
 from commandlab_async.emulators.faults import FaultyDockerProxy
+from commandlab_async.labels import SESSION
 from commandlab_async.platforms import REGISTRY, PlatformEntry
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerOptions
 from tests.lifecycle.fake_driver import FakeCloud, FakeDriver
 
 # A user's project, run in subprocesses by test_pytest_plugin.py.
-collect_ignore = ["plugin_project"]
+collect_ignore = ["integrations/plugin_project"]
 
 pytest_plugins = [
     "tests.platforms.aws_support",
