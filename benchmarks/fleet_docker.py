@@ -40,7 +40,8 @@ import aiohttp
 from _report import table  # benchmarks/ is on sys.path when a script runs
 
 from commandlab_async import DockerOptions, DockerSpec, provision, provision_many
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION_ID
+from commandlab_async.labels import SESSION
 
 IMAGE = "commandlab/computer:latest"
 DAEMON_PORT = 8000

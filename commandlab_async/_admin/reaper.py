@@ -16,22 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from .._lifecycle.identity import (
-    EXPIRES_AT,
-    MANAGED,
-    NEVER,
-    OWNER_NS,
-    PID,
-    PID_START,
-    SESSION,
-    SESSION_ID,
-    owner_namespace,
-    process_start_ticks,
-)
+from .._lifecycle.identity import SESSION_ID, owner_namespace, process_start_ticks
 from .._lifecycle.leases import Backend, open_backend
 from .._lifecycle.shielding import shielded
 from .._validation import check_number, to_number
 from ..errors import BackendTimeoutError, CleanupError, SpecError
+from ..labels import EXPIRES_AT, MANAGED, NEVER, OWNER_NS, PID, PID_START, SESSION
 from ..platforms.base import Target
 from ..platforms.driver import SandboxRecord
 from ..specs import DockerSpec, KubernetesSpec, Spec

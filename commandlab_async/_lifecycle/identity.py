@@ -29,39 +29,20 @@ from ..labels import (
     DETACHED,
     EXPIRES_AT,
     HOST,
-    LABEL_PREFIX,
     MANAGED,
     NEVER,
     OWNER_NS,
     PID,
     PID_START,
-    POOL,
     SESSION,
-    TEST_RUN,
-    WORKER,
 )
 from ..platforms.driver import SESSION_ID, SandboxIdentity
 
 if TYPE_CHECKING:
     from ..specs import Spec
 
-# The label keys are re-exported: they are defined in the public labels module.
 __all__ = [
-    "CREATED_AT",
-    "DETACHED",
-    "EXPIRES_AT",
-    "HOST",
-    "LABEL_PREFIX",
-    "MANAGED",
-    "NEVER",
-    "OWNER_NS",
-    "PID",
-    "PID_START",
-    "POOL",
-    "SESSION",
     "SESSION_ID",
-    "TEST_RUN",
-    "WORKER",
     "SandboxIdentity",
     "labelled",
     "new_identity",

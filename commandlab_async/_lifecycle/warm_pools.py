@@ -37,9 +37,10 @@ import aiohttp
 from .._client.transport import new_session
 from .._validation import check_bool, check_int, check_number
 from ..errors import CommandLabError, FleetError, ProvisionError, SpecError
+from ..labels import POOL
 from ..specs import Spec, checked_spec
 from .events import EventCallback, EventKind
-from .identity import POOL, labelled, new_identity
+from .identity import labelled, new_identity
 from .leases import Backend, lease, open_backend
 from .member import Member, bring_up, tear_down, tear_down_all
 from .readiness import daemon_start

@@ -26,7 +26,8 @@ import pytest
 from commandlab_async import Computer, DaemonError, DockerSpec, provision
 from commandlab_async._client.tls import make_sandbox_tls
 from commandlab_async._client.transport import new_session
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION_ID
+from commandlab_async.labels import SESSION
 from commandlab_async.platforms.driver import token_digest
 from tests.conftest import docker, our_containers
 

@@ -20,17 +20,9 @@ import pytest
 from commandlab_async import CleanupError, DockerSpec, gc, provision
 from commandlab_async._admin import reaper
 from commandlab_async._admin.reaper import why_reap
-from commandlab_async._lifecycle.identity import (
-    EXPIRES_AT,
-    OWNER_NS,
-    PID,
-    PID_START,
-    SESSION,
-    owner_labels,
-    owner_namespace,
-    process_start_ticks,
-)
+from commandlab_async._lifecycle.identity import owner_labels, owner_namespace, process_start_ticks
 from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
+from commandlab_async.labels import EXPIRES_AT, OWNER_NS, PID, PID_START, SESSION
 from commandlab_async.platforms.driver import SandboxRecord
 from tests.conftest import NEVER_HEALTHY_IMAGE, commandlab_cli, docker, our_containers
 

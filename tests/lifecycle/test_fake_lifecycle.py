@@ -30,7 +30,7 @@ from commandlab_async import (
     set_limits,
 )
 from commandlab_async._lifecycle import limits as limits_module
-from commandlab_async._lifecycle.identity import EXPIRES_AT, MANAGED, SESSION
+from commandlab_async.labels import EXPIRES_AT, MANAGED, SESSION
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerTarget
 from tests.lifecycle.fake_driver import FakeCloud, FakeDriver, FakeSandbox

@@ -28,11 +28,11 @@ from commandlab_async import (
     set_limits,
 )
 from commandlab_async._lifecycle import limits
-from commandlab_async._lifecycle.identity import PID, POOL
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async._lifecycle.limits import Limiter
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.kubernetes import KubeEmulator
+from commandlab_async.labels import PID, POOL
 from tests.conftest import docker, our_containers
 from tests.platforms.gcp_support import cloud_run_spec
 from tests.platforms.k8s_support import NAMESPACE, kube_spec, our_pods

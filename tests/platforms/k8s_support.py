@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from commandlab_async import KubeconfigOptions, KubernetesSpec
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION_ID
 from commandlab_async.emulators.clusters import ClusterFakes
 from commandlab_async.emulators.kubernetes import KubeEmulator
+from commandlab_async.labels import SESSION
 from tests.platforms.azure_support import AZURE_ENV
 
 NAMESPACE = "sandboxes"

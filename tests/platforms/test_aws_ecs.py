@@ -22,9 +22,10 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import SESSION_ID, new_identity
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.faults import Rule
+from commandlab_async.labels import EXPIRES_AT
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from tests.platforms.aws_support import REGION, Aws
 

@@ -27,10 +27,11 @@ from commandlab_async import (
 from commandlab_async._admin.reaper import gc
 from commandlab_async._client.tls import make_sandbox_tls
 from commandlab_async._lifecycle import limits as limits_module
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID
+from commandlab_async._lifecycle.identity import SESSION_ID
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.aci import AciEmulator, arm_client
 from commandlab_async.emulators.faults import Rule
+from commandlab_async.labels import SESSION
 from tests.client.test_tls import tls_server
 from tests.conftest import EXITS_IMAGE
 from tests.platforms.azure_support import (

@@ -36,12 +36,13 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async._lifecycle.identity import SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import SESSION_ID, new_identity
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.aci import AciEmulator
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.faults import FaultyProxy, Rule
 from commandlab_async.emulators.kubernetes import KubeEmulator
+from commandlab_async.labels import SESSION
 from commandlab_async.platforms.aws_ecs.driver import NAME_TAG
 from commandlab_async.platforms.driver import Driver
 from commandlab_async.specs import Spec

@@ -26,10 +26,11 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION, SESSION_ID, new_identity
+from commandlab_async._lifecycle.identity import SESSION_ID, new_identity
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.faults import Rule
+from commandlab_async.labels import EXPIRES_AT, SESSION
 from commandlab_async.platforms.driver import token_digest
 from tests.conftest import EXITS_IMAGE
 from tests.platforms.gcp_support import (

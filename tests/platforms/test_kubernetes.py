@@ -28,10 +28,11 @@ from commandlab_async import (
     provision,
     provision_many,
 )
-from commandlab_async._lifecycle.identity import EXPIRES_AT, SESSION, new_identity
+from commandlab_async._lifecycle.identity import new_identity
 from commandlab_async._lifecycle.leases import open_backend
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.emulators.kubernetes import KubeEmulator
+from commandlab_async.labels import EXPIRES_AT, SESSION
 from tests.conftest import HANGS_IMAGE, NEVER_HEALTHY_IMAGE, commandlab_cli
 from tests.platforms.k8s_support import (
     NAMESPACE,

@@ -16,7 +16,8 @@ from commandlab_async import (
     KubernetesSpec,
     SpecError,
 )
-from commandlab_async._lifecycle.identity import SESSION, new_identity
+from commandlab_async._lifecycle.identity import new_identity
+from commandlab_async.labels import SESSION
 from commandlab_async.platforms.driver import token_digest
 from commandlab_async.platforms.kubernetes.manifests import (
     SANDBOX,
