@@ -97,9 +97,9 @@ async def read_logs(
     """What the sandbox ``name`` on ``where`` (default: local Docker) printed — its
     daemon's log — as chunks; with ``follow``, as it comes until the sandbox stops.
 
-    An async generator: stop early with ``contextlib.aclosing`` (or by breaking out of
-    an ``async for``) and its connections are closed. Raises UnsupportedOperationError
-    on platforms whose driver cannot read logs.
+    An async generator: to stop early, iterate it inside ``contextlib.aclosing`` so its
+    connection closes at once rather than when the generator is collected. Raises
+    UnsupportedOperationError on platforms whose driver cannot read logs.
     """
     (target,) = _targets(where)
     async with AsyncExitStack() as stack:

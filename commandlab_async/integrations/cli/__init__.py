@@ -202,10 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     # The library's warnings (a saved handle it skipped...), said as the CLI says things.
-    warnings = logging.StreamHandler()
-    warnings.setFormatter(logging.Formatter("commandlab: warning: %(message)s"))
-    warnings.setLevel(logging.WARNING)
-    logging.getLogger("commandlab_async").addHandler(warnings)
+    said = logging.StreamHandler()
+    said.setFormatter(_Said())
+    said.setLevel(logging.WARNING)
+    library = logging.getLogger("commandlab_async")
+    library.addHandler(said)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
@@ -219,3 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"internal error: {exc!r} (COMMANDLAB_DEBUG=1 shows where)", FAILED)
         traceback.print_exception(exc)
         return FAILED
+    finally:
+        library.removeHandler(said)
+
+
+class _Said(logging.Formatter):
+    """``commandlab: warning: <message>``, as the CLI's own messages read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"commandlab: {record.levelname.lower()}: {record.getMessage()}"
