@@ -69,6 +69,7 @@ for _ in range(int(sys.argv[1])):
         port += 1
         env = dict(os.environ, COMMANDLAB_PORT=str(port), COMMANDLAB_HOST="127.0.0.1",
                    COMMANDLAB_TOKEN_SHA256=hashlib.sha256(token.encode()).hexdigest())
+        env.pop("COMMANDLAB_SOCKET", None)  # the sandbox's own daemon's: these listen on TCP
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
         while True:
