@@ -10,6 +10,7 @@ import sys
 import threading
 
 from .config import ConfigError, load_config, tls_context
+from .desktop import start_desktop
 from .http import log
 from .processes import Registry, oom_score_adjustable
 from .protocol import LISTENING, SERVING_TLS, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_SHA256_ENV
@@ -69,13 +70,18 @@ def main() -> None:
     with contextlib.suppress(ValueError, RuntimeError):
         threading.stack_size(512 * 1024)
     registry = Registry(oom_adjust=oom_adjust)
+    # The X server comes up before the daemon listens: a ready daemon has a ready desktop
+    # (and commands get its DISPLAY).
+    desktop = start_desktop(os.environ, os.environ)
     try:
-        server = Server(config, registry, os.environ, umask, os.getcwd(), tls)
+        server = Server(config, registry, os.environ, umask, os.getcwd(), tls, desktop)
     except OSError as exc:
         _fail(f"cannot listen on {config.address}: {exc}", 1)
 
     def stop(reason: str) -> NoReturn:
         killed = registry.kill_all()
+        if desktop is not None:
+            desktop.stop()
         log(f"{reason}; killed {killed} process group(s); exiting")
         _exit_now(0)
 

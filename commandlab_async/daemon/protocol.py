@@ -117,7 +117,10 @@ SOCKET_ENV = "COMMANDLAB_SOCKET"
 TTL_ENV = "COMMANDLAB_TTL"
 TLS_CERT_ENV = "COMMANDLAB_TLS_CERT"
 TLS_KEY_ENV = "COMMANDLAB_TLS_KEY"
+DESKTOP_ENV = "COMMANDLAB_DESKTOP"  # set by a desktop image: "xvfb"
+SCREEN_ENV = "COMMANDLAB_SCREEN"  # the desktop's size: "<width>x<height>x<depth>"
 
+DEFAULT_SCREEN = (1280, 800, 24)
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "0.0.0.0"
 
@@ -135,6 +138,7 @@ PROCESSES_PATH = "/processes"  # then /<id>, /<id>/output, /<id>/signal
 FILES_PATH = "/files"
 FILE_STAT_PATH = "/files/stat"
 FILE_LIST_PATH = "/files/list"
+DESKTOP_PATH = "/desktop"
 
 MAX_HEADER_BYTES = 64 * 1024  # a request's head (line and headers)
 MAX_HEADER_COUNT = 100
@@ -229,6 +233,9 @@ METHOD_NOT_ALLOWED = "method_not_allowed"  # with "allow": the methods allowed
 UNAUTHORIZED = "unauthorized"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL_ERROR = "internal_error"
+NO_DESKTOP = "no_desktop"  # the image has no desktop
+DESKTOP_UNAVAILABLE = "desktop_unavailable"  # its X server failed or died
+BAD_ACTION = "bad_action"  # with "index": the action's place in its batch (or null)
 
 # What ran out, in a resource_exhausted error's "limit".
 LIMIT_PIDS = "pids"
@@ -266,4 +273,7 @@ ERROR_STATUS = {
     UNAUTHORIZED: 401,
     SHUTTING_DOWN: 503,
     INTERNAL_ERROR: 500,
+    NO_DESKTOP: 501,
+    DESKTOP_UNAVAILABLE: 503,
+    BAD_ACTION: 400,
 }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from .desktop import handle_desktop
 from .errors import RequestError
 from .exec import handle_exec, handle_processes
 from .files import handle_get_file, handle_list, handle_put_file, handle_stat
 from .protocol import (
+    DESKTOP_PATH,
     EXEC_PATH,
     FILE_LIST_PATH,
     FILE_STAT_PATH,
@@ -35,6 +37,7 @@ ROUTES: dict[str, dict[str, Callable[[Exchange], None]]] = {
     FILES_PATH: {"GET": handle_get_file, "HEAD": handle_get_file, "PUT": handle_put_file},
     FILE_STAT_PATH: {"GET": handle_stat},
     FILE_LIST_PATH: {"GET": handle_list},
+    DESKTOP_PATH: {"GET": handle_desktop, "POST": handle_desktop},
 }
 
 

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .config import Config
+    from .desktop import Desktop
     from .processes import Registry
 
 MAX_CONNECTIONS = 4096
@@ -155,8 +156,10 @@ class Server:
         umask: int,
         workdir: str,
         tls: ssl.SSLContext | None = None,
+        desktop: Desktop | None = None,
     ) -> None:
         self.config = config
+        self.desktop = desktop  # None: the image has no desktop
         self.tls = tls  # None: plain HTTP
         self.registry = registry
         self.base_env = dict(base_env)
@@ -489,6 +492,7 @@ class Server:
                 "preauth_bytes": self.preauth_budget,
             },
             "tls": self.tls is not None,
+            "desktop": None if self.desktop is None else self.desktop.summary(),
         }
 
     def health(self, conn: Conn, request: Request) -> bool:
