@@ -10,6 +10,7 @@ from ._admin.handles import connect
 from ._admin.reaper import GC_TIMEOUT, Reaped, gc, remove
 from ._admin.sandboxes import SandboxInfo, list_sandboxes, read_logs, target_for
 from ._client.computer import Computer
+from ._client.desktop import Actions, BatchResult, Desktop, Screenshot, Window
 from ._client.files import FileInfo
 from ._client.history import CommandRecord
 from ._client.processes import CommandResult, OutputChunk, Process, ProcessInfo
@@ -36,8 +37,11 @@ from .errors import (
     DaemonProtocolError,
     DaemonUnreachableError,
     DaemonUnresponsiveError,
+    DesktopError,
+    DesktopUnavailableError,
     FileTooLargeError,
     FleetError,
+    InvalidActionError,
     MissingExtraError,
     OutputLimitExceededError,
     ProvisionError,
@@ -64,6 +68,7 @@ from .platforms.gcp_cloud_run.options import CloudRunOptions
 from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
 from .specs import (
     DEFAULT_IMAGE,
+    DESKTOP_IMAGE,
     PLATFORMS,
     DockerPlatform,
     DockerSpec,
@@ -77,14 +82,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DESKTOP_IMAGE",
     "GC_TIMEOUT",
     "PLATFORMS",
     "AciOptions",
+    "Actions",
     "AksOptions",
     "AuthenticationError",
     "BackendError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "BatchResult",
     "CleanupError",
     "CloudRunOptions",
     "CommandLabError",
@@ -96,6 +104,9 @@ __all__ = [
     "DaemonProtocolError",
     "DaemonUnreachableError",
     "DaemonUnresponsiveError",
+    "Desktop",
+    "DesktopError",
+    "DesktopUnavailableError",
     "DockerOptions",
     "DockerPlatform",
     "DockerSpec",
@@ -108,6 +119,7 @@ __all__ = [
     "Fleet",
     "FleetError",
     "GkeOptions",
+    "InvalidActionError",
     "KubeconfigOptions",
     "KubernetesPlatform",
     "KubernetesSpec",
@@ -135,12 +147,14 @@ __all__ = [
     "SandboxExitedError",
     "SandboxInfo",
     "SandboxNotFoundError",
+    "Screenshot",
     "Spec",
     "SpecError",
     "Target",
     "UnsupportedOperationError",
     "UnsupportedPlatformError",
     "WarmPool",
+    "Window",
     "__version__",
     "connect",
     "gc",

@@ -299,6 +299,29 @@ class DaemonError(CommandLabError):
         self.code = code
 
 
+class DesktopError(DaemonError):
+    """The sandbox's desktop could not do what was asked (the X server refused it)."""
+
+
+class DesktopUnavailableError(DesktopError):
+    """The sandbox's desktop is not running: its X server did not start, or died.
+
+    Commands and files still work, and the sandbox is deleted as usual.
+    """
+
+
+class InvalidActionError(CommandLabError, ValueError):
+    """A desktop action that cannot run, found before anything was sent: an unknown key
+    (the message suggests close names), a point off the screen, an empty drag...
+
+    ``index`` is the action's place in its batch (None for a single call).
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class DaemonUnreachableError(DaemonError):
     """No connection could be made to the daemon (or it dropped the connection)."""
 

@@ -28,6 +28,7 @@ from .platforms.base import (
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DESKTOP_IMAGE",
     "MIN_MEMORY",
     "MIN_PIDS",
     "PLATFORMS",
@@ -46,6 +47,8 @@ __all__ = [
 #: The project's computer image, built locally by ``scripts/build-images.sh``
 #: or ``docker build commandlab_async/image``.
 DEFAULT_IMAGE = "commandlab/computer:latest"
+DESKTOP_IMAGE = "commandlab/desktop:latest"
+"""The computer image with a desktop (X server, window manager, fonts): ``computer.desktop``."""
 
 _NAME_PREFIX = re.compile(r"[a-z][a-z0-9-]{0,29}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -97,6 +100,10 @@ class _SandboxSpec:
     network: Literal["none"] | None = None
     """``"none"``: the sandbox has no network at all, only loopback (local Docker, whose
     daemon then serves on a Unix socket). None: the platform's default network."""
+    screen: tuple[int, int] | tuple[int, int, int] = (1280, 800, 24)
+    """A desktop image's screen: width, height (and depth, 24 or 16) in pixels. The size
+    models expect by default, so a screenshot's pixels are the click coordinates. Images
+    without a desktop ignore it."""
     run_as_root: bool = False
     """Run the daemon and commands as root with the platform's default capabilities (for
     workloads that install packages); by default the image's unprivileged user runs
@@ -190,6 +197,7 @@ class _SandboxSpec:
             )
         if self.disk is not None:
             check_int("disk", self.disk, low=64, high=16 * 1024 * 1024, unit="MiB")
+        self._check_screen()
         if self.network not in (None, "none"):
             raise SpecError("network", f"must be None or 'none', got {self.network!r}")
         check_bool("run_as_root", self.run_as_root)
@@ -205,6 +213,21 @@ class _SandboxSpec:
             )
         if self.endpoint_resolver is not None and not callable(self.endpoint_resolver):
             raise SpecError("endpoint_resolver", "must be an async callable")
+
+    def _check_screen(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, tuple | list) or len(screen) not in (2, 3):
+            raise SpecError(
+                "screen", f"must be (width, height) or (width, height, depth), got {screen!r}"
+            )
+        if len(screen) == 2:
+            screen = (*screen, 24)
+        width, height, depth = screen
+        check_int("screen", width, low=16, high=8192, unit="pixels wide")
+        check_int("screen", height, low=16, high=8192, unit="pixels high")
+        if depth not in (16, 24) or isinstance(depth, bool):
+            raise SpecError("screen", f"depth must be 24 or 16, got {depth!r}")
+        object.__setattr__(self, "screen", (width, height, depth))
 
     def _check_scope(self, options: PlatformOptions) -> None:
         for name in self._scope_fields:

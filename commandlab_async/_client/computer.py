@@ -27,6 +27,8 @@ from ..errors import (
     DaemonProtocolError,
     DaemonUnreachableError,
     DaemonUnresponsiveError,
+    DesktopError,
+    DesktopUnavailableError,
     FileTooLargeError,
     OutputLimitExceededError,
     RemoteFileNotFoundError,
@@ -40,6 +42,8 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..platforms.base import HeaderSource
+from ..specs import DESKTOP_IMAGE
+from .desktop import Desktop
 from .files import FileInfo, parse_listing, read_local
 from .history import CommandRecord, History
 from .liveness import CHECK_AFTER, PROBE_TIMEOUT, Liveness
@@ -165,6 +169,7 @@ class Computer:
         self._lifetime = Lifetime() if lifetime is None else lifetime
         self._kept = False
         self._history = History()
+        self._desktop: Desktop | None = None
 
     @property
     def name(self) -> str:
@@ -196,6 +201,15 @@ class Computer:
     def expires_at(self) -> float | None:
         """When the sandbox's TTL deletes it (epoch seconds); None if it has no TTL."""
         return self._lifetime.expires_at
+
+    @property
+    def desktop(self) -> Desktop:
+        """The screen, keyboard and mouse of a desktop sandbox (an image with a desktop,
+        such as ``DESKTOP_IMAGE``). On an image without one, its calls raise
+        :class:`UnsupportedOperationError`."""
+        if self._desktop is None:
+            self._desktop = Desktop(self)
+        return self._desktop
 
     @property
     def kept(self) -> bool:
@@ -820,6 +834,17 @@ def _typed_error(
         )
     if code == wire.USER_UNSUPPORTED:
         return UnsupportedOperationError(message, sandbox=sandbox, status=status, code=code)
+    if code == wire.NO_DESKTOP:
+        return UnsupportedOperationError(
+            f"{message}: provision it with image={DESKTOP_IMAGE!r} (or an image built from it)",
+            sandbox=sandbox,
+            status=status,
+            code=code,
+        )
+    if code == wire.DESKTOP_UNAVAILABLE:
+        return DesktopUnavailableError(message, sandbox=sandbox, status=status, code=code)
+    if code == wire.BAD_ACTION:
+        return DesktopError(message, sandbox=sandbox, status=status, code=code)
     return DaemonError(f"{code}: {message}", sandbox=sandbox, status=status, code=code)
 
 

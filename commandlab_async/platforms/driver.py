@@ -369,6 +369,7 @@ def daemon_env(spec: Spec, identity: SandboxIdentity) -> dict[str, str]:
     env = dict(spec.env)
     env[wire.TOKEN_SHA256_ENV] = token_digest(identity.token)
     env[wire.PORT_ENV] = str(spec.daemon_port)
+    env[wire.SCREEN_ENV] = "x".join(str(n) for n in spec.screen)
     if identity.expires_at is not None:
         env[wire.TTL_ENV] = f"{max(identity.expires_at - time.time(), 1.0):.0f}"
     return env

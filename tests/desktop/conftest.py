@@ -1,0 +1,97 @@
+"""A desktop sandbox on local Docker, and the apps that record what reaches its screen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from commandlab_async import DESKTOP_IMAGE, Computer, DockerSpec, provision
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(scope="session")
+def desktop_image() -> str:
+    """The desktop image, built (or rebuilt for a changed daemon) when the tests need it."""
+    subprocess.run([str(ROOT / "scripts/build-images.sh"), "desktop"], check=True, cwd=ROOT)
+    return DESKTOP_IMAGE
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def desktop(desktop_image: str) -> AsyncIterator[Computer]:
+    """One desktop sandbox for a module's tests (each starts its own app)."""
+    async with provision(DockerSpec(image=desktop_image, ready_timeout=60)) as computer:
+        for app in APPS.glob("*.py"):
+            await computer.write_file(f"/tmp/apps/{app.name}", app.read_bytes())
+        yield computer
+
+
+async def wait_for_file(computer: Computer, path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (await computer.run(["test", "-e", path])).ok:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+class App:
+    """A recording app started on the desktop; stopped when the test ends."""
+
+    def __init__(self, computer: Computer, name: str, record: str) -> None:
+        self.computer = computer
+        self.name = name
+        self.record = record
+
+    async def events(self, settle: float = 0.3) -> list[dict[str, Any]]:
+        await asyncio.sleep(settle)  # the app writes what reached it as it handles it
+        text = (await self.computer.read_file(self.record)).decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+    async def typed(self, expected: str, timeout: float = 20.0) -> str:
+        """What the terminal received, once it is as long as ``expected`` (in bytes)."""
+        want = len(expected.encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            data = await self.computer.read_file(self.record)
+            if len(data) >= want or time.monotonic() > deadline:
+                await asyncio.sleep(0.1)  # anything more (which would be wrong) shows too
+                return (await self.computer.read_file(self.record)).decode("utf-8", "replace")
+            await asyncio.sleep(0.05)
+
+
+async def start_app(computer: Computer, kind: str) -> App:
+    """``events``: a full-screen Tk window logging mouse and key events as JSON lines;
+    ``typed``: an xterm whose every typed byte goes to a file."""
+    # "[a]": the pattern must not match the shell that runs pkill.
+    await computer.run("pkill -f '/tmp/[a]pps/'; pkill xterm; rm -rf /tmp/rec; mkdir /tmp/rec")
+    record, ready = f"/tmp/rec/{kind}", f"/tmp/rec/{kind}.ready"
+    if kind == "events":
+        argv = ["python3", "/tmp/apps/events.py", record, ready]
+    else:
+        argv = [
+            "xterm",
+            "-u8",
+            "-fa",
+            "Monospace",
+            "-geometry",
+            "100x30+0+0",
+            "-e",
+            "python3",
+            "/tmp/apps/typed.py",
+            record,
+            ready,
+        ]
+    async with computer.start(argv, env={"LANG": "C.UTF-8"}, background=True):
+        pass
+    await wait_for_file(computer, ready)
+    await asyncio.sleep(0.3)  # mapped and focused
+    return App(computer, kind, record)
