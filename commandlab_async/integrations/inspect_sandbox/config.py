@@ -27,6 +27,11 @@ class CommandLabSandboxConfig(BaseModel):
 
     platform: str = "docker"
     image: str = DEFAULT_IMAGE
+    screen: tuple[int, int] | tuple[int, int, int] | None = None
+    """A desktop image's screen (width, height[, depth]); None: the spec's default
+    (1280x800). Inspect tells models with native computer use of a 1366x768 screen: for its
+    ``computer()`` tool use (1366, 768), or (1920, 1080), which the tool shows scaled down
+    to fit 1366x768 as Inspect's own tool does."""
     user: str | None = None
     """Who commands and files run as when Inspect names no user. None: the daemon's own
     user (root with ``run_as_root``). With ``run_as_root`` and an unprivileged ``user``
@@ -73,6 +78,8 @@ class CommandLabSandboxConfig(BaseModel):
             "resource_group": self.resource_group,
             "project_id": self.project_id,
         }
+        if self.screen is not None:
+            fields["screen"] = self.screen
         # Set only: a Kubernetes field on another platform is an error, not a default.
         for name in ("namespace", "cluster_name"):
             if getattr(self, name) is not None:
