@@ -232,3 +232,33 @@ async def test_a_dead_x_server_is_a_typed_error_and_the_sandbox_still_goes(
         health = await computer.health()
         assert "exited" in health["desktop"]["failure"]
         assert (await computer.run("echo still here")).stdout == "still here\n"
+
+
+# Inside the sandbox: a second X server without MIT-SHM, driven by the daemon's own code.
+_CORE_PATH = r"""
+import subprocess, sys, time, os
+sys.path.insert(0, "/opt/commandlab/daemon.pyz")
+from commandlab_daemon.desktop import open_session
+from commandlab_daemon import png
+server = subprocess.Popen(["Xvfb", ":7", "-screen", "0", "320x200x24", "-nolisten", "tcp",
+                           "-extension", "MIT-SHM"], stderr=subprocess.DEVNULL)
+try:
+    while not os.path.exists("/tmp/.X11-unix/X7"):
+        time.sleep(0.01)
+    session = open_session(7)
+    shot = session.screenshot(None, None)
+    width, height, _rgb = png.decode(__import__("base64").b64decode(shot["png"]))
+    print(session.capture_kind, shot["capture"], width, height)
+    session.detach()
+finally:
+    server.kill()
+"""
+
+
+async def test_without_shared_memory_the_core_path_captures_and_says_so(
+    desktop: Computer,
+) -> None:
+    await desktop.write_file("/tmp/core_path.py", _CORE_PATH.encode())
+    result = await desktop.run(["python3", "/tmp/core_path.py"], timeout=30)
+    assert result.ok, result.stderr
+    assert result.stdout.split() == ["core", "core", "320", "200"]
