@@ -93,5 +93,13 @@ async def start_app(computer: Computer, kind: str) -> App:
     async with computer.start(argv, env={"LANG": "C.UTF-8"}, background=True):
         pass
     await wait_for_file(computer, ready)
-    await asyncio.sleep(0.3)  # mapped and focused
+    # A click gives it the focus (openbox may not focus a new window right after input to
+    # another). The Tk app records it: its record (appended to) starts again after it.
+    if kind == "events":
+        await computer.desktop.click(1279, 799)
+        await asyncio.sleep(0.2)
+        await computer.run(["truncate", "-s", "0", record])
+    else:  # inside the terminal; a left click types nothing
+        await computer.desktop.click(50, 100)
+        await asyncio.sleep(0.2)
     return App(computer, kind, record)
