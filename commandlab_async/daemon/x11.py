@@ -105,7 +105,8 @@ class Connection:
         except (OSError, struct.error) as exc:
             self.sock.close()
             raise XConnectionError(f"cannot connect to display :{display}: {exc}") from exc
-        self.sock.settimeout(None)  # the reader blocks; waiters time out instead
+        # The timeout stays: a write to a server that stopped reading fails (and breaks
+        # the connection) instead of holding the desktop forever; the reader waits on.
         self._send_lock = threading.Lock()
         self._seq = 0  # the last request's sequence number (full count, not 16 bits)
         self._waiters: dict[int, _Waiter] = {}
@@ -118,12 +119,19 @@ class Connection:
 
     # ------------------------------------------------------------ setup
 
-    def _recv_exact(self, n: int) -> bytes:
+    def _recv_exact(self, n: int, patient: bool = False) -> bytes:
+        """``n`` bytes; ``patient``: however long they take (the reader), else within the
+        socket's timeout."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self.sock.recv_into(view[got:])
+            try:
+                k = self.sock.recv_into(view[got:])
+            except socket.timeout:  # noqa: UP041  # Python 3.9: not yet TimeoutError
+                if patient:
+                    continue
+                raise
             if not k:
                 raise XConnectionError("the X server closed the connection")
             got += k
@@ -186,24 +194,27 @@ class Connection:
             waiter.error = XConnectionError(reason)
             waiter.done.set()
 
+    def _write(self, data: bytes, fds: list[int] | None) -> None:
+        """Write requests (with ``fds`` passed alongside); a failure breaks the connection."""
+        try:
+            if fds:
+                data = data[socket.send_fds(self.sock, [data], fds) :]
+            if data:
+                self.sock.sendall(data)
+        except OSError as exc:  # a timeout too: a server that stopped reading
+            self._fail(f"cannot write to the X server: {exc}")
+            raise XConnectionError(self.broken or str(exc)) from exc
+
     def send(self, requests: list[bytes], fds: list[int] | None = None) -> int:
         """Send requests that expect no reply; the last one's sequence number."""
         with self._send_lock:
             if self.broken is not None:
                 raise XConnectionError(self.broken)
-            data = b"".join(requests)
-            try:
-                if fds:
-                    socket.send_fds(self.sock, [data], fds)
-                else:
-                    self.sock.sendall(data)
-            except OSError as exc:
-                self._fail(f"cannot write to the X server: {exc}")
-                raise XConnectionError(self.broken or str(exc)) from exc
+            self._write(b"".join(requests), fds)
             self._seq += len(requests)
             return self._seq
 
-    def call(self, request: bytes, fds: list[int] | None = None) -> bytes:
+    def call(self, request: bytes) -> bytes:
         """Send one request that has a reply and wait for the reply (32 bytes + data)."""
         waiter = _Waiter()
         with self._send_lock:
@@ -212,14 +223,7 @@ class Connection:
             seq = self._seq + 1
             with self._state_lock:
                 self._waiters[seq & 0xFFFF] = waiter
-            try:
-                if fds:
-                    socket.send_fds(self.sock, [request], fds)
-                else:
-                    self.sock.sendall(request)
-            except OSError as exc:
-                self._fail(f"cannot write to the X server: {exc}")
-                raise XConnectionError(self.broken or str(exc)) from exc
+            self._write(request, None)
             self._seq = seq
         if not waiter.done.wait(self.timeout):
             self._fail(f"the X server did not answer within {self.timeout:g}s")
@@ -236,11 +240,11 @@ class Connection:
     def _read_loop(self) -> None:
         try:
             while True:
-                head = self._recv_exact(32)
+                head = self._recv_exact(32, patient=True)
                 kind = head[0]
                 if kind == 1:  # a reply, maybe with more data
                     (length,) = struct.unpack_from("<I", head, 4)
-                    packet = head + self._recv_exact(length * 4) if length else head
+                    packet = head + self._recv_exact(length * 4, True) if length else head
                     self._deliver(head, packet, None)
                 elif kind == 0:  # an error
                     code, _seq, value, minor, major = struct.unpack_from("<BHIHB", head, 1)
@@ -248,7 +252,7 @@ class Connection:
                 elif kind == 35:  # a generic event: we select none, but skip its data
                     (length,) = struct.unpack_from("<I", head, 4)
                     if length:
-                        self._recv_exact(length * 4)
+                        self._recv_exact(length * 4, True)
                 elif self.on_event is not None:
                     self.on_event(head)
         except (OSError, XConnectionError) as exc:
