@@ -262,3 +262,18 @@ async def test_without_shared_memory_the_core_path_captures_and_says_so(
     result = await desktop.run(["python3", "/tmp/core_path.py"], timeout=30)
     assert result.ok, result.stderr
     assert result.stdout.split() == ["core", "core", "320", "200"]
+
+
+async def test_a_stopped_x_server_is_a_typed_error_in_bounded_time(desktop_image: str) -> None:
+    """An X server that stops reading and answering: the call fails within the X reply
+    timeout (5 s) instead of holding the desktop, even with more to write than a socket
+    holds (a long text's key events)."""
+    async with provision(DockerSpec(image=desktop_image)) as computer:
+        assert (await computer.run("pkill -STOP Xvfb")).ok
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(DesktopUnavailableError):
+            await computer.desktop.type("x" * 200_000)
+        assert asyncio.get_running_loop().time() - start < 15
+        with pytest.raises(DesktopUnavailableError):
+            await computer.desktop.screenshot()
+        await computer.run("pkill -CONT Xvfb")

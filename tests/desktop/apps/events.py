@@ -58,10 +58,15 @@ def ready():
     # from a click: openbox may not focus a new window right after input to another.)
     placed = (root.winfo_rootx(), root.winfo_rooty(), root.winfo_width(), root.winfo_height())
     if placed != (0, 0, width, height):
+        tries.append(1)
+        if len(tries) % 20 == 0:  # openbox sometimes maps it maximized instead: ask again
+            root.attributes("-fullscreen", False)
+            root.attributes("-fullscreen", True)
         root.after(50, ready)
         return
     root.after(100, lambda: open(sys.argv[2], "w").close())
 
 
+tries = []
 root.after(100, ready)
 root.mainloop()
