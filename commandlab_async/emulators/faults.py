@@ -124,6 +124,10 @@ class FaultyProxy:
         self.requests: list[str] = []
         self.spans: list[tuple[str, float, float]] = []
         """(request, started, finished) on the loop clock, for every finished request."""
+        self.arrived: list[tuple[str, float]] = []
+        """(request, when it arrived) on the loop clock, for every request."""
+        self._frozen = False
+        self._freeze_after: str | None = None
         self._listener = Listener(self._handle)
         self._client: aiohttp.ClientSession | None = None
 
@@ -133,6 +137,22 @@ class FaultyProxy:
 
     def calls(self, pattern: str) -> list[str]:
         return [r for r in self.requests if re.fullmatch(pattern, r)]
+
+    def freeze(self, *, after: str | None = None) -> None:
+        """Stop answering, like a server that hangs: from now on no request is forwarded
+        or answered, nor is any answer still on its way, until the proxy closes.
+
+        With ``after``, from the next request matching that pattern on, which the server
+        still receives and acts on (its answer is held like the rest).
+        """
+        if after is None:
+            self._frozen = True
+        else:
+            self._freeze_after = after
+
+    @staticmethod
+    async def _hang() -> None:
+        await asyncio.Event().wait()  # until the listener's shutdown cancels the handler
 
     def peak(self, pattern: str) -> int:
         """Most requests matching ``pattern`` that the engine had in flight at once."""
@@ -171,12 +191,18 @@ class FaultyProxy:
         what = self.describe(request)
         self.requests.append(what)
         started = asyncio.get_running_loop().time()
+        self.arrived.append((what, started))
         try:
             return await self._forward(request, what)
         finally:
             self.spans.append((what, started, asyncio.get_running_loop().time()))
 
     async def _forward(self, request: web.Request, what: str) -> web.StreamResponse:
+        if self._frozen:
+            await self._hang()
+        trigger = self._freeze_after is not None and re.fullmatch(self._freeze_after, what)
+        if trigger:
+            self._freeze_after = None
         rule = next((r for r in self.rules if r.take(what)), None)
         body = await request.read()
         if rule is not None and rule.delay_before:
@@ -192,6 +218,9 @@ class FaultyProxy:
             data=body or None,
             timeout=aiohttp.ClientTimeout(total=None),
         ) as upstream:
+            self._frozen = self._frozen or bool(trigger)
+            if self._frozen:
+                await self._hang()
             if rule is not None and rule.delay_after:
                 await asyncio.sleep(rule.delay_after)
             if rule is not None and (rule.status or rule.drop):
@@ -202,6 +231,8 @@ class FaultyProxy:
                     response.headers[key] = value
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
+                if self._frozen:
+                    await self._hang()
                 await response.write(chunk)
             await response.write_eof()
             return response
