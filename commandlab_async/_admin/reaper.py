@@ -175,15 +175,16 @@ async def _sweep(
     if dry_run or not doomed:
         return [reaped for _, reaped in doomed]
 
-    # Shielded, but not past gc's own deadline.
-    bound = min(_DELETE_TIMEOUT, max(deadline - asyncio.get_running_loop().time(), 0.1))
+    # Shielded, but not past gc's own deadline: each call within its budget, and queueing
+    # behind the others within what is left of the sweep's time.
+    left = max(deadline - asyncio.get_running_loop().time(), 0.1)
+    budget = min(_DELETE_TIMEOUT, left)
 
     async def delete(record: SandboxRecord) -> None:
-        async with backend.limiter.destroy(within=bound):
-            await driver.destroy(record)
+        await backend.limiter.delete(lambda: driver.destroy(record), budget=budget)
 
     results = await asyncio.gather(
-        *(shielded(delete(record), timeout=bound) for record, _ in doomed),
+        *(shielded(delete(record), timeout=left) for record, _ in doomed),
         return_exceptions=True,
     )
     failures = [

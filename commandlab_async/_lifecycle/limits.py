@@ -14,7 +14,8 @@ machine shares: many processes together stay within the backend's documented quo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Limiter", "Limits", "TokenBucket", "limits_for", "set_limits"]
 
+
+# What waiting for a delete slot may take beyond the budgets of the waves ahead of it: the
+# loop's own delays in handing the slot on.
+_SLACK = 0.25
 
 # Set by the user: per platform (every target of it) or per target (one region, cluster...).
 _overrides: dict[str, Limits] = {}
@@ -61,6 +66,7 @@ class _Gauge:
     size: int
     peak: int = 0
     _held: int = 0
+    _waiting: int = 0
     _sem: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,9 +77,22 @@ class _Gauge:
         """Whether a new holder would have to wait."""
         return self._sem.locked()
 
+    @property
+    def holders(self) -> int:
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
     @asynccontextmanager
     async def hold(self, on_held: Callable[[], object] | None = None) -> AsyncIterator[None]:
-        async with self._sem:
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             if on_held is not None:
                 on_held()
             self._held += 1
@@ -82,6 +101,8 @@ class _Gauge:
                 yield
             finally:
                 self._held -= 1
+        finally:
+            self._sem.release()
 
 
 class Limiter:
@@ -97,6 +118,10 @@ class Limiter:
         self._create_rate = TokenBucket(limits.creates_per_second, limits.create_burst)
         self._queued = 0  # users' creates waiting for a slot
         self._changed = asyncio.Event()  # set when a slot frees or the queue empties
+        # When a delete was last answered; and, once one timed out with no answer since
+        # it was sent, when it was sent and when it timed out: see delete().
+        self._last_answer = -math.inf
+        self._silent: tuple[float, float] | None = None
 
     async def close(self) -> None:
         """Nothing to release; present so a Limiter can be leased like a client."""
@@ -143,17 +168,46 @@ class Limiter:
                 got_slot()
             self._changed.set()
 
-    @asynccontextmanager
-    async def destroy(self, *, within: float) -> AsyncIterator[None]:
-        """Hold a delete slot and the machine's token for a delete.
+    async def delete(self, call: Callable[[], Awaitable[None]], *, budget: float) -> None:
+        """Run a delete ``call`` within the limits: a delete slot, then the machine's token.
 
-        ``within`` is the delete's whole budget in seconds, from now. A delete waits for
-        its machine-wide token at most half of what remains of it once it has a slot, and
-        then goes anyway: the other half is the call's (with its retries), so no delete is
-        ever held back past its budget by the quota.
+        ``budget`` (seconds) starts once the slot is held, not while the delete queues
+        behind others: a large fleet's last deletes are sent like its first. Queueing is
+        bounded too, by a budget for each wave of deletes ahead of it in the slots. Of the
+        budget, waiting for the machine-wide token takes at most half (then the delete
+        goes anyway); the rest is the call's, with its retries.
+
+        A delete that waited for its slot while a delete timed out unanswered — no delete
+        answered since that one was sent — is not sent: :class:`TimeoutError` at once. On
+        a hung backend the deletes queued behind a wave that timed out give up with it,
+        rather than time out wave after wave; deletes that come later are sent (one
+        answer is enough to show the backend is back).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        async with self.destroys.hold():
-            await self.machine.take_delete(patience=(deadline - loop.time()) / 2)
-            yield
+        queued_at = loop.time()
+        ahead = self.destroys.holders + self.destroys.waiting
+        sent: float | None = None
+        try:
+            async with asyncio.timeout(
+                budget * math.ceil(ahead / self.destroys.size) + _SLACK
+            ) as deadline:
+                async with self.destroys.hold():
+                    silent = self._silent
+                    if silent and queued_at <= silent[1] and self._last_answer < silent[0]:
+                        raise TimeoutError(
+                            "not sent: the backend has answered no delete for"
+                            f" {loop.time() - silent[0]:.0f}s"
+                        )
+                    sent = loop.time()
+                    deadline.reschedule(sent + budget)
+                    await self.machine.take_delete(patience=budget / 2)
+                    await call()
+        except TimeoutError:
+            if sent is not None and deadline.expired() and self._last_answer < sent:
+                self._silent = (sent, loop.time())  # before the next in line runs
+            raise
+        except Exception:
+            if sent is not None:
+                self._last_answer = loop.time()  # it answered, if only with an error
+            raise
+        self._last_answer = loop.time()

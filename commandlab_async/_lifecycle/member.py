@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -49,6 +50,11 @@ class Member:
     progress: Progress = field(default_factory=Progress)
     background: bool = False
     """Made ahead of need (a warm pool's refill): it yields create slots to users' creates."""
+    on_failure: Callable[[], None] | None = None
+    """Called the moment it is known to fail: at its ready deadline (before its create
+    settles), so a fleet can stop its other members at once."""
+    torn_down: bool = False
+    """tear_down ran (or runs): a second call does nothing."""
 
     def __post_init__(self) -> None:
         self.lifetime.expires_at = self.identity.expires_at
@@ -64,22 +70,57 @@ class Member:
 async def bring_up_all(
     members: list[Member], http: aiohttp.ClientSession, *, keep_going: bool
 ) -> list[Exception]:
-    """Bring every member up concurrently; return the errors of those that failed."""
-    tasks = [asyncio.create_task(bring_up(m, http)) for m in members]
+    """Bring every member up concurrently; return the errors of those that failed, each
+    failed member already deleted.
+
+    All or nothing (``keep_going=False``): the moment one member fails (its ready deadline
+    passes, or an error), the others are stopped — a member still waiting for a create
+    slot never sends its create — and each member is deleted as soon as its own create
+    has settled, those already up at once. So the whole fleet is gone within one
+    ``destroy_timeout`` of the first failure (a wave of deletes at a time when it has
+    more members than the target's delete slots and the backend is slow to answer).
+    """
+    tasks: list[asyncio.Task[None]] = []
+    deletes: list[asyncio.Task[None]] = []
+    stopped = False
+
+    def stop(cause: Member) -> None:
+        """Stop every other member now (synchronously: before any of them runs again)."""
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        for member, task in zip(members, tasks, strict=True):
+            if member is cause:
+                continue  # its own deadline or error ends it: a cancel would mask that
+            if not task.done():
+                task.cancel()  # it deletes what it made once its create settled
+            elif member.computer is not None:  # up already: delete it now
+                deletes.append(asyncio.create_task(tear_down(member, pending=None)))
+
+    async def up(member: Member) -> None:
+        if not keep_going:
+            member.on_failure = lambda: stop(member)
+        try:
+            await bring_up(member, http)
+        except BaseException as exc:
+            if not keep_going and not isinstance(exc, asyncio.CancelledError):
+                stop(member)
+            await tear_down(member, pending=exc)
+            raise
+        finally:
+            member.on_failure = None
+
+    tasks += [asyncio.create_task(up(m)) for m in members]
     try:
-        if keep_going:
-            await asyncio.wait(tasks)
-        else:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in tasks:
-                task.cancel()  # all or nothing: one failed, the rest need not finish
-            await asyncio.wait(tasks)
+        await asyncio.wait(tasks)
+        if deletes:
+            await asyncio.wait(deletes)
     except asyncio.CancelledError:
         for task in tasks:
             task.cancel()
-        # Each member lets its in-flight create settle; wait for that before cleanup.
-        grace = max(m.spec.destroy_timeout for m in members) + 1.0
-        await shielded(asyncio.wait(tasks), timeout=grace)
+        # Each member lets its in-flight create settle, then deletes what it made.
+        await shielded(asyncio.wait(tasks + deletes), timeout=_settle_bound(members))
         raise
     failed: list[Exception] = []
     for task in tasks:
@@ -87,7 +128,27 @@ async def bring_up_all(
             if not isinstance(error, Exception):
                 raise error
             failed.append(error)
+    for task in deletes:  # the members that were up: their cleanup failures, noted
+        if not task.cancelled() and (error := task.exception()) is not None:
+            if not isinstance(error, Exception):
+                raise error
+            log.error("%s", error)
+            if failed:
+                failed[0].add_note(str(error))
     return failed
+
+
+def _settle_bound(members: Sequence[Member]) -> float:
+    """How long members cancelled together may take to settle their creates and be
+    deleted: half a cleanup budget to settle, then a budget for each wave of deletes."""
+    return (
+        max(
+            m.spec.destroy_timeout
+            * (1.5 + math.ceil(len(members) / m.backend.limiter.destroys.size))
+            for m in members
+        )
+        + 1.0
+    )
 
 
 async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
@@ -103,12 +164,15 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
     loop = asyncio.get_running_loop()
     queued_at = loop.time()
     queued = 0.0
+    alarm: asyncio.TimerHandle | None = None
     try:
         async with asyncio.timeout(None) as deadline:
             progress.state = "waiting for a create slot"
             async with limiter.create(background=member.background):
                 queued = loop.time() - queued_at
                 deadline.reschedule(loop.time() + spec.ready_timeout)
+                if member.on_failure is not None:
+                    alarm = loop.call_at(deadline.when() or 0.0, member.on_failure)
                 progress.state = "creating"
                 member.emit(EventKind.CREATING)
                 member.needs_destroy = True
@@ -149,6 +213,9 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
     except (ProvisionError, BackendError) as exc:
         member.emit(EventKind.FAILED, str(exc))
         raise
+    finally:
+        if alarm is not None:
+            alarm.cancel()
     member.computer = computer
     member.emit(EventKind.READY)
 
@@ -223,6 +290,9 @@ async def tear_down(member: Member, *, pending: BaseException | None) -> None:
     If cleanup fails while another error is on its way out, that error stays the one
     raised and carries a note about the cleanup failure; otherwise CleanupError is raised.
     """
+    if member.torn_down:
+        return
+    member.torn_down = True
     computer = member.computer
     detached = is_detached(member.identity.labels) and pending is None
     kept = computer is not None and (computer.kept or detached)
@@ -242,12 +312,12 @@ async def tear_down(member: Member, *, pending: BaseException | None) -> None:
         budget /= 2  # the create's settling had the first half
 
     async def destroy() -> None:
-        async with limiter.destroy(within=budget):
-            member.emit(EventKind.DESTROYING)
-            await driver.destroy(member.identity)
+        member.emit(EventKind.DESTROYING)
+        await driver.destroy(member.identity)
 
     try:
-        await shielded(destroy(), timeout=budget)
+        # The budget is the call's, from when it is sent; the limiter bounds the queueing.
+        await shielded(limiter.delete(destroy, budget=budget), timeout=None)
     except Exception as exc:
         error = CleanupError(
             f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",

@@ -145,9 +145,6 @@ async def provision_many(
                 raise FleetError(
                     f"{len(failed)} of {len(members)} sandboxes failed to come up", failed
                 )
-            if failed:
-                gone = [m for m in members if m.computer is None]
-                await tear_down_all(gone, pending=None)
             yield Fleet([m.computer for m in members if m.computer is not None], failed)
         except BaseException as exc:
             await tear_down_all(members, pending=exc)

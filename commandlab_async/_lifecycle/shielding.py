@@ -13,8 +13,10 @@ T = TypeVar("T")
 log = logging.getLogger("commandlab_async")
 
 
-async def shielded(aw: Awaitable[T], *, timeout: float) -> T:
+async def shielded(aw: Awaitable[T], *, timeout: float | None) -> T:
     """Await ``aw`` to completion (at most ``timeout`` seconds), whatever cancels the caller.
+
+    ``timeout=None`` is for work that bounds itself.
 
     ``asyncio.shield`` alone returns at the first cancellation and leaves the work running
     unobserved; this keeps waiting through any number of cancellations and re-raises

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from commandlab_async import (
+    CleanupError,
     DockerSpec,
     EventKind,
     FleetError,
@@ -16,12 +21,15 @@ from commandlab_async import (
     Limits,
     ReadyTimeoutError,
     SpecError,
+    gc,
     provision_many,
+    remove,
     set_limits,
 )
 from commandlab_async._lifecycle import limits as limits_module
 from commandlab_async.emulators.faults import FaultyDockerProxy, Rule
-from tests.conftest import NEVER_HEALTHY_IMAGE, our_containers
+from commandlab_async.labels import SESSION
+from tests.conftest import NEVER_HEALTHY_IMAGE, docker, our_containers
 
 pytestmark = pytest.mark.docker
 
@@ -160,3 +168,103 @@ async def test_two_fleets_share_the_process_limits(docker_proxy: FaultyDockerPro
 async def _enter_fleet(specs: list[DockerSpec]) -> None:
     async with provision_many(specs):
         pytest.fail("the body must not run")
+
+
+async def test_a_fleet_on_an_engine_that_hangs_stops_at_once_and_gc_removes_what_it_left(
+    docker_proxy: FaultyDockerProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fleet runs in a process of its own (tests/lifecycle/fleet_worker.py): once it
+    # has exited, gc judges what it left orphaned. Its creates are paced: when the engine
+    # hangs, two members are up, one create reached the engine, one is held before it,
+    # and four wait for a create slot.
+    ready, destroy = 3.0, 3.0
+    worker = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "tests.lifecycle.fleet_worker", "8", str(ready), str(destroy)],
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "DOCKER_HOST": docker_proxy.url},
+    )
+    try:
+        async with asyncio.timeout(30):
+            while len([s for s in docker_proxy.spans if re.fullmatch(_START, s[0])]) < 2:
+                await asyncio.sleep(0.01)
+        docker_proxy.freeze(after=r"POST /containers/create")
+        out, _ = await asyncio.wait_for(worker.communicate(), timeout=60)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    result = json.loads(out.decode().splitlines()[-1])
+    assert result["error"] is not None
+    assert result["error"]["type"] == "FleetError"
+    events = result["events"]
+    up = {name for kind, name, _ in events if kind == "ready"}
+    assert len(up) == 2
+    # A member fails at its ready deadline: ready_timeout after it got its create slot.
+    failed_at = min(t + ready for kind, name, t in events if kind == "creating" and name not in up)
+    creates = [t for what, t in docker_proxy.arrived if what == "POST /containers/create"]
+    assert len(creates) == 4
+    assert max(creates) < failed_at  # none once a member had failed
+    # Every delete hung (the engine did); each was sent at once, and all ended together
+    # within one destroy_timeout of the first failure (not after the creates settled).
+    assert result["ended"] - failed_at <= destroy + 1.0, result["ended"] - failed_at
+    deletes = [t for what, t in docker_proxy.arrived if re.fullmatch(_DELETE, what)]
+    assert len(deletes) == 4
+    assert max(deletes) < failed_at + destroy / 2 + 0.5
+
+    # What the engine made before it hung is all still there, started or not: gc removes it.
+    monkeypatch.delenv("DOCKER_HOST")  # the real engine from here on
+    left = docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label={SESSION}={result['session']}",
+        "--format",
+        "{{.Names}} {{.State}}",
+    ).split("\n")
+    states = dict(line.split() for line in left if line)
+    assert sorted(states.values()) == ["created", "running", "running"], states
+    reaped = await gc()
+    assert set(states) <= {r.name for r in reaped}
+    assert not docker("ps", "-a", "-q", "--filter", f"label={SESSION}={result['session']}")
+
+
+async def test_a_delete_budget_starts_when_it_is_sent_not_while_it_queues(
+    docker_proxy: FaultyDockerProxy,
+) -> None:
+    # Two deletes at a time, each taking 0.6 s, of a fleet of 6, with 1 s each: the last
+    # two wait 1.2 s for a slot. Every one is sent and done.
+    set_limits("docker", Limits(creates_in_flight=6, creates_per_second=100, destroys_in_flight=2))
+    docker_proxy.add(Rule(_DELETE, delay_before=0.6))
+    async with provision_many(DockerSpec(destroy_timeout=1.0), count=6):
+        pass
+    assert len(docker_proxy.calls(_DELETE)) == 6
+    assert docker_proxy.peak(_DELETE) == 2
+    assert our_containers() == []
+
+
+async def test_deletes_queued_behind_a_wave_that_hung_give_up_with_it(
+    docker_proxy: FaultyDockerProxy,
+) -> None:
+    # Deletes hang; two at a time. The first two time out after their second; the four
+    # queued behind them are not sent: the engine answered none, they would hang too.
+    set_limits("docker", Limits(creates_in_flight=6, creates_per_second=100, destroys_in_flight=2))
+    hang = docker_proxy.add(Rule(_DELETE, delay_before=60, times=2))
+    loop = asyncio.get_running_loop()
+    started = 0.0
+    with pytest.raises(FleetError) as caught:
+        async with provision_many(DockerSpec(destroy_timeout=1.0), count=6) as fleet:
+            names = [c.name for c in fleet]
+            started = loop.time()
+    took = loop.time() - started
+    assert 0.9 <= took < 2.0, took  # one budget, not three waves of it
+    assert len(caught.value.exceptions) == 6
+    assert all(isinstance(e, CleanupError) for e in caught.value.exceptions)
+    assert len(docker_proxy.calls(_DELETE)) == 2
+    assert sum("not sent" in str(e) for e in caught.value.exceptions) == 4
+    # Deletes that come later are sent: the engine answers again (the hang was two).
+    assert hang.times == 0
+    assert sorted(r.name for r in await remove(names=names)) == sorted(names)
+
+
+_START = r"POST /containers/[^/]+/start"
+_DELETE = r"DELETE /containers/[^/]+"

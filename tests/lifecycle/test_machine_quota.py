@@ -210,12 +210,15 @@ async def test_a_delete_never_waits_past_its_patience(runtime_dir: Path) -> None
 @pytest.mark.unit
 async def test_limiter_destroy_waits_at_most_half_its_budget(runtime_dir: Path) -> None:
     limiter = Limiter(Limits(), MachineBuckets([quota(0.1, 1, creates=False, deletes=True)]))
-    async with limiter.destroy(within=0.1):  # the bucket's one token
-        pass
+    sent: list[float] = []
+
+    async def call() -> None:
+        sent.append(time.monotonic())
+
+    await limiter.delete(call, budget=0.1)  # the bucket's one token
     started = time.monotonic()
-    async with limiter.destroy(within=0.6):  # due in 10 s
-        waited = time.monotonic() - started
-    assert 0.25 <= waited < 0.6  # half of 0.6 s, then the delete goes
+    await limiter.delete(call, budget=0.6)  # due in 10 s
+    assert 0.25 <= sent[-1] - started < 0.6  # half of 0.6 s, then the delete goes
 
 
 @pytest.mark.unit
