@@ -14,6 +14,7 @@ from commandlab_async._admin.reaper import gc as reap
 from commandlab_async.emulators.aci import AciEmulator
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.emulators.kubernetes import KubeEmulator
+from tests.daemon.daemon_bundle import daemon_zipapp
 from tests.platforms.aws_support import Aws
 from tests.platforms.azure_support import aci_spec
 from tests.platforms.gcp_support import cloud_run_spec
@@ -35,6 +36,9 @@ def blockbuster() -> Iterator[BlockBuster]:
     # Finalise what earlier tests left to the garbage collector first (a stopped gRPC
     # server joins a thread when it is freed): not this test's calls, so not its failure.
     gc.collect()
+    # The ECS test's resolver runs the daemon's zipapp on the host: the harness builds it
+    # once per session, and not under the guard whichever test comes first.
+    daemon_zipapp()
     with blockbuster_ctx("commandlab_async") as bb:
         # aiodocker's constructor looks for the Docker socket and context once per
         # driver lease (one stat of a local file per fleet): allowed, and only there.
