@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from commandlab_async._lifecycle.identity import SESSION_ID
 from commandlab_async.emulators.faults import FaultyDockerProxy
@@ -20,6 +21,12 @@ from commandlab_async.platforms import REGISTRY, PlatformEntry
 from commandlab_async.platforms.base import DockerPlatform
 from commandlab_async.platforms.docker.options import DockerOptions
 from tests.lifecycle.fake_driver import FakeCloud, FakeDriver
+
+# Property tests draw the same examples on every run: a test suite that fails by chance
+# throws work away. COMMANDLAB_HYPOTHESIS=explore draws new ones (to hunt, not to gate).
+hypothesis_settings.register_profile("deterministic", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("COMMANDLAB_HYPOTHESIS", "deterministic"))
 
 # A user's project, run in subprocesses by test_pytest_plugin.py.
 collect_ignore = ["integrations/plugin_project"]

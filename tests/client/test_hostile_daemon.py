@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import example as with_example
 from hypothesis import strategies as st
 
 from commandlab_async._client import computer as computer_module
@@ -776,11 +777,12 @@ def kept_by_the_rules(events: list[tuple[str, bytes | int]], max_output: int) ->
             first, item = first + take, item[len(take) :]
             past_head = bool(item)
         rest += item
-    tail = rest[len(rest) - tail_room :] if tail_room else b""
+    tail = rest[max(len(rest) - tail_room, 0) :] if tail_room else b""
     return first + tail, omitted + len(rest) - len(tail)
 
 
 @PROPERTY
+@with_example(max_output=8, events=[("gap", 0), ("out", b"\x00\x00\x00")])  # less than the tail
 @given(
     max_output=st.integers(min_value=0, max_value=3000),
     events=st.lists(
