@@ -7,15 +7,20 @@ and the ``kube`` fixture fails a test that leaves a pod, service, deployment or 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from kubernetes_asyncio.client import CoreV1Api
 
 from commandlab_async import (
     BackendError,
@@ -173,6 +178,61 @@ async def test_a_missing_kubeconfig_is_a_spec_error_and_nothing_else(
     assert info.value.field == "kubeconfig"
     assert not getattr(info.value, "__notes__", None), "no cleanup was needed, none failed"
     assert kube.requests == []
+
+
+async def test_an_api_server_that_refuses_connections_is_one_error_and_no_delete(
+    kube: KubeEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The emulator's kubeconfig, its server a loopback port nothing listens on.
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    kubeconfig = kube.write_kubeconfig(tmp_path / "down", namespace=NAMESPACE)
+    assert kube.url is not None
+    kubeconfig.write_text(kubeconfig.read_text().replace(kube.url, f"https://127.0.0.1:{port}"))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    with (
+        caplog.at_level(logging.WARNING, logger="commandlab_async"),
+        pytest.raises(BackendError, match=r"could not reach the API server") as info,
+    ):
+        async with provision(kube_spec(ready_timeout=10)):
+            pytest.fail("the body must not run")
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert info.value.transient is True
+    # Never created, so never deleted: no "could not delete it" after the create's error.
+    assert not getattr(info.value, "__notes__", None), "no cleanup was needed, none failed"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "could not delete" not in caplog.text
+    assert kube.requests == []
+
+
+async def test_a_create_that_may_have_reached_the_api_server_stays_one_to_delete(
+    kube: KubeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    posts = 0
+
+    async def create_pod(*args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        nonlocal posts
+        posts += 1
+        if posts == 1:  # sent, and perhaps acted on, before the connection dropped
+            raise aiohttp.ServerDisconnectedError()
+        async with aiohttp.ClientSession() as session:  # the retries: refused
+            return await session.post(f"http://127.0.0.1:{port}/")
+
+    monkeypatch.setattr(CoreV1Api, "create_namespaced_pod", create_pod)
+    spec = kube_spec()
+    identity = new_identity(spec)
+    async with AsyncExitStack() as stack:
+        driver = (await open_backend(stack, spec.target())).driver
+        with pytest.raises(BackendError, match="Cannot connect to host") as info:
+            await driver.create(spec, identity)
+        assert posts == driver.attempts
+        assert "could not reach the API server" not in str(info.value)
+        assert not driver.take_not_created(identity.name), "the first POST may have created it"
 
 
 async def test_forbidden_is_raised_at_once_in_the_api_servers_words(kube: KubeEmulator) -> None:

@@ -61,6 +61,8 @@ from .watch import PodWatch, WatchExpired
 __all__ = ["AksDriver", "EksDriver", "GkeDriver", "KubernetesDriver"]
 
 _TRANSIENT_STATUS = {0, *TRANSIENT_STATUS}  # 0: no answer at all
+# What aiohttp raises when it had no connection to send a request on: nothing was sent.
+_NEVER_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 # A watch ends by itself after this long (client-go picks 5..10 minutes) and resumes.
 _WATCH_SECONDS = 300
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
@@ -258,25 +260,50 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         tls = None
         if options.reach != "proxy":
             self._tls[name] = tls = await make_sandbox_tls(name)
-        if options.workload == "deployment":
-            self._workloads[name] = "deployment"
-            owner = await self._create_or_adopt(
-                "create deployment",
-                identity,
-                lambda: apps.create_namespaced_deployment(
-                    ns, deployment_manifest(spec, identity, tls), _preload_content=False
-                ),
-                lambda: apps.read_namespaced_deployment(name, ns, _preload_content=False),
-            )
-        else:
-            owner = await self._create_or_adopt(
-                "create pod",
-                identity,
-                lambda: core.create_namespaced_pod(
-                    ns, pod_manifest(spec, identity, tls), _preload_content=False
-                ),
-                lambda: core.read_namespaced_pod(name, ns, _preload_content=False),
-            )
+        sent = _Sent()
+        try:
+            if options.workload == "deployment":
+                self._workloads[name] = "deployment"
+                owner = await self._create_or_adopt(
+                    "create deployment",
+                    identity,
+                    sent.track(
+                        lambda: apps.create_namespaced_deployment(
+                            ns, deployment_manifest(spec, identity, tls), _preload_content=False
+                        )
+                    ),
+                    lambda: apps.read_namespaced_deployment(name, ns, _preload_content=False),
+                )
+            else:
+                owner = await self._create_or_adopt(
+                    "create pod",
+                    identity,
+                    sent.track(
+                        lambda: core.create_namespaced_pod(
+                            ns, pod_manifest(spec, identity, tls), _preload_content=False
+                        )
+                    ),
+                    lambda: core.read_namespaced_pod(name, ns, _preload_content=False),
+                )
+        except BackendError as exc:
+            if sent.reached:
+                raise
+            # No attempt reached the API server: nothing to delete.
+            self.mark_not_created(name)
+            self._tls.pop(name, None)
+            self._workloads.pop(name, None)
+            cause = exc.__cause__
+            if not isinstance(cause, _NEVER_CONNECTED):
+                raise
+            assert self._login is not None  # _apis() logged in
+            raise BackendError(
+                f"could not reach the API server at {self._login.host}, so nothing was "
+                f"created: {cause}",
+                sandbox=name,
+                platform=str(self.platform),
+                transient=exc.transient,
+                code=exc.code,
+            ) from cause
         if options.service is not None:
             await self._create_or_adopt(
                 "create service",
@@ -547,6 +574,29 @@ class KubernetesDriver(Driver[KubernetesTarget]):
                 )
             )
         return records
+
+
+class _Sent:
+    """Whether any attempt of a retried request may have reached the API server."""
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def track(
+        self, send: Callable[[], Awaitable[aiohttp.ClientResponse]]
+    ) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
+        async def once() -> aiohttp.ClientResponse:
+            try:
+                response = await send()
+            except _NEVER_CONNECTED:
+                raise  # this attempt never reached the API server
+            except BaseException:
+                self.reached = True  # sent, perhaps acted on: only a delete can tell
+                raise
+            self.reached = True
+            return response
+
+        return once
 
 
 def _api_error(response: aiohttp.ClientResponse, body: bytes) -> ApiException:
