@@ -16,6 +16,7 @@ import pytest
 from commandlab_async import (
     DockerPlatform,
     DockerSpec,
+    ReadyTimeoutError,
     RunningSandbox,
     SpecError,
     gc,
@@ -201,3 +202,35 @@ async def test_no_capacity_now_is_retried(aws: Aws) -> None:
         pass
     assert rule.times == 0
     assert len(aws.proxy.calls("RunTask")) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "container", "expected"),
+    [
+        ("PROVISIONING", {}, "lastStatus PROVISIONING"),
+        (
+            "PENDING",
+            {"reason": "ResourceInitializationError: unable to pull secrets or registry auth"},
+            "lastStatus PENDING; container computer PENDING: ResourceInitializationError",
+        ),
+    ],
+    ids=["provisioning", "pending-with-reason"],
+)
+async def test_a_ready_timeout_names_the_tasks_last_status(
+    aws: Aws, status: str, container: dict[str, str], expected: str
+) -> None:
+    # moto starts every task RUNNING: ECS's answer while Fargate is still placing it is
+    # given here instead (the task itself is real, and stopped at the end).
+    task = {
+        "taskArn": f"arn:aws:ecs:{REGION}:123456789012:task/default/0123456789abcdef",
+        "lastStatus": status,
+        "desiredStatus": "RUNNING",
+        "containers": [{"name": "computer", "lastStatus": "PENDING", **container}],
+    }
+    aws.proxy.add(Rule("DescribeTasks", status=200, body={"tasks": [task], "failures": []}))
+    with pytest.raises(ReadyTimeoutError) as info:
+        async with provision(aws.spec(ready_timeout=1.5)):
+            pytest.fail("the body must not run")
+    assert expected in info.value.state, info.value.state
+    assert "created; waiting for the backend to run it" in info.value.state
+    assert aws.proxy.calls("StopTask") == ["StopTask"]

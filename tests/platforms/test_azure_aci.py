@@ -18,6 +18,7 @@ from commandlab_async import (
     BackendError,
     Limits,
     ProvisionError,
+    ReadyTimeoutError,
     RunningSandbox,
     SandboxExitedError,
     provision,
@@ -33,7 +34,7 @@ from commandlab_async.emulators.aci import AciEmulator, arm_client
 from commandlab_async.emulators.faults import Rule
 from commandlab_async.labels import SESSION
 from tests.client.test_tls import tls_server
-from tests.conftest import EXITS_IMAGE
+from tests.conftest import EXITS_IMAGE, NEVER_HEALTHY_IMAGE
 from tests.platforms.azure_support import (
     RESOURCE_GROUP,
     aci_spec,
@@ -149,6 +150,39 @@ async def test_a_container_that_exits_fails_fast_with_its_code(aci: AciEmulator)
         async with provision(aci_spec(aci, image=EXITS_IMAGE)):
             pytest.fail("the body must not run")
     assert aci.live() == []
+
+
+async def test_a_ready_timeout_names_the_pending_group_in_acis_words(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ARM keeps the group Pending (not yet Creating) past the sandbox's deadline.
+    emulator = await start_emulator(tmp_path_factory.mktemp("aci"), monkeypatch, create_latency=30)
+    try:
+        with pytest.raises(ReadyTimeoutError) as info:
+            async with provision(aci_spec(emulator, ready_timeout=1.5)):
+                pytest.fail("the body must not run")
+        assert "provisioningState Pending" in str(info.value), str(info.value)
+        assert "<" not in info.value.state  # no enum or object reprs
+    finally:
+        assert await stop_emulator(emulator) == []
+
+
+@pytest.mark.usefixtures("test_images")
+async def test_a_ready_timeout_while_creating_names_the_container_and_its_last_event(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The container runs but never listens: ACI keeps the group Creating (instance Pending).
+    emulator = await start_emulator(tmp_path_factory.mktemp("aci"), monkeypatch, listen_timeout=60)
+    try:
+        with pytest.raises(ReadyTimeoutError) as info:
+            async with provision(aci_spec(emulator, image=NEVER_HEALTHY_IMAGE, ready_timeout=5)):
+                pytest.fail("the body must not run")
+        state = info.value.state
+        assert "provisioningState Creating, instance Pending" in state, state
+        assert "container computer Running" in state, state
+        assert "Started: Started container" in state, state
+    finally:
+        assert await stop_emulator(emulator) == []
 
 
 async def test_a_lost_create_answer_is_adopted_not_duplicated(aci: AciEmulator) -> None:

@@ -75,6 +75,20 @@ def _without_key(task: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
+def _progress(task: dict[str, Any]) -> str:
+    """Where a task that is not running yet stands, in ECS's words: its lastStatus, the
+    reason ECS gives for a container's status (if any), and its stoppedReason."""
+    parts = [f"lastStatus {task.get('lastStatus') or 'unknown'}"]
+    for container in task.get("containers", []):
+        if reason := container.get("reason"):
+            parts.append(
+                f"container {container.get('name')} {container.get('lastStatus')}: {reason}"
+            )
+    if stopped := task.get("stoppedReason"):
+        parts.append(f"stoppedReason: {stopped}")
+    return "; ".join(parts)
+
+
 class _CapacityFailure(Exception):
     """run_task answered with a failure that a later attempt may not get (capacity)."""
 
@@ -164,6 +178,8 @@ class EcsDriver(Driver[EcsTarget]):
         # optimisation: without it a sandbox is found by startedBy and its name tag.
         self._tasks: dict[str, tuple[str, bool]] = {}
         self._tls: dict[str, SandboxTls] = {}  # name -> its pinned certificate (public IPs)
+        # name -> where its task stood when running() last looked (for waiting_on).
+        self._progress: dict[str, str] = {}
 
     async def close(self) -> None:
         # Task definitions stay registered: they are content-addressed, reused by any
@@ -323,7 +339,9 @@ class EcsDriver(Driver[EcsTarget]):
             task = tasks[0]
             self._raise_if_stopped(identity.name, task)
             if task.get("lastStatus") == "RUNNING":
+                self._progress.pop(identity.name, None)
                 return await self._running(spec, identity.name, task)
+            self._progress[identity.name] = _progress(task)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -369,6 +387,9 @@ class EcsDriver(Driver[EcsTarget]):
                 state=f"{task.get('lastStatus')}: {reason}",
             )
 
+    def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        return self._progress.get(sandbox.name)
+
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         known = self._tasks.get(sandbox.name)
         arns = [known[0]] if known else await self._find(sandbox)
@@ -401,6 +422,7 @@ class EcsDriver(Driver[EcsTarget]):
                     raise
         self._tasks.pop(sandbox.name, None)
         self._tls.pop(sandbox.name, None)
+        self._progress.pop(sandbox.name, None)
 
     async def _stopped_or_missing(self, arn: str, name: str) -> bool:
         """Whether ECS says the task is stopped or does not know it (a refused stop is fine)."""

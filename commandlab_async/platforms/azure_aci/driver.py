@@ -15,6 +15,7 @@ is honoured when the driver starts, not only when aiohttp is imported).
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -61,6 +62,8 @@ _FATAL_EVENTS = ("Failed", "BackOff")
 # Group states once its containers ended (Never restarts): all exited 0, or not; or a
 # user stopped it.
 _STOPPED = ("Succeeded", "Failed", "Stopped")
+# The most of an event's message a ready timeout repeats (an image name can be long).
+_EVENT_CHARS = 200
 # ARM error codes of quotas, with what the user can do about them (never retried: they
 # come as 400, and waiting minutes inside one create would not be what anyone wants).
 _QUOTA_NOTES = {
@@ -155,6 +158,44 @@ def _state_of(group: Any) -> str:
     return str(running or group.provisioning_state or "unknown")
 
 
+def _progress(group: Any) -> str:
+    """Where a group that does not serve yet stands, in ACI's words: its provisioningState
+    and instance view state, each container's state and its latest event."""
+    provisioning = str(group.provisioning_state or "unknown")
+    said = f"provisioningState {provisioning}"
+    instance = group.instance_view.state if group.instance_view else None
+    if instance and instance != provisioning:
+        said += f", instance {instance}"
+    if provisioning == "Succeeded" and not (group.ip_address and group.ip_address.ip):
+        said += ", no IP address yet"
+    parts = [said]
+    for container in group.containers or []:
+        view = container.instance_view
+        current = view.current_state if view is not None else None
+        if current is None or not current.state:
+            continue
+        detail = f" ({current.detail_status})" if current.detail_status else ""
+        part = f"container {container.name} {current.state}{detail}"
+        if events := _events(container):
+            last = _latest(events)
+            message = str(last.message or "")
+            if len(message) > _EVENT_CHARS:
+                message = message[: _EVENT_CHARS - 3] + "..."
+            part += f", last event {last.name}" + (f": {message}" if message else "")
+        parts.append(part)
+    return "; ".join(parts)
+
+
+def _latest(events: list[Any]) -> Any:
+    """The event seen last (a repeated event keeps its place and moves its timestamp)."""
+
+    def when(pair: tuple[int, Any]) -> tuple[float, int]:
+        stamp: datetime.datetime | None = pair[1].last_timestamp
+        return (stamp.timestamp() if stamp is not None else 0.0, pair[0])
+
+    return max(enumerate(events), key=when)[1]
+
+
 def _finished(group: Any) -> bool:
     state = group.instance_view.state if group.instance_view else None
     return state in _STOPPED or group.provisioning_state == "Failed"
@@ -204,6 +245,8 @@ class AciDriver(Driver[AciTarget]):
         self._arm: ContainerInstanceManagementClient | None = None
         self._azure: AzureSession | None = None
         self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
+        # name -> where its group stood when running() last looked (for waiting_on).
+        self._progress: dict[str, str] = {}
 
     @classmethod
     def classify(cls, exc: BaseException) -> Failure | None:
@@ -319,7 +362,9 @@ class AciDriver(Driver[AciTarget]):
                 )
             ip = group.ip_address.ip if group.ip_address else None
             if group.provisioning_state == "Succeeded" and ip:
+                self._progress.pop(identity.name, None)
                 return self._running(spec, identity.name, group, ip, tls)
+            self._progress[identity.name] = _progress(group)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, _MAX_POLL)
 
@@ -339,6 +384,9 @@ class AciDriver(Driver[AciTarget]):
             ssl=tls.client_context(),
         )
 
+    def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        return self._progress.get(sandbox.name)
+
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         group = await self._get(sandbox)
         if group is None:
@@ -348,6 +396,7 @@ class AciDriver(Driver[AciTarget]):
     async def destroy(self, sandbox: SandboxRef) -> None:
         client = await self._client()
         self._tls.pop(sandbox.name, None)
+        self._progress.pop(sandbox.name, None)
         rg = self.target.resource_group
         # The delete's operation is not polled: ARM has taken the group out of the
         # quota and the list once the call is accepted.
