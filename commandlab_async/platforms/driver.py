@@ -153,7 +153,8 @@ class SandboxRecord:
 
 @dataclass(frozen=True)
 class Failure:
-    """How a driver classifies an error of its SDK (by type and status code, never text)."""
+    """How a driver classifies an error of its SDK: by type and status code, and text only
+    where the backend puts nothing else (a Google quota named only in its message)."""
 
     code: int | str | None
     """The backend's HTTP status or error code; None when it did not answer."""

@@ -225,6 +225,55 @@ async def test_service_count_quota_is_a_clear_error(
     assert left == []
 
 
+# Google's quota message (service control's wording); the limit's name says its window.
+_SERVICES_QUOTA = (
+    "Quota exceeded for quota metric 'Services' and limit 'Services per project per region' "
+    "of service 'run.googleapis.com' for consumer 'project_number:123456789'."
+)
+_MAX_SERVICES = "The project exceeds the maximum number of services (1000) in region us-central1."
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(429, {"message": _SERVICES_QUOTA}, id="429-no-details"),
+        pytest.param(429, {"message": _SERVICES_QUOTA, "reason": "QUOTA_EXCEEDED"}, id="429-other"),
+        pytest.param(
+            429, {"message": _MAX_SERVICES, "reason": "RATE_LIMIT_EXCEEDED"}, id="429-rate-reason"
+        ),
+        pytest.param(403, {"message": _SERVICES_QUOTA}, id="403-no-details"),
+        pytest.param(400, {"message": _MAX_SERVICES}, id="400-no-details"),
+    ],
+)
+async def test_a_services_quota_without_its_reason_is_not_retried(
+    cloud_run: CloudRunEmulator, status: int, body: dict[str, str]
+) -> None:
+    """Issue 32: the count of services is full whatever the answer's ErrorInfo says."""
+    cloud_run.add(Rule("CreateService", status=status, body=body))
+    with pytest.raises(BackendError) as info:
+        async with provision(cloud_run_spec()):
+            pytest.fail("the body must not run")
+    assert len(cloud_run.calls("CreateService")) == 1  # asked once: waiting frees nothing
+    error = info.value
+    assert error.transient is False
+    assert isinstance(error.__cause__, google_errors.GoogleAPICallError)
+    assert "1,000 services per region" in "".join(getattr(error, "__notes__", []))
+
+
+async def test_a_write_rate_quota_without_its_reason_is_retried(
+    cloud_run: CloudRunEmulator,
+) -> None:
+    message = (
+        "Quota exceeded for quota metric 'Write requests' and limit 'Write requests per minute "
+        "per region' of service 'run.googleapis.com' for consumer 'project_number:123456789'."
+    )
+    rule = cloud_run.add(Rule("CreateService", status=429, body={"message": message}, times=2))
+    async with provision(cloud_run_spec()) as computer:
+        assert (await computer.run("true")).exit_code == 0
+    assert rule.times == 0
+    assert len(cloud_run.calls("CreateService")) == 3
+
+
 async def test_unavailable_on_get_operation_is_retried(cloud_run: CloudRunEmulator) -> None:
     rule = cloud_run.add(Rule("GetOperation", status=503, times=2))
     async with provision(cloud_run_spec()) as computer:

@@ -13,8 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.api_core import exceptions as google_errors
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # no py.typed
 
-from commandlab_async import CloudRunOptions, SpecError
+from commandlab_async import BackendError, CloudRunOptions, SpecError
 from commandlab_async._lifecycle.identity import SESSION_ID, new_identity
 from commandlab_async.emulators.cloud_run import CloudRunEmulator
 from commandlab_async.platforms.gcp_cloud_run.driver import CloudRunDriver, gcp_labels
@@ -66,6 +68,143 @@ def test_our_labels_fit_google_rules_and_keep_user_labels() -> None:
     for key, value in fitted.items():
         assert LABEL_KEY.fullmatch(key), key
         assert LABEL_VALUE.fullmatch(value), value
+
+
+# -- quotas: retried when a rate, a note when a count ------------------------------------
+
+_READ_RATE = (  # as Cloud Run words it, with no ErrorInfo
+    "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute per "
+    "region' of service 'run.googleapis.com' for consumer 'project_number:123'. To see usage, "
+    "go to https://console.cloud.google.com/iam-admin/quotas?metric=run.googleapis.com/"
+    "read_regional&limit=ReadPerMinutePerProjectRegion&qs_error_code=INSUFFICIENT_TOKENS"
+)
+_CPU_QUOTA = (
+    "Max instances must be set to 2 or fewer to set the requested total CPU. "
+    "Quota violated: CpuAllocPerProjectRegion requested: 60000 allowed: 20000"
+)
+_SERVICES_COUNT = "Quota exceeded for total allowable count of services per project per region."
+_SERVICES = "1,000 services per region"
+_429 = google_errors.ResourceExhausted
+
+
+def _info(reason: str, **metadata: str) -> Any:
+    return error_details_pb2.ErrorInfo(reason=reason, domain="googleapis.com", metadata=metadata)
+
+
+def _violation(**fields: str) -> Any:
+    violation = error_details_pb2.QuotaFailure.Violation(**fields)
+    return error_details_pb2.QuotaFailure(violations=[violation])
+
+
+def _error(kind: type[google_errors.GoogleAPICallError], message: str, *details: Any) -> Any:
+    infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+    return kind(message, details=list(details), error_info=infos[0] if infos else None)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient", "note"),
+    [
+        # Rates refill within a minute: retried, whatever the reason says or lacks.
+        pytest.param(_error(_429, _READ_RATE), True, None, id="rate-message"),
+        pytest.param(
+            _error(_429, "Quota exceeded.", _info("RATE_LIMIT_EXCEEDED")),
+            True,
+            None,
+            id="rate-reason",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded.", _info("X", quota_limit="WritesPerMinutePerRegion")),
+            True,
+            None,
+            id="rate-limit-metadata",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded for quota metric 'Write requests'."),
+            True,
+            None,
+            id="rate-metric",
+        ),
+        pytest.param(
+            _error(google_errors.PermissionDenied, _READ_RATE), True, None, id="rate-as-403"
+        ),
+        # Not said to be a count: a 429 stays retried, as it always was.
+        pytest.param(
+            _error(_429, "Resource has been exhausted (e.g. check quota)."),
+            True,
+            None,
+            id="unknown-429",
+        ),
+        # Counts, and windows longer than a retry: asked once, with a note naming them.
+        pytest.param(
+            _error(_429, "Quota exceeded.", _info("X", quota_limit="ServicesPerProjectRegion")),
+            False,
+            _SERVICES,
+            id="services-limit-metadata",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded for quota metric 'Services'."),
+            False,
+            _SERVICES,
+            id="services-metric",
+        ),
+        pytest.param(
+            _error(_429, _SERVICES_COUNT, _info("RESOURCE_QUOTA_EXCEEDED")),
+            False,
+            _SERVICES,
+            id="services-reason",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded.", _info("RESOURCE_QUOTA_EXCEEDED")),
+            False,
+            "A Cloud Run quota is used up",
+            id="unnamed-count",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded.", _violation(quota_id="MaxInstancesPerProjectRegion")),
+            False,
+            "quota 'MaxInstancesPerProjectRegion' is used up",
+            id="instances-quota-failure",
+        ),
+        pytest.param(
+            _error(google_errors.InvalidArgument, _CPU_QUOTA),
+            False,
+            "quota 'CpuAllocPerProjectRegion' is used up",
+            id="cpu-as-400",
+        ),
+        pytest.param(
+            _error(_429, "Quota exceeded.", _violation(description="Daily Limit for writes")),
+            False,
+            "A Cloud Run quota is used up",
+            id="daily",
+        ),
+        # Not quotas at all.
+        pytest.param(
+            _error(google_errors.PermissionDenied, "Permission 'run.services.create' denied"),
+            False,
+            None,
+            id="permission",
+        ),
+        pytest.param(
+            _error(google_errors.ServiceUnavailable, "connection reset"), True, None, id="503"
+        ),
+    ],
+)
+def test_quota_errors_are_retried_only_when_a_rate(
+    error: google_errors.GoogleAPICallError, transient: bool, note: str | None
+) -> None:
+    failure = CloudRunDriver.classify(error)
+    assert failure is not None
+    assert failure.transient is transient
+    driver = CloudRunDriver(cloud_run_spec().target())  # type: ignore[arg-type]
+    translated = driver.translate(error, "create_service", "sbx")
+    assert isinstance(translated, BackendError)
+    assert translated.transient is transient
+    notes = getattr(translated, "__notes__", [])
+    if note is None:
+        assert notes == []
+    else:
+        (text,) = notes
+        assert note in text
 
 
 # -- ID tokens -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import string
 from collections.abc import Mapping
@@ -53,15 +54,22 @@ _RPC_TIMEOUT = 30.0
 _MAX_POLL = 2.0
 _Condition = run_v2.Condition.State
 _TRANSIENT = (
-    google_errors.ResourceExhausted,  # the write quota, per minute
+    # A quota, most often the writes per minute; gcp.exhausted_quota tells when it is a
+    # count (services per region...), which waiting does not free.
+    google_errors.ResourceExhausted,
     google_errors.ServiceUnavailable,
     google_errors.DeadlineExceeded,
     google_errors.InternalServerError,
     google_errors.Aborted,
 )
-# ErrorInfo reason of a quota on how many services may exist (1,000 per region), as
-# opposed to RATE_LIMIT_EXCEEDED: waiting does not help.
-_COUNT_QUOTA = "RESOURCE_QUOTA_EXCEEDED"
+# The quota on how many services may exist, and what to do when it is full (Google does
+# not raise it: https://cloud.google.com/run/quotas).
+_SERVICES = re.compile(r"service", re.IGNORECASE)
+_SERVICES_IN_TEXT = re.compile(r"\bservices\b", re.IGNORECASE)
+_SERVICES_NOTE = (
+    "Cloud Run holds at most 1,000 services per region in a project, and Google does not "
+    "raise that limit: delete finished ones (`commandlab gc`) or use another region or project"
+)
 _LABEL_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
 
 
@@ -126,6 +134,20 @@ def _terminal(service: run_v2.Service) -> tuple[bool, str | None]:
     return condition.state == _Condition.CONDITION_SUCCEEDED, None
 
 
+def _quota_note(quota: gcp.ExhaustedQuota, message: str) -> str:
+    """What to do about a used-up quota that retrying will not free."""
+    if _SERVICES.search(quota.name or "") or (
+        quota.name is None and _SERVICES_IN_TEXT.search(message)
+    ):
+        return _SERVICES_NOTE
+    which = f"Cloud Run's quota {quota.name!r}" if quota.name else "A Cloud Run quota"
+    return (
+        f"{which} is used up, and retrying soon will not free it: delete finished "
+        "sandboxes (`commandlab gc`), ask for fewer or smaller ones, use another region, "
+        "or ask Google for more (https://cloud.google.com/run/quotas)"
+    )
+
+
 def _state_of(service: run_v2.Service) -> str:
     done, failure = _terminal(service)
     return f"failed: {failure}" if failure else "serving" if done else "deploying"
@@ -186,7 +208,11 @@ class CloudRunDriver(Driver[CloudRunTarget]):
         if isinstance(exc, google_errors.GoogleAPICallError):
             status = exc.grpc_status_code
             code: int | str | None = status.name if status is not None else exc.code
-            transient = isinstance(exc, _TRANSIENT) and exc.reason != _COUNT_QUOTA
+            # A quota decides by its kind, whatever the status: a rate refills within a
+            # minute, a count (services, instances, CPUs) only when something is deleted.
+            # Its name is read from the message when no detail carries it.
+            quota = gcp.exhausted_quota(exc)
+            transient = quota.rate if quota is not None else isinstance(exc, _TRANSIENT)
             return Failure(
                 code, transient=transient, not_found=isinstance(exc, google_errors.NotFound)
             )
@@ -196,11 +222,10 @@ class CloudRunDriver(Driver[CloudRunTarget]):
 
     def translate(self, exc: Exception, what: str, sandbox: str | None) -> Exception:
         error = super().translate(exc, what, sandbox)
-        if isinstance(exc, google_errors.GoogleAPICallError) and exc.reason == _COUNT_QUOTA:
-            error.add_note(
-                "Cloud Run holds at most 1,000 services per region by default: delete "
-                "finished ones (`commandlab gc`) or ask Google for more"
-            )
+        if isinstance(exc, google_errors.GoogleAPICallError):
+            quota = gcp.exhausted_quota(exc)
+            if quota is not None and not quota.rate:
+                error.add_note(_quota_note(quota, str(exc.message or "")))
         return error
 
     async def _client(self) -> run_v2.ServicesAsyncClient:
