@@ -195,6 +195,26 @@ async def test_ready_timeout_during_a_slow_deploy_deletes_it(
     assert left == []
 
 
+@pytest.mark.parametrize("lagging", [False, True], ids=["operation", "get-service"])
+async def test_a_ready_timeout_names_the_ready_condition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lagging: bool
+) -> None:
+    # Still deploying at the deadline: the create operation's metadata (the service as it
+    # is now) says so; so does get_service once the operation is done but the service is not.
+    emulator = await start_emulator(tmp_path, monkeypatch, create_latency=30)
+    if lagging:
+        emulator.add(Rule("CreateService", status=409, forward=True, times=1))
+    try:
+        with pytest.raises(ReadyTimeoutError) as info:
+            async with provision(cloud_run_spec(ready_timeout=1.5)):
+                pytest.fail("the body must not run")
+        assert "Ready RECONCILING" in info.value.state, info.value.state
+        assert "<" not in info.value.state  # no enum reprs
+    finally:
+        left = await stop_emulator(emulator)
+    assert left == []
+
+
 async def test_permission_denied_is_surfaced_at_once(cloud_run: CloudRunEmulator) -> None:
     message = "Permission 'run.services.create' denied on resource"
     cloud_run.add(Rule("CreateService", status=403, body={"message": message}))

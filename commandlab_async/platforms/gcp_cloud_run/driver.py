@@ -148,6 +148,25 @@ def _quota_note(quota: gcp.ExhaustedQuota, message: str) -> str:
     )
 
 
+def _progress(service: run_v2.Service) -> str | None:
+    """Where a service that does not serve yet stands, in Cloud Run's words: its terminal
+    (Ready) condition and every other condition not yet succeeded; None if it has none."""
+    others = [c for c in service.conditions if c.state != _Condition.CONDITION_SUCCEEDED]
+    said = [_condition(c) for c in [service.terminal_condition, *others] if c.type_ or c.state]
+    return "; ".join(said) or None
+
+
+def _condition(condition: run_v2.Condition) -> str:
+    """``Ready RECONCILING (reason): message``, parts Cloud Run left empty left out."""
+    state = getattr(condition.state, "name", str(condition.state)).removeprefix("CONDITION_")
+    said = f"{condition.type_ or 'condition'} {state}"
+    if (field := run_v2.Condition.pb(condition).WhichOneof("reasons")) is not None:
+        reason = getattr(condition, field)
+        reason = str(getattr(reason, "name", reason))
+        said += f" ({reason})" if reason != state else ""
+    return f"{said}: {condition.message}" if condition.message else said
+
+
 def _state_of(service: run_v2.Service) -> str:
     done, failure = _terminal(service)
     return f"failed: {failure}" if failure else "serving" if done else "deploying"
@@ -202,6 +221,8 @@ class CloudRunDriver(Driver[CloudRunTarget]):
         # optimisation: a sandbox without one is followed through get_service.
         self._ops: dict[str, AsyncOperation] = {}
         self._uris: dict[str, str] = {}  # name -> service URL, to drop its cached ID token
+        # name -> the service as running() last saw it (for waiting_on).
+        self._seen: dict[str, run_v2.Service] = {}
 
     @classmethod
     def classify(cls, exc: BaseException) -> Failure | None:
@@ -292,6 +313,7 @@ class CloudRunDriver(Driver[CloudRunTarget]):
     async def running(self, spec: Spec, identity: SandboxIdentity) -> RunningSandbox:
         op = self._ops.pop(identity.name, None)
         service = await (self._operation(op, identity) if op else self._deployed(identity))
+        self._seen.pop(identity.name, None)
         assert self._ssl is not None  # set with the client
         self._uris[identity.name] = service.uri
         return RunningSandbox(
@@ -309,6 +331,9 @@ class CloudRunDriver(Driver[CloudRunTarget]):
         """Poll the create operation with a short backoff until it is done: its service."""
         delay = 0.05
         while not await self.call("get_operation", identity.name, lambda: op.done(retry=None)):
+            # The operation's metadata is the service as it is now.
+            if (now := op.metadata) is not None:
+                self._seen[identity.name] = now
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_POLL)
         try:
@@ -338,6 +363,7 @@ class CloudRunDriver(Driver[CloudRunTarget]):
                 raise self._exited(identity.name, failure)
             if done and service.uri:
                 return service
+            self._seen[identity.name] = service
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_POLL)
 
@@ -348,6 +374,10 @@ class CloudRunDriver(Driver[CloudRunTarget]):
             platform=self.platform,
             state=f"failed: {why}",
         )
+
+    def waiting_on(self, sandbox: SandboxRef) -> str | None:
+        service = self._seen.get(sandbox.name)
+        return _progress(service) if service is not None else None
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         service = await self._get(sandbox)
@@ -362,6 +392,7 @@ class CloudRunDriver(Driver[CloudRunTarget]):
             # No credentials: this driver never had a client, so no create ever left it.
             return
         self._ops.pop(sandbox.name, None)
+        self._seen.pop(sandbox.name, None)
         if uri := self._uris.pop(sandbox.name, None):
             self._id_tokens.forget(uri)
         # The delete's operation is not awaited: the service is gone from the API (and
