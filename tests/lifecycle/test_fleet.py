@@ -198,7 +198,7 @@ async def test_a_fleet_on_an_engine_that_hangs_stops_at_once_and_gc_removes_what
     assert result["error"]["type"] == "FleetError"
     events = result["events"]
     up = {name for kind, name, _ in events if kind == "ready"}
-    assert len(up) == 2
+    assert 1 <= len(up) <= 2  # the second needs the engine's answers until it is ready
     # A member fails at its ready deadline: ready_timeout after it got its create slot.
     failed_at = min(t + ready for kind, name, t in events if kind == "creating" and name not in up)
     creates = [t for what, t in docker_proxy.arrived if what == "POST /containers/create"]
