@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from hypothesis import settings as hypothesis_settings
 
+from commandlab_async import DESKTOP_IMAGE, Computer, DockerSpec, provision
 from commandlab_async._lifecycle.identity import SESSION_ID
 from commandlab_async.emulators.faults import FaultyDockerProxy
 from commandlab_async.labels import SESSION
@@ -190,3 +192,24 @@ async def docker_proxy(
         yield proxy
     finally:
         await proxy.close()
+
+
+REPO = Path(__file__).resolve().parents[1]
+DESKTOP_APPS = REPO / "tests" / "desktop" / "apps"
+
+
+@pytest.fixture(scope="session")
+def desktop_image() -> str:
+    """The desktop image, built (or rebuilt for a changed daemon) when the tests need it."""
+    subprocess.run([str(REPO / "scripts/build-images.sh"), "desktop"], check=True, cwd=REPO)
+    return DESKTOP_IMAGE
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def desktop(desktop_image: str) -> AsyncIterator[Computer]:
+    """One desktop sandbox (1280x800, the default) for a module's tests, with the
+    recorder apps of tests/desktop/apps in /tmp/apps (each test starts its own)."""
+    async with provision(DockerSpec(image=desktop_image, ready_timeout=60)) as computer:
+        for app in DESKTOP_APPS.glob("*.py"):
+            await computer.write_file(f"/tmp/apps/{app.name}", app.read_bytes())
+        yield computer

@@ -1,38 +1,14 @@
-"""A desktop sandbox on local Docker, and the apps that record what reaches its screen."""
+"""The apps that record what reaches a desktop's screen (the ``desktop`` fixture, a
+sandbox with them in /tmp/apps, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-import pytest_asyncio
-
-from commandlab_async import DESKTOP_IMAGE, Computer, DockerSpec, provision
-
-ROOT = Path(__file__).resolve().parents[2]
-APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(scope="session")
-def desktop_image() -> str:
-    """The desktop image, built (or rebuilt for a changed daemon) when the tests need it."""
-    subprocess.run([str(ROOT / "scripts/build-images.sh"), "desktop"], check=True, cwd=ROOT)
-    return DESKTOP_IMAGE
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def desktop(desktop_image: str) -> AsyncIterator[Computer]:
-    """One desktop sandbox for a module's tests (each starts its own app)."""
-    async with provision(DockerSpec(image=desktop_image, ready_timeout=60)) as computer:
-        for app in APPS.glob("*.py"):
-            await computer.write_file(f"/tmp/apps/{app.name}", app.read_bytes())
-        yield computer
+from commandlab_async import Computer
 
 
 async def wait_for_file(computer: Computer, path: str, timeout: float = 20.0) -> None:

@@ -18,22 +18,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
 
 import pytest
-import pytest_asyncio
 
 from commandlab_async import DESKTOP_IMAGE, Computer, DockerSpec, SpecError, provision
 from commandlab_async.daemon import png
 from commandlab_async.integrations.inspect_sandbox.config import load_config
-from tests.conftest import docker
+from tests.conftest import DESKTOP_APPS, docker
 from tests.desktop.conftest import App, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ROOT / "tests" / "desktop" / "apps"
 TOOL = "/opt/inspect/tool/computer_tool.py"  # where Inspect's computer() looks
 BROWSER_IMAGE = "commandlab/desktop-browser:latest"
 EVAL = Path(__file__).parent / "inspect_eval" / "computer_task.py"
@@ -45,12 +42,6 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)
 def build(*images: str) -> None:
     """Build (or rebuild for a changed daemon or tool) the desktop images named."""
     subprocess.run([str(ROOT / "scripts/build-images.sh"), *images], check=True, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def desktop_image() -> str:
-    build("desktop")
-    return DESKTOP_IMAGE
 
 
 # -- Inspect's side of the protocol ------------------------------------------------------
@@ -198,15 +189,6 @@ async def test_an_inspect_eval_drives_the_desktop_through_computer(
 
 
 # -- the tool script, action by action ---------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def desktop(desktop_image: str) -> AsyncIterator[Computer]:
-    """One desktop sandbox (1280x800, the default: shown unscaled) for the tests below."""
-    async with provision(DockerSpec(image=desktop_image, ready_timeout=60)) as computer:
-        for app in APPS.glob("*.py"):
-            await computer.write_file(f"/tmp/apps/{app.name}", app.read_bytes())
-        yield computer
 
 
 def png_size(data: str) -> tuple[int, int]:
@@ -378,7 +360,7 @@ async def test_bad_input_is_the_models_error_not_the_tools_failure(desktop: Comp
 async def test_a_larger_screen_is_shown_scaled_as_inspects_tool_does(desktop_image: str) -> None:
     spec = DockerSpec(image=desktop_image, screen=(1920, 1080), ready_timeout=60)
     async with provision(spec) as computer:
-        await computer.write_file("/tmp/apps/events.py", (APPS / "events.py").read_bytes())
+        await computer.write_file("/tmp/apps/events.py", (DESKTOP_APPS / "events.py").read_bytes())
         app = await start_app(computer, "events")
         reply = await tool(computer, "screenshot")
         width, height, rgb = png.decode(base64.b64decode(reply["base64_image"]))

@@ -38,14 +38,9 @@ from openai.types.responses import (
 from commandlab_async import Computer, MissingExtraError
 from commandlab_async.daemon import png
 from commandlab_async.integrations.openai_agents import DesktopComputer
-from tests.desktop import conftest as desktop_tests
 from tests.desktop.conftest import start_app
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
-
-# The desktop tests' fixtures: one desktop sandbox for this module.
-desktop_image = desktop_tests.desktop_image
-desktop = desktop_tests.desktop
 
 set_tracing_disabled(True)  # traces would go to OpenAI's API
 
