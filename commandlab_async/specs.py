@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from ._validation import check_bool, check_int, check_number, check_str_map, check_text
 from .errors import SpecError
-from .platforms import options_class
+from .platforms import check_extras, options_class
 from .platforms.base import (
     PLATFORMS,
     DockerPlatform,
@@ -157,6 +157,7 @@ class _SandboxSpec:
         return self.options.target(self)  # type: ignore[arg-type]  # self is a concrete Spec
 
     def _resolve_options(self) -> PlatformOptions:
+        check_extras(self.platform)
         cls = options_class(self.platform)
         if self.options is None:
             object.__setattr__(self, "options", cls())

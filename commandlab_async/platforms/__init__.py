@@ -8,8 +8,10 @@ costs one options class, one row here and its driver.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from importlib import import_module
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import MissingExtraError, UnsupportedPlatformError
@@ -23,7 +25,16 @@ from .kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOp
 if TYPE_CHECKING:
     from .driver import Driver
 
-__all__ = ["REGISTRY", "PlatformEntry", "driver_class", "options_class"]
+__all__ = ["REGISTRY", "PlatformEntry", "check_extras", "driver_class", "options_class"]
+
+# What each extra installs that its drivers import: enough to tell, without importing a
+# cloud SDK (which takes up to a second), that the extra is there.
+_EXTRA_MODULES = {
+    "aws": ("aioboto3",),
+    "azure": ("azure.identity.aio", "azure.mgmt.containerinstance"),
+    "gcp": ("google.cloud.run_v2",),
+    "kubernetes": ("kubernetes_asyncio",),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,27 @@ REGISTRY: dict[Platform, PlatformEntry] = {
 def options_class(platform: Platform) -> type[PlatformOptions]:
     """The options class of ``platform``."""
     return REGISTRY[platform].options
+
+
+def check_extras(platform: Platform) -> None:
+    """Raise :class:`MissingExtraError` when an extra ``platform`` needs is not installed.
+
+    Called when a platform is chosen (a spec or a target is made), so the error comes
+    before anything is created, not at ``provision``. Looks the modules up without
+    importing them.
+    """
+    extras = REGISTRY[platform].extras
+    if not all(_importable(module) for extra in extras for module in _EXTRA_MODULES[extra]):
+        raise MissingExtraError(str(platform), extras)
+
+
+def _importable(name: str) -> bool:
+    if name in sys.modules:  # None there means "import fails" (how tests hide an SDK)
+        return sys.modules[name] is not None
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package is missing or hidden
+        return False
 
 
 def driver_class(platform: Platform) -> type[Driver[Any]]:

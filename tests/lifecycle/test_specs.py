@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from commandlab_async import (
     KubeconfigOptions,
     KubernetesPlatform,
     KubernetesSpec,
+    MissingExtraError,
     SpecError,
     provision,
+    spec_for,
 )
 from commandlab_async.emulators.faults import FaultyDockerProxy
 
@@ -214,3 +217,31 @@ async def test_invalid_input_never_reaches_the_engine(docker_proxy: FaultyDocker
         async with provision({"image": "x"}):  # type: ignore[arg-type]
             pass
     assert docker_proxy.requests == []
+
+
+@pytest.mark.parametrize(
+    ("hidden", "make", "extras"),
+    [
+        (
+            "kubernetes_asyncio",
+            lambda: KubernetesSpec(platform=KubernetesPlatform.LOCAL),
+            "kubernetes",
+        ),
+        (
+            "aioboto3",
+            lambda: KubernetesSpec(
+                platform=KubernetesPlatform.AWS_EKS, cluster_name="c", region="r"
+            ),
+            "kubernetes,aws",
+        ),
+        ("azure.mgmt.containerinstance", lambda: spec_for("azure-aci", options={}), "azure"),
+    ],
+)
+def test_a_missing_extra_is_said_when_the_platform_is_chosen(
+    monkeypatch: pytest.MonkeyPatch, hidden: str, make: Any, extras: str
+) -> None:
+    """Before any provision: the spec itself cannot be made without its SDK."""
+    monkeypatch.setitem(sys.modules, hidden, None)  # `import hidden` now fails
+    with pytest.raises(MissingExtraError) as error:
+        make()
+    assert f"pip install 'commandlab-async[{extras}]'" in str(error.value)

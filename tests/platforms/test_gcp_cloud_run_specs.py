@@ -281,15 +281,13 @@ async def test_without_an_emulator_the_client_goes_to_google_with_default_creden
         await driver.close()
 
 
-def test_without_the_gcp_extra_the_error_names_it() -> None:
+def test_without_the_gcp_extra_choosing_the_platform_names_it() -> None:
     code = (
-        "import sys, asyncio; sys.modules['google.cloud.run_v2'] = None\n"
+        "import sys; sys.modules['google.cloud.run_v2'] = None\n"
         "from commandlab_async import *\n"
-        "spec = DockerSpec(platform=DockerPlatform.GCP_CLOUD_RUN, project_id='p', region='r')\n"
-        "async def main():\n"
-        "    async with provision(spec): pass\n"
-        "try: asyncio.run(main())\n"
+        "try: DockerSpec(platform=DockerPlatform.GCP_CLOUD_RUN, project_id='p', region='r')\n"
         "except MissingExtraError as e: print(e)\n"
+        "else: print('no error')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
