@@ -282,6 +282,8 @@ def list_directory(path: str) -> tuple[list[dict[str, Any]], bool]:
                         "size": info.st_size,
                         "mode": stat.S_IMODE(info.st_mode),
                         "mtime": info.st_mtime,
+                        "uid": info.st_uid,
+                        "gid": info.st_gid,
                     }
                 )
     except OSError as exc:

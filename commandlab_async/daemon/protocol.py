@@ -100,7 +100,7 @@ directory (``/health`` reports it).  Errors are JSON ``{"error": <code>, "messag
     renamed by a short-lived process running as that user, so its permissions apply.
 ``GET /files/stat?path=<p>``  ``{"path", "type", "size", "mode", "mtime", "uid", "gid"}``.
 ``GET /files/list?path=<p>``  ``{"path", "entries": [{"name", "type", "size", "mode",
-    "mtime"}], "truncated"}`` (at most ``MAX_LIST_ENTRIES``).
+    "mtime", "uid", "gid"}], "truncated"}`` (at most ``MAX_LIST_ENTRIES``).
 """
 
 from __future__ import annotations
