@@ -308,6 +308,15 @@ def parse_exit(payload: bytes) -> _Exit:
     )
 
 
+_CLOSE_WAIT = 5.0
+"""Seconds closing a running foreground process waits for it to be killed and reaped."""
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Process:
     """A command running in the sandbox, its output read as it comes.
 
@@ -422,12 +431,29 @@ class Process:
                 self._stdin = None
 
     async def close(self) -> None:
-        """Stop reading. A foreground process still running is killed by the daemon."""
+        """Stop reading. A foreground process still running is killed, and is no longer
+        in ``computer.processes()`` once this returns (unless the daemon does not answer
+        within a few seconds, or the caller is being cancelled: then its connection is
+        just closed, which makes the daemon kill it soon after)."""
         self._end_stdin()
-        if self._response.content.is_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        try:
+            if self._exit is None and not self.background and not _cancelling():
+                await self._kill_and_drain()
+        finally:
+            if self._response.content.is_eof():
+                self._response.release()
+            else:
+                self._response.close()
+
+    async def _kill_and_drain(self) -> None:
+        """Kill it and read its reply to the end: the daemon forgets a foreground process
+        before it sends the exit frame, so once that is read, no listing shows it."""
+        # Whatever fails here (the daemon gone, a reader in another task, a bad reply)
+        # leaves it to closing the connection, as before.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_WAIT):
+                await self._control("DELETE", process_route(self.id), None)
+                await self.wait()
 
     async def __aenter__(self) -> Process:
         return self

@@ -405,6 +405,9 @@ def run_foreground(ex: Exchange, process: Process, req: ExecRequest, stdin_data:
         if popen.poll() is None:
             kill_group(popen.pid)
         process.finish(popen.wait())
+        # Forgotten before its exit frame is sent: a client that read the exit (or killed
+        # it and read to the end) and then lists processes does not find it there.
+        ex.server.registry.forget(process)
         omitted = [0, 0]
         last: list[Buffer] = []
         for index, limiter in enumerate(limiters):
