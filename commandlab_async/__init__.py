@@ -41,6 +41,7 @@ from .errors import (
     DesktopUnavailableError,
     FileTooLargeError,
     FleetError,
+    ImageBuildError,
     InvalidActionError,
     MissingExtraError,
     OutputLimitExceededError,
@@ -63,6 +64,7 @@ from .errors import (
 from .platforms.aws_ecs.options import EcsOptions
 from .platforms.azure_aci.options import AciOptions
 from .platforms.base import PlatformOptions, RunningSandbox, Target
+from .platforms.docker.images import build_image
 from .platforms.docker.options import DockerOptions
 from .platforms.gcp_cloud_run.options import CloudRunOptions
 from .platforms.kubernetes.options import AksOptions, EksOptions, GkeOptions, KubeconfigOptions
@@ -119,6 +121,7 @@ __all__ = [
     "Fleet",
     "FleetError",
     "GkeOptions",
+    "ImageBuildError",
     "InvalidActionError",
     "KubeconfigOptions",
     "KubernetesPlatform",
@@ -156,6 +159,7 @@ __all__ = [
     "WarmPool",
     "Window",
     "__version__",
+    "build_image",
     "connect",
     "gc",
     "labelled",

@@ -8,7 +8,8 @@ CommandLabError
 │   └── MissingExtraError         the platform's optional extra is not installed (ImportError)
 ├── UnsupportedOperationError     this platform or sandbox cannot do that (yet)
 ├── BackendError                  the backend's API refused or failed a call (any call)
-│   └── BackendTimeoutError       it did not answer in time (TimeoutError)
+│   ├── BackendTimeoutError       it did not answer in time (TimeoutError)
+│   └── ImageBuildError           the engine could not build an image (the build's last lines)
 ├── ProvisionError                a sandbox could not be brought up; it has been deleted
 │   ├── SandboxExitedError        the sandbox stopped before its daemon became ready
 │   └── ReadyTimeoutError         readiness deadline passed; names the last state (TimeoutError)
@@ -69,6 +70,7 @@ __all__ = [
     "DaemonUnresponsiveError",
     "FileTooLargeError",
     "FleetError",
+    "ImageBuildError",
     "MissingExtraError",
     "OutputLimitExceededError",
     "ProvisionError",
@@ -201,6 +203,24 @@ class BackendTimeoutError(BackendError, TimeoutError):
         super().__init__(
             message, sandbox=sandbox, platform=platform, transient=True, code="timeout"
         )
+
+
+class ImageBuildError(BackendError):
+    """The Docker Engine could not build an image (``build_image``, ``commandlab image
+    build``, or the automatic build of the missing default image): a base it cannot pull,
+    a step that failed, no engine. ``image`` names the image being built; ``log`` holds
+    the build's last lines, which the message shows too."""
+
+    def __init__(self, message: str, *, image: str, log: Sequence[str] = ()) -> None:
+        shown = "".join(f"\n  | {line}" for line in log)
+        super().__init__(
+            message + (f"; the build's last lines:{shown}" if shown else ""),
+            sandbox=None,
+            platform="docker",
+            code="image_build",
+        )
+        self.image = image
+        self.log = tuple(log)
 
 
 class SandboxExitedError(ProvisionError):

@@ -44,8 +44,8 @@ __all__ = [
     "spec_for",
 ]
 
-#: The project's computer image, built locally by ``scripts/build-images.sh``
-#: or ``docker build commandlab_async/image``.
+#: The project's computer image, built by ``commandlab image build`` (:func:`build_image`),
+#: and on local Docker by the first provision that misses it.
 DEFAULT_IMAGE = "commandlab/computer:latest"
 DESKTOP_IMAGE = "commandlab/desktop:latest"
 """The computer image with a desktop (X server, window manager, fonts): ``computer.desktop``."""

@@ -156,17 +156,27 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
 
     The deadline starts once a create slot is had: time queued behind the target's
     create limit is the fleet's, not the sandbox's, and is named apart in the error.
+    What the driver checks first (local Docker: that the image is there) has a
+    ``ready_timeout`` of its own; a long step that check starts (building the missing
+    default image, once for a whole fleet) has none: it may take minutes, once.
     """
     if member.computer is not None:
         return  # already up (taken from a warm pool)
     spec, identity, progress = member.spec, member.identity, member.progress
     driver, limiter = member.backend.driver, member.backend.limiter
     loop = asyncio.get_running_loop()
-    queued_at = loop.time()
     queued = 0.0
     alarm: asyncio.TimerHandle | None = None
     try:
         async with asyncio.timeout(None) as deadline:
+            progress.state = "checking its image"
+            deadline.reschedule(loop.time() + spec.ready_timeout)
+            long_step = await driver.prepare(spec)
+            deadline.reschedule(None)
+            if long_step is not None:
+                progress.state = "building its image"
+                await long_step
+            queued_at = loop.time()
             progress.state = "waiting for a create slot"
             async with limiter.create(background=member.background):
                 queued = loop.time() - queued_at

@@ -218,6 +218,14 @@ class Driver(abc.ABC, Generic[TargetT]):
     def classify(cls, exc: BaseException) -> Failure | None:
         """Classify an SDK error; None for anything that is not one (never translated)."""
 
+    async def prepare(self, spec: Spec) -> Awaitable[None] | None:
+        """Check that the backend has what ``spec`` needs before any sandbox of it is
+        created (local Docker: its image). Raises :class:`BackendError` when the spec
+        cannot be created (nothing has been). The check is bounded by ``ready_timeout``;
+        a long step it starts (local Docker: building the missing default image) is
+        returned, to be awaited without that bound; None when there is none."""
+        return None
+
     @abc.abstractmethod
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         """Ask the backend to create and start the sandbox named ``identity.name``."""

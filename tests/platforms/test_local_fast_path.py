@@ -132,10 +132,19 @@ async def test_a_base_directory_that_is_not_private_is_refused(
 
 @pytest.mark.usefixtures("runtime_dir")
 async def test_a_failed_create_leaves_no_directory() -> None:
+    # More CPUs than the engine has: it refuses the create, made after the directory.
+    # (A missing image fails before: the driver's prepare() looks for it first.)
+    cpus = int(docker("info", "-f", "{{.NCPU}}")) + 1
+    if cpus > 64:
+        pytest.skip("the engine has as many CPUs as a spec may ask for")
+    with pytest.raises(BackendError, match="CPUs"):
+        async with provision(DockerSpec(cpu=cpus)):
+            pytest.fail("the body must not run")
+    engine = socket_dirs.engine_dir(os.environ.get("DOCKER_HOST"))
+    assert list(engine.iterdir()) == []
     with pytest.raises(BackendError, match="is not on the engine"):
         async with provision(DockerSpec(image="commandlab-test/not-an-image:none")):
             pytest.fail("the body must not run")
-    engine = socket_dirs.engine_dir(os.environ.get("DOCKER_HOST"))
     assert list(engine.iterdir()) == []
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,7 +34,7 @@ from ..driver import (
     SandboxState,
     daemon_env,
 )
-from . import socket_dirs
+from . import images, socket_dirs
 from .options import DockerOptions, DockerTarget
 
 __all__ = ["DockerDriver"]
@@ -81,9 +81,12 @@ class DockerDriver(Driver[DockerTarget]):
         self._startups: dict[str, _Startup] = {}
         self._disk_refusal: str | None = None  # why this engine cannot limit disk; "" if it can
         self._awaiting_socket: set[str] = set()  # running, their daemons' sockets not made yet
+        self._images: set[str] = set()  # images seen on the engine: not asked about again
+        self._builds: dict[str, asyncio.Task[None]] = {}  # the one build of each image
 
     async def close(self) -> None:
         followers = [s.task for s in self._startups.values() if s.task is not None]
+        followers += self._builds.values()
         for task in followers:
             task.cancel()
         # Let them end before their connections' session closes under them.
@@ -158,6 +161,43 @@ class DockerDriver(Driver[DockerTarget]):
             "CapAdd": ["NET_BIND_SERVICE"] if spec.daemon_port < 1024 else [],
         }
 
+    async def prepare(self, spec: Spec) -> Awaitable[None] | None:
+        image = spec.image
+        if image in self._images:
+            return None
+        found = await self.call_or_missing(
+            "inspect image", None, lambda: self._docker.images.inspect(image)
+        )
+        if found is not None:
+            self._images.add(image)
+            return None
+        if image != images.DEFAULT_TAG or not images.auto_build_enabled():
+            raise BackendError(
+                images.missing_image_message(image),
+                sandbox=None,
+                platform=self.platform,
+                code=404,
+            )
+        # One build for every member of a fleet: the first starts it, all wait for it.
+        build = self._builds.get(image)
+        if build is None:
+            build = self._builds[image] = asyncio.create_task(
+                images.auto_build(self._docker, image)
+            )
+            build.add_done_callback(lambda task: self._built(image, task))
+        return self._await_build(image, build)
+
+    async def _await_build(self, image: str, build: asyncio.Task[None]) -> None:
+        # Shielded: a member stopped by a sibling's failure does not stop the build of
+        # the others; close() does, once no one uses this driver.
+        await asyncio.shield(build)
+        self._images.add(image)
+
+    def _built(self, image: str, task: asyncio.Task[None]) -> None:
+        del self._builds[image]  # a failed build is tried again by the next provision
+        if not task.cancelled():
+            task.exception()  # retrieved here if every waiter was cancelled
+
     async def create(self, spec: Spec, identity: SandboxIdentity) -> None:
         name = identity.name
         try:
@@ -216,10 +256,10 @@ class DockerDriver(Driver[DockerTarget]):
         except BackendError as exc:
             if not reached:  # the engine refused every connection: nothing to delete
                 self.mark_not_created(name)
-            if exc.code == 404:
+            if exc.code == 404:  # removed since prepare() saw it
+                self._images.discard(spec.image)
                 raise BackendError(
-                    f"image {spec.image!r} is not on the engine; build it "
-                    "(scripts/build-images.sh) or pull it first",
+                    images.missing_image_message(spec.image),
                     sandbox=name,
                     platform=self.platform,
                     code=404,
