@@ -114,7 +114,9 @@ class UnsupportedPlatformError(BackendUnavailableError):
     """No driver exists yet for the platform the spec names."""
 
     def __init__(self, platform: str) -> None:
-        super().__init__(f"platform {platform!r} has no driver in this version of commandlab-async")
+        super().__init__(
+            f"platform {str(platform)!r} has no driver in this version of commandlab-async"
+        )
         self.platform = platform
 
 
@@ -125,9 +127,9 @@ class MissingExtraError(BackendUnavailableError, ImportError):
     """
 
     def __init__(self, platform: str, extras: tuple[str, ...]) -> None:
-        names = ",".join(extras)
+        names, plural = ",".join(extras), "s" if len(extras) > 1 else ""
         super().__init__(
-            f"platform {platform!r} needs the {names!r} extra{'s' if len(extras) > 1 else ''}: "
+            f"platform {str(platform)!r} needs the {names!r} extra{plural}: "
             f"pip install 'commandlab-async[{names}]'"
         )
         self.platform = platform
@@ -242,6 +244,11 @@ class SandboxExitedError(ProvisionError):
         reason: str | None = None,
         logs: str = "",
     ) -> None:
+        if exit_code == 0:  # a daemon serves until deleted: whatever ended was not one
+            message += (
+                "; its image's command ended: the image's command must start the commandlab"
+                " daemon (images built by `commandlab image build` do)"
+            )
         if logs:
             lines = logs.rstrip("\n").splitlines()[-_LOG_LINES:]
             message += "; its last output:\n" + "\n".join(f"    {line}" for line in lines)

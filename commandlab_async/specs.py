@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
@@ -133,7 +134,11 @@ class _SandboxSpec:
     def __post_init__(self) -> None:
         kind = self._platform_type
         if not isinstance(self.platform, kind):
-            raise SpecError("platform", f"must be a {kind.__name__}, got {self.platform!r}")
+            given = self.platform  # shown as written in code, not as an enum's repr
+            shown = (
+                f"{type(given).__name__}.{given.name}" if isinstance(given, Enum) else repr(given)
+            )
+            raise SpecError("platform", f"must be a {kind.__name__}, got {shown}")
         options = self._resolve_options()
         for name, value in {**_GLOBAL_DEFAULTS, **options.defaults}.items():
             if getattr(self, name) is None:
@@ -142,7 +147,7 @@ class _SandboxSpec:
         self._check_scope(options)
         for name, why in options.not_honoured.items():
             if getattr(self, name) not in _UNSET:
-                raise SpecError(name, f"platform {self.platform!r} cannot honour it: {why}")
+                raise SpecError(name, f"platform '{self.platform}' cannot honour it: {why}")
         options.check(self)  # type: ignore[arg-type]  # self is a concrete Spec
         # Freeze the mappings so a spec cannot change under a running fleet.
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
@@ -164,7 +169,7 @@ class _SandboxSpec:
         elif type(self.options) is not cls:
             raise SpecError(
                 "options",
-                f"platform {self.platform!r} takes {cls.__name__}, "
+                f"platform '{self.platform}' takes {cls.__name__}, "
                 f"got {type(self.options).__name__}",
             )
         assert isinstance(self.options, PlatformOptions)
@@ -235,9 +240,9 @@ class _SandboxSpec:
             value = getattr(self, name)
             check_text(name, value)
             if name not in options.scope and value is not None:
-                raise SpecError(name, f"has no meaning on platform {self.platform!r}")
+                raise SpecError(name, f"has no meaning on platform '{self.platform}'")
             if options.scope.get(name) and value is None:
-                raise SpecError(name, f"is required on platform {self.platform!r}")
+                raise SpecError(name, f"is required on platform '{self.platform}'")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,7 +71,7 @@ from .replies import (
     get_opt_str,
     read_json,
 )
-from .transport import http_url, on_loop, session_for
+from .transport import describe, http_url, on_loop, session_for
 
 __all__ = ["CommandResult", "Computer"]
 
@@ -516,8 +516,13 @@ class Computer:
         mode: int | None = None,
         user: str | int | None = None,
     ) -> None:
-        """Copy the local file ``source`` to the sandbox's ``path``, streamed."""
-        await self.write_file(path, read_local(source), mode=mode, user=user)
+        """Copy the local file ``source`` to the sandbox's ``path``, streamed.
+
+        A ``source`` that cannot be opened raises the builtin ``OSError`` (such as
+        ``FileNotFoundError``) before anything is sent.
+        """
+        async with await anyio.open_file(source, "rb") as local:
+            await self.write_file(path, read_local(local), mode=mode, user=user)
 
     async def stat(self, path: str) -> FileInfo:
         """What ``path`` is (follows symlinks); :class:`RemoteFileNotFoundError` if nothing."""
@@ -707,8 +712,8 @@ class Computer:
             ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise DaemonUnreachableError(
-                f"the daemon cannot be reached ({exc!r}): the sandbox may have exited or been"
-                " deleted",
+                f"the daemon cannot be reached ({describe(exc)}): the sandbox may have exited"
+                " or been deleted",
                 sandbox=self._name,
             ) from exc
         if response.status != 200:
@@ -747,7 +752,12 @@ class Computer:
                 raise DaemonUnreachableError(
                     f"{what}: no answer in time", sandbox=self._name
                 ) from exc
-            raise DaemonUnreachableError(f"{what} failed: {exc!r}", sandbox=self._name) from exc
+            gone = isinstance(exc, aiohttp.ClientConnectorError)  # no connection at all
+            raise DaemonUnreachableError(
+                f"{what} failed: {describe(exc)}"
+                + (": the sandbox may have exited or been deleted" if gone else ""),
+                sandbox=self._name,
+            ) from exc
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> NoReturn:
         status = response.status

@@ -83,8 +83,7 @@ def parse_listing(data: object) -> list[FileInfo]:
     return [FileInfo.from_json(entry, directory=directory) for entry in entries]
 
 
-async def read_local(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
-    """A local file in bounded chunks, read off the event loop."""
-    async with await anyio.open_file(path, "rb") as source:
-        while chunk := await source.read(CHUNK):
-            yield chunk
+async def read_local(source: anyio.AsyncFile[bytes]) -> AsyncIterator[bytes]:
+    """An open local file in bounded chunks, read off the event loop."""
+    while chunk := await source.read(CHUNK):
+        yield chunk

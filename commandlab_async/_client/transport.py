@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -42,9 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "UNIX_SCHEME",
     "RoutingConnector",
+    "describe",
     "http_url",
     "new_session",
     "on_loop",
+    "reason",
     "session_for",
     "socket_path",
 ]
@@ -72,6 +75,44 @@ def socket_path(host: str) -> str | None:
         return bytes.fromhex(host.removesuffix(_DOMAIN).replace(".", "")).decode()
     except ValueError:
         return None
+
+
+# A host name of http_url (and the scheme before it), wherever aiohttp quotes one.
+_ENCODED_HOST = re.compile(r"(?:https?://)?([0-9a-f.]+)" + re.escape(_DOMAIN) + r"(?::[0-9]+)?")
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong on a connection, in words for a message: no exception reprs, and
+    never a host name of :func:`http_url` (aiohttp quotes the URL or the connection key
+    in its errors): the socket's path instead."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = exc.path if isinstance(exc, UnixClientConnectorError) else f"{exc.host}:{exc.port}"
+        return _spell_paths(f"cannot connect to {where} ({exc.strerror or exc.os_error})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    return _spell_paths(str(exc)) or type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """:func:`describe`, with the kind of an error that is not ours and says little by
+    itself ("RuntimeError: Session is closed"): for messages that wrap any exception."""
+    from ..errors import CommandLabError  # the errors module imports this one's users
+
+    text = describe(exc)
+    if isinstance(exc, CommandLabError | aiohttp.ClientConnectorError | OSError):
+        return text
+    kind = type(exc).__name__
+    return text if text == kind else f"{kind}: {text}"
+
+
+def _spell_paths(text: str) -> str:
+    """``text`` with each host name of :func:`http_url` written ``unix:<socket path>``."""
+
+    def spelled(match: re.Match[str]) -> str:
+        path = socket_path(match[1] + _DOMAIN)
+        return UNIX_SCHEME + path if path is not None else "a sandbox's socket"
+
+    return _ENCODED_HOST.sub(spelled, text)
 
 
 class RoutingConnector(aiohttp.TCPConnector):

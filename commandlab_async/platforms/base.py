@@ -145,7 +145,8 @@ def take_scope(scope: Mapping[str, str | None], *names: str) -> list[str | None]
     """The values of ``names`` in ``scope``; SpecError for any other name given."""
     for name in scope:
         if name not in names:
-            raise SpecError(name, f"does not scope this platform (it takes: {', '.join(names)})")
+            takes = f"it takes: {', '.join(names)}" if names else "it takes no scope"
+            raise SpecError(name, f"does not scope this platform ({takes})")
     return [scope.get(name) for name in names]
 
 

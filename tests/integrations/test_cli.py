@@ -80,7 +80,7 @@ def test_exec_streams_output_and_exits_with_the_commands_status(
     # Without -i the command reads end of file, as with docker exec.
     assert cli("exec", name, "--", "cat", stdin=b"ignored").stdout == b""
     assert cli("exec", name, "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15
-    assert cli("exec", "--timeout", "0.5", name, "--", "sleep", "30").returncode == 128 + 9
+    assert cli("exec", "--timeout", "0.5", name, "--", "sleep", "30").returncode == 124
     done = cli("exec", "-e", "A=1", "-w", "/tmp", name, "--", "sh", "-c", "echo $A $PWD")
     assert done.stdout == b"1 /tmp\n"
     missing = cli("exec", name, "--", "no-such-program")

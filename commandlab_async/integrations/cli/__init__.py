@@ -1,8 +1,9 @@
 """The ``commandlab`` command line: sandboxes for people.
 
 Exit status: 0 done; 1 failed (the one-line error on stderr says why); 2 bad usage;
-130 interrupted. "exec" exits with the command's own status (128+N when a signal N
-killed it), 126 when it cannot be executed, 127 when it is not found, and 125 when
+130 interrupted (Ctrl-C, at any moment: no traceback). "exec" exits with the command's
+own status (128+N when a signal N killed it), 124 when its --timeout killed it (as
+timeout(1)), 126 when it cannot be executed, 127 when it is not found, and 125 when
 commandlab itself failed.
 """
 
@@ -13,9 +14,11 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ... import DEFAULT_IMAGE, GC_TIMEOUT, PLATFORMS, __version__
@@ -25,7 +28,7 @@ from ...errors import (
     RemotePermissionError,
     SpecError,
 )
-from . import remote, sandboxes
+from . import images, remote, sandboxes
 from .demo import demo
 
 __all__ = ["main"]
@@ -79,10 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     exec_parser.add_argument("-u", "--user")
     exec_parser.add_argument("-w", "--cwd")
     exec_parser.add_argument("-e", "--env", action="append", metavar="NAME=VALUE")
-    exec_parser.add_argument("--timeout", type=float, help="seconds; killed after")
+    exec_parser.add_argument(
+        "--timeout", type=float, help="seconds; then it is killed and exec exits 124"
+    )
 
     cp = commands.add_parser(
-        "cp", help="copy a file: cp LOCAL NAME:PATH or cp NAME:PATH LOCAL ('-': stdin/stdout)"
+        "cp",
+        help="copy a file: cp LOCAL NAME:PATH or cp NAME:PATH LOCAL; to a directory, into it"
+        " ('NAME:' alone: the sandbox's working directory; '-': stdin/stdout)",
     )
     cp.add_argument("source")
     cp.add_argument("dest")
@@ -90,13 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="what a sandbox's daemon printed")
     logs.add_argument("name")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it comes")
-    _platform(logs, repeat=False)
+    _platform(logs, repeat=False, default=None)  # None: where its saved handle says
 
     rm = commands.add_parser("rm", help="delete sandboxes by name or label, whoever owns them")
     rm.add_argument("names", nargs="*", metavar="NAME")
     rm.add_argument("-l", "--label", action="append", metavar="KEY=VALUE", help="repeatable")
     _platform(rm, repeat=True)
     _json(rm)
+
+    images.add_parser(commands)
 
     gc = commands.add_parser(
         "gc", help="delete sandboxes whose TTL passed or whose owner process died"
@@ -113,13 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _platform(parser: argparse.ArgumentParser, *, repeat: bool) -> None:
+def _platform(
+    parser: argparse.ArgumentParser, *, repeat: bool, default: str | None = "docker"
+) -> None:
+    where = "docker" if default else "its saved handle's platform, else docker"
     parser.add_argument(
         "--platform",
         action="append" if repeat else "store",
         choices=list(PLATFORMS),
-        default=None if repeat else "docker",
-        help="where" + (" (repeatable)" if repeat else "") + " (default: docker)",
+        default=None if repeat else default,
+        help="where" + (" (repeatable)" if repeat else "") + f" (default: {where})",
     )
     for flag in sandboxes.SCOPE_FLAGS:
         parser.add_argument(
@@ -151,6 +163,8 @@ async def _run(args: argparse.Namespace) -> int:
         print(await remote.cp(args), file=sys.stderr)
     elif command == "logs":
         await remote.logs(args)
+    elif command == "image":
+        await images.image_command(args)
     elif command in ("rm", "gc"):
         if command == "rm":
             reaped = await sandboxes.rm(args)
@@ -189,6 +203,9 @@ def _error(exc: BaseException | str) -> None:
     if isinstance(exc, BaseExceptionGroup):
         first, more = exc.exceptions[0], len(exc.exceptions) - 1
         exc = f"{exc.message}: {first}" + (f" (and {more} more)" if more else "")
+    if isinstance(exc, OSError) and not isinstance(exc, CommandLabError) and exc.strerror:
+        # A local file's error as the shell says it: "data.csv: No such file or directory".
+        exc = f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
     text = " ".join(str(exc).split()) or type(exc).__name__
     print(f"commandlab: {text}", file=sys.stderr)
 
@@ -198,17 +215,45 @@ def _fail(exc: BaseException | str, status: int) -> int:
     return status
 
 
+def script() -> int:
+    """The ``commandlab`` script: :func:`main`, quiet on Ctrl-C outside the command's loop.
+
+    Until the command's event loop runs, and again once it has stopped (the interpreter
+    shutting down), a Ctrl-C ends the process at once with status 130: there is nothing to
+    clean up then, and a KeyboardInterrupt raised there prints a traceback (or an
+    "Exception ignored" one). While the loop runs, a Ctrl-C cancels the command, which
+    cleans up what it made. Not in :func:`main`, which programs and tests call in their
+    own process: this handler is the script's alone.
+    """
+    signal.signal(signal.SIGINT, _quit)
+    return main()
+
+
+def _quit(signum: int, frame: object) -> None:
+    os._exit(128 + signum)  # as the shells say a death by SIGINT: 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (130 on Ctrl-C, whenever it comes)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while parsing, reporting or cleaning up
+        return INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    # The library's warnings (a saved handle it skipped...), said as the CLI says things.
+    # The library's warnings (a saved handle it skipped...) and news (the progress of an
+    # image it builds), said as the CLI says things.
     said = logging.StreamHandler()
     said.setFormatter(_Said())
-    said.setLevel(logging.WARNING)
+    said.setLevel(logging.INFO)
     library = logging.getLogger("commandlab_async")
+    level = library.level
+    library.setLevel(logging.INFO)
     library.addHandler(said)
     try:
-        return asyncio.run(_run(args))
+        return _run_loop(_run(args))
     except KeyboardInterrupt:
         return INTERRUPTED
     except SpecError as exc:
@@ -222,10 +267,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return FAILED
     finally:
         library.removeHandler(said)
+        library.setLevel(level)
+
+
+def _run_loop(command: Coroutine[Any, Any, int]) -> int:
+    """Run ``command`` on an event loop of its own, as ``asyncio.run``: a Ctrl-C cancels
+    it, so that it cleans up what it made (an interrupted ``up`` deletes its sandboxes),
+    then raises KeyboardInterrupt.
+
+    asyncio does that only while Python's own Ctrl-C handler is set: the script's
+    (:func:`script`: end the process at once) is set aside while the loop runs.
+    """
+    with asyncio.Runner() as runner:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main_thread else None
+        try:
+            return runner.run(command)
+        finally:
+            if previous is not None:  # before the runner closes the loop
+                signal.signal(signal.SIGINT, previous)
 
 
 class _Said(logging.Formatter):
     """``commandlab: warning: <message>``, as the CLI's own messages read."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"commandlab: {record.levelname.lower()}: {record.getMessage()}"
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"commandlab: {level}{record.getMessage()}"

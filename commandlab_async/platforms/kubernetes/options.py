@@ -203,7 +203,7 @@ class _KubernetesOptions(PlatformOptions):
             value = cluster if name == "cluster_name" else values.get(name)
             if required and value is None:
                 flag = "cluster" if name == "cluster_name" else name
-                raise SpecError(flag, f"is required on platform {cls.platform!r}")
+                raise SpecError(flag, f"is required on platform '{cls.platform}'")
         return options._target(namespace=namespace, cluster=cluster, **values)
 
 

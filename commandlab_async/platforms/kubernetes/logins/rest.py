@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from ...._client.transport import describe
 from ..options import KubernetesTarget
 from .base import error
 
@@ -36,7 +37,7 @@ async def fetch_json(
             text = await response.text()
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise error(target, f"{method} {url} failed: {exc!r}", transient=True) from exc
+        raise error(target, f"{method} {url} failed: {describe(exc)}", transient=True) from exc
     if status >= 300:
         raise error(target, explain(status, _cloud_message(text)), code=status)
     try:
