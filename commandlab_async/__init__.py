@@ -77,6 +77,7 @@ from .specs import (
     KubernetesPlatform,
     KubernetesSpec,
     Spec,
+    options_for,
     spec_for,
 )
 
@@ -165,6 +166,7 @@ __all__ = [
     "labelled",
     "lifecycle_events",
     "list_sandboxes",
+    "options_for",
     "provision",
     "provision_many",
     "read_logs",

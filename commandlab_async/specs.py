@@ -42,6 +42,7 @@ __all__ = [
     "RunningSandbox",
     "Spec",
     "checked_spec",
+    "options_for",
     "spec_for",
 ]
 
@@ -302,14 +303,9 @@ def spec_for(
     options or a mapping of their fields, ``fields`` the spec's fields. Anything that
     does not fit is a :class:`SpecError` naming it.
     """
-    chosen = PLATFORMS.get(str(platform))
-    if chosen is None:
-        raise SpecError("platform", f"must be one of {sorted(PLATFORMS)}, got {platform!r}")
+    chosen = _platform_named(platform)
     if isinstance(options, Mapping):
-        try:
-            options = options_class(chosen)(**options)
-        except TypeError as exc:
-            raise SpecError("options", f"not options of {chosen}: {exc}") from None
+        options = options_for(chosen, options)
     kind: type[DockerSpec] | type[KubernetesSpec] = (
         KubernetesSpec if isinstance(chosen, KubernetesPlatform) else DockerSpec
     )
@@ -320,3 +316,25 @@ def spec_for(
         if name not in known:
             raise SpecError(name, "is not a field of a spec")
     return kind(platform=chosen, options=options, **fields)  # type: ignore[arg-type]
+
+
+def options_for(platform: str | Platform, fields: Mapping[str, Any]) -> PlatformOptions:
+    """The options of a platform given by name (``aws-ecs``...) from a mapping of their
+    fields, as configuration read from text gives them. An unknown platform or field is a
+    :class:`SpecError` naming it (``options.<field>`` for a field the options lack)."""
+    cls = options_class(_platform_named(platform))
+    known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
+    for name in fields:
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "nothing"
+            raise SpecError(
+                f"options.{name}", f"is not an option of platform '{platform}' (it takes: {takes})"
+            )
+    return cls(**fields)
+
+
+def _platform_named(platform: str | Platform) -> Platform:
+    chosen = PLATFORMS.get(str(platform))
+    if chosen is None:
+        raise SpecError("platform", f"must be one of {sorted(PLATFORMS)}, got {platform!r}")
+    return chosen

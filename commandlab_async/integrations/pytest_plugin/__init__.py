@@ -10,6 +10,41 @@ Fixtures:
 - ``commandlab``: this process's :class:`CommandLab`, to make fleets of any scope:
   ``with commandlab.fleet(count=4) as fleet: yield fleet`` in a module fixture.
 
+Where the sandboxes run: ``--commandlab-platform`` and ``--commandlab-image`` (or ini
+``commandlab_platform``...) for local Docker; for a cloud or a cluster, a *spec file*:
+``--commandlab-spec PATH`` (relative to the working directory), or ini
+``commandlab_spec = PATH`` (relative to the ini file; ``--commandlab-spec=`` turns it
+off). A TOML file (``.toml``) or a JSON object (``.json``) whose keys are the spec's
+fields, ``platform`` and an ``options`` table of that platform's options::
+
+    platform = "aws-ecs"          # docker, aws-ecs, azure-aci, gcp-cloud-run,
+                                  # kubernetes, aws-eks, azure-aks, gcp-gke
+    region = "eu-west-1"          # scope: region, resource_group, project_id,
+                                  # namespace, cluster_name (as the platform takes them)
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/computer:latest"
+    cpu = 1
+    memory = 2048
+    ttl = 1800                    # seconds; JSON null: never
+    ready_timeout = 300
+    env = { PIP_INDEX_URL = "https://pypi.example/simple" }
+    labels = { team = "evals" }
+
+    [options]                     # EcsOptions, AciOptions, CloudRunOptions,
+    subnets = ["subnet-0abc"]     # KubeconfigOptions... by their field names
+    security_groups = ["sg-0abc"]
+    cluster = "sandboxes"
+
+Any spec field may be given (``disk``, ``pids_limit``, ``run_as_root``, ``screen``,
+``destroy_timeout``, ``name_prefix``, ``daemon_port``, ``network``...), except
+``endpoint_resolver`` (set it in code). The file is read when pytest starts: a file that
+cannot be read or parsed, an unknown field or option, or a value no spec takes is a usage
+error naming the file and the field, before any sandbox is made. Precedence: the command
+line, then the file, then the other ini options, then the defaults. When
+``--commandlab-platform`` (or a ``computer`` marker's ``platform=``) names another
+platform than the file's, the file's ``options`` and scope are left out (they are that
+platform's) and its other fields still apply. A marker's fields replace the file's
+(``env=`` replaces the file's ``env`` whole).
+
 The fixtures are synchronous: sandboxes live on a background event loop of the plugin,
 and a :class:`~commandlab_async.Computer` works from any event loop, so tests in
 pytest-asyncio's function, module or session loops (or anyio's, on asyncio) share them.
@@ -76,9 +111,10 @@ def _say(config: pytest.Config, text: str) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     lab = config.stash[_LAB]
     settings = lab.settings
+    spec_file = f" (spec file {settings.spec_file})" if settings.spec_file else ""
     return (
-        f"commandlab: run {lab.run_id} (label {TEST_RUN}), platform {settings.platform},"
-        f" keep {settings.keep}"
+        f"commandlab: run {lab.run_id} (label {TEST_RUN}), platform {settings.platform}"
+        f"{spec_file}, keep {settings.keep}"
     )
 
 
