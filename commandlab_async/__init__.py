@@ -6,7 +6,7 @@ async with provision(DockerSpec()) as computer:
 ```
 """
 
-from ._admin.handles import connect
+from ._admin.handles import connect, share_handle
 from ._admin.reaper import GC_TIMEOUT, Reaped, gc, remove
 from ._admin.sandboxes import SandboxInfo, list_sandboxes, read_logs, target_for
 from ._client.computer import Computer
@@ -173,6 +173,7 @@ __all__ = [
     "remove",
     "set_limits",
     "set_machine_quotas",
+    "share_handle",
     "spec_for",
     "target_for",
 ]

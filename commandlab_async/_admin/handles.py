@@ -6,6 +6,25 @@ its handle (name, platform, daemon URL, token, expiry) is saved as one JSON file
 only this user can read, in :func:`state_dir`. :func:`connect`, ``commandlab exec``
 and ``commandlab cp`` read it; ``commandlab rm`` and ``gc`` remove it with the sandbox.
 
+Reaching a daemon off this machine takes more than its URL, and a handle holds no
+credential but the sandbox's own token. It saves the target's *scope* (platform plus
+region, cluster, namespace, resource group, kubeconfig path... every field of the
+:class:`Target` that is a string) and, for a daemon that serves TLS of its own (ECS and
+ACI public IPs, Kubernetes services), the certificate it is pinned to (*pin*, no
+secret). :func:`connect` rebuilds the target's driver from the scope and asks it how to
+reach the daemon (:meth:`Driver.reach`): so it needs the same credentials as the
+process that made the sandbox had — the AWS chain, Azure's ``DefaultAzureCredential``,
+Google's default credentials (Cloud Run's ID tokens), the kubeconfig or cloud login of
+the cluster — and the same endpoint variables. A sandbox made with an Azure credential
+object of your own is reached with the default chain. A handle saved before scopes were
+(no ``scope``) still reaches local Docker; elsewhere :func:`connect` says it cannot.
+
+A handle can outlive its sandbox (its TTL, ``gc``, ``docker rm``). When its daemon
+cannot be reached, :func:`connect` asks the backend; if the backend says the sandbox
+is gone or stopped for good (or its local socket is gone), the handle is removed and
+:class:`SandboxNotFoundError` says so in one line. On any other failure (a network
+error, a backend that does not answer) the handle stays and the error is the daemon's.
+
 A handle says where to send the token, so nothing in the state directory is taken on
 trust. The directory (and its ``sandboxes/``) must be this user's and writable by no one
 else, checked on the open directory itself (no symbolic link followed) and used only
@@ -13,9 +32,11 @@ through that open descriptor; a handle is read only if it is a regular file of t
 user's, opened without following a link or waiting on a FIFO, at most
 :data:`MAX_HANDLE_SIZE` bytes, and every field checks out: its name is the file's, its
 platform is known, its URL is ``http``/``https`` or a socket inside this user's runtime
-directory, its token has a token's shape. A write goes to a new file of a random name
-(``O_EXCL``, mode 0600) renamed over the old one. Anything else is a
-:class:`SandboxNotFoundError` naming the file, and ``commandlab ls`` skips it and says so.
+directory, its token has a token's shape, its scope names only string fields of its
+platform's target (all it requires) and its pin is one PEM certificate. A write goes to
+a new file of a random name (``O_EXCL``, mode 0600) renamed over the old one. Anything
+else is a :class:`SandboxNotFoundError` naming the file, and ``commandlab ls`` skips it
+and says so.
 """
 
 from __future__ import annotations
@@ -29,30 +50,46 @@ import re
 import secrets
 import stat
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._client.computer import Computer, Lifetime
 from .._client.transport import UNIX_SCHEME, new_session
-from .._lifecycle.leases import lease
-from ..errors import SandboxNotFoundError, UnsupportedOperationError
-from ..platforms.base import PLATFORMS, DockerPlatform
+from .._lifecycle.leases import lease, open_backend
+from ..errors import (
+    DaemonUnreachableError,
+    SandboxDeletedError,
+    SandboxNotFoundError,
+    UnsupportedOperationError,
+)
+from ..platforms import options_class
+from ..platforms.base import PLATFORMS, DockerPlatform, Target
 from ..platforms.docker import socket_dirs
+from ..platforms.driver import Driver, SandboxRecord
+
+if TYPE_CHECKING:
+    from .._lifecycle.identity import SandboxIdentity
 
 __all__ = [
     "MAX_HANDLE_SIZE",
     "Handle",
     "connect",
     "forget",
+    "handle_of",
     "load",
     "load_all",
+    "remember",
     "save",
     "scan",
+    "scope_of",
+    "share_handle",
     "state_dir",
+    "target_of",
 ]
 
 STATE_DIR_ENV = "COMMANDLAB_STATE_DIR"
@@ -67,10 +104,12 @@ _MAX_URL = 2048
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_HANDLE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CREATE_HANDLE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# Where a handle's URL still leads to the daemon from another process: a published port
-# on this machine. Elsewhere the URL may need the platform's credentials or a pinned
-# certificate, which are not saved.
-_REACHABLE = {str(DockerPlatform.LOCAL)}
+_MAX_SCOPE = 32
+_STRING_FIELDS = ("str", "str | None")  # the Target fields a scope names (annotations)
+_PIN = re.compile(
+    r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]{64,8192}-----END CERTIFICATE-----\n?"
+)
+_GONE_CHECK_TIMEOUT = 20.0  # asking the backend whether an unreachable sandbox is gone
 
 
 @dataclass(frozen=True)
@@ -84,9 +123,77 @@ class Handle:
     labels: dict[str, str]
     saved_at: float = field(default_factory=time.time)
     token: str = field(default="", repr=False)
+    scope: dict[str, str] | None = None
+    """Its target's string fields (region, cluster, namespace...): the backend to ask.
+    None in a handle saved before handles had it (local Docker only then)."""
+    pin: str | None = None
+    """The certificate its daemon's TLS is pinned to (PEM), if it serves TLS of its own."""
+    kept: bool = False
+    """Saved as it was left running on purpose (kept or detached): it belongs to no
+    process any more, so gc judges it by its TTL alone. False for a handle saved while
+    its owner still holds it (:func:`share_handle`). A handle saved before handles had it
+    was a kept or detached one's."""
 
 
 _FIELDS = frozenset(f.name for f in fields(Handle))
+_OPTIONAL = frozenset({"scope", "pin", "kept"})  # absent from handles saved by older versions
+
+
+def scope_of(target: Target) -> dict[str, str]:
+    """The fields of ``target`` a handle saves: every one that is a string (no credential
+    object, no platform)."""
+    return {
+        f.name: value
+        for f in fields(target)
+        if f.type in _STRING_FIELDS and isinstance(value := getattr(target, f.name), str)
+    }
+
+
+def handle_of(
+    computer: Computer, identity: SandboxIdentity, target: Target, pin: str | None
+) -> Handle:
+    """The handle of a sandbox this process brought up (``pin``: :meth:`Driver.pin`)."""
+    return Handle(
+        name=identity.name,
+        platform=computer.platform,
+        url=computer.url,
+        expires_at=identity.expires_at,
+        labels=dict(identity.labels),
+        token=identity.token,
+        scope=scope_of(target),
+        pin=pin,
+    )
+
+
+# The handles of sandboxes this process brought up, not saved unless asked (share_handle).
+_live: weakref.WeakKeyDictionary[Computer, Handle] = weakref.WeakKeyDictionary()
+
+
+def remember(computer: Computer, handle: Handle) -> None:
+    """Note the handle of a sandbox this process brought up, for :func:`share_handle`."""
+    _live[computer] = handle
+
+
+@asynccontextmanager
+async def share_handle(computer: Computer) -> AsyncIterator[Path]:
+    """Save the handle of a sandbox this process brought up, so that this user's other
+    processes (``commandlab exec``, ``cp``, :func:`connect`) reach it while the block
+    runs; leaving the block removes the handle. The sandbox stays this process's: its
+    ``provision`` block still deletes it (enter this block inside that one).
+
+    Raises :class:`UnsupportedOperationError` for a Computer no provision of this process
+    brought up (one from :func:`connect` has its handle saved already).
+    """
+    handle = _live.get(computer)
+    if handle is None:
+        raise UnsupportedOperationError(
+            "only a sandbox this process brought up has a handle to share", sandbox=computer.name
+        )
+    path = await asyncio.to_thread(save, handle)
+    try:
+        yield path
+    finally:
+        await asyncio.to_thread(forget, computer.name)
 
 
 class _Unsafe(PermissionError):
@@ -280,7 +387,7 @@ def _parse(data: bytes, name: str) -> Handle:
         raise _Bad(f"is not JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise _Bad(f"is not a JSON object but a {type(obj).__name__}")
-    if missing := _FIELDS - obj.keys():
+    if missing := _FIELDS - _OPTIONAL - obj.keys():
         raise _Bad(f"lacks {', '.join(sorted(missing))}")
     if extra := obj.keys() - _FIELDS:
         raise _Bad(f"has fields a handle does not: {', '.join(sorted(extra))[:200]}")
@@ -308,6 +415,18 @@ def _parse(data: bytes, name: str) -> Handle:
     token = obj["token"]
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         raise _Bad("has no token of a token's shape")
+    scope = obj.get("scope")
+    if scope is not None:
+        _check_scope(platform, scope)
+    pin = obj.get("pin")
+    if pin is not None:
+        if not isinstance(pin, str) or not _PIN.fullmatch(pin):
+            raise _Bad("has a pin that is not one PEM certificate")
+        if not url.startswith("https://"):
+            raise _Bad("pins a certificate for a URL that is not https")
+    kept = obj.get("kept", True)
+    if not isinstance(kept, bool):
+        raise _Bad("has a kept that is not true or false")
     return Handle(
         name=name,
         platform=platform,
@@ -316,7 +435,30 @@ def _parse(data: bytes, name: str) -> Handle:
         labels=dict(labels),
         saved_at=float(saved_at),
         token=token,
+        scope=None if scope is None else dict(scope),
+        pin=pin,
+        kept=kept,
     )
+
+
+def _check_scope(platform: str, scope: Any) -> None:
+    """A scope names string fields of the platform's target, every required one."""
+    if not isinstance(scope, dict) or len(scope) > _MAX_SCOPE:
+        raise _Bad("has a scope that is not a map")
+    taken = {
+        f.name: f.default is MISSING and f.default_factory is MISSING and f.type == "str"
+        for f in fields(options_class(PLATFORMS[platform]).target_class)
+        if f.type in _STRING_FIELDS
+    }
+    for key, value in scope.items():
+        if key not in taken:
+            raise _Bad(f"has a scope field {platform} does not take: {str(key)[:64]!r}")
+        if not isinstance(value, str) or not value or len(value) > _MAX_URL:
+            raise _Bad(f"has a scope field {key} that is not a string")
+        if not value.isprintable():
+            raise _Bad(f"has a scope field {key} that is not printable")
+    if missing := [name for name, required in taken.items() if required and name not in scope]:
+        raise _Bad(f"has a scope without {', '.join(missing)}")
 
 
 def _is_time(value: Any) -> bool:
@@ -412,28 +554,92 @@ def forget(name: str) -> bool:
 async def connect(name: str) -> AsyncIterator[Computer]:
     """A :class:`Computer` for a sandbox left running (kept or detached), from its handle.
 
-    Leaving the block leaves the sandbox running. Raises :class:`SandboxNotFoundError`
-    when no usable handle of ``name`` is saved here (the message names the file when one
-    is there but refused), and :class:`UnsupportedOperationError` on platforms whose
-    daemon cannot be reached from another process yet (local Docker only, so far).
+    Leaving the block leaves the sandbox running. Off local Docker, this process needs
+    the credentials the sandbox was made with (see the module's docstring). Raises
+    :class:`SandboxNotFoundError` when no usable handle of ``name`` is saved here (the
+    message names the file when one is there but refused), and when its sandbox is gone
+    (the handle is removed then: the backend said so, or its socket is gone);
+    :class:`UnsupportedOperationError` for a handle saved by an older version on a
+    platform other than local Docker.
     """
     handle = await asyncio.to_thread(load, name)
-    if handle.platform not in _REACHABLE:
-        raise UnsupportedOperationError(
-            f"reaching a {handle.platform} sandbox from another process is not supported yet"
-            " (local Docker only)",
-            sandbox=name,
-        )
+    target = target_of(handle)
+    ref = SandboxRecord(name, handle.labels, "")
     lifetime = Lifetime(expires_at=handle.expires_at)
-    async with lease("http", new_session) as http:
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(lease("http", new_session))
+        driver = (await open_backend(stack, target)).driver
+        reach = await driver.reach(ref, handle.url, handle.pin)
+        if reach is None:
+            raise await _pruned(handle, f"{handle.platform} says it no longer exists")
         try:
             yield Computer(
                 name=handle.name,
-                url=handle.url,
+                url=reach.url,
                 token=handle.token,
                 session=http,
                 platform=handle.platform,
+                ssl_context=reach.ssl,
+                extra_headers=reach.headers,
                 lifetime=lifetime,
             )
+        except DaemonUnreachableError as exc:
+            if isinstance(exc, SandboxDeletedError) or exc.sandbox != name:
+                raise
+            why = await _gone(handle, driver, ref)
+            if why is None:
+                raise
+            raise await _pruned(handle, why) from exc
         finally:
             lifetime.end("its connect block ended (the sandbox still runs)")
+
+
+def target_of(handle: Handle) -> Target:
+    """The target a handle's sandbox is on, rebuilt from its scope.
+    :class:`UnsupportedOperationError` for a handle saved without one off local Docker."""
+    platform = PLATFORMS[handle.platform]
+    target_class = options_class(platform).target_class
+    if handle.scope is None:
+        if platform != DockerPlatform.LOCAL:
+            raise UnsupportedOperationError(
+                f"its handle was saved by an older commandlab, without what reaching a"
+                f" {platform} sandbox from another process takes; `commandlab rm` it",
+                sandbox=handle.name,
+            )
+        return options_class(platform).target_from({})
+    scope = handle.scope
+    values: dict[str, Any] = {
+        f.name: scope.get(f.name)
+        for f in fields(target_class)
+        if f.type in _STRING_FIELDS
+        and (f.name in scope or (f.default is MISSING and f.default_factory is MISSING))
+    }
+    return target_class(platform=platform, **values)
+
+
+async def _gone(handle: Handle, driver: Driver[Any], ref: SandboxRecord) -> str | None:
+    """Why the sandbox of ``handle`` is gone for good, if it is: its local socket is
+    gone, or its backend says so. None when that is not certain (the backend did not
+    answer, or says it is there): a handle is never removed on a guess."""
+    if handle.url.startswith(UNIX_SCHEME):
+        socket = handle.url.removeprefix(UNIX_SCHEME)
+        if not await asyncio.to_thread(os.path.lexists, socket):
+            return "its daemon's socket no longer exists"
+    try:
+        async with asyncio.timeout(_GONE_CHECK_TIMEOUT):
+            state = await driver.state(ref)
+    except Exception:  # no answer, no credentials...: not known to be gone
+        return None
+    if not state.terminal:
+        return None
+    return f"{handle.platform} state: {state.detail}"
+
+
+async def _pruned(handle: Handle, why: str) -> SandboxNotFoundError:
+    """Remove the handle of a sandbox that is gone; the error that says so."""
+    await asyncio.to_thread(forget, handle.name)
+    if handle.expires_at is not None and handle.expires_at <= time.time():
+        why += "; its TTL has passed"
+    return SandboxNotFoundError(
+        f"is gone ({why}); its saved handle was removed", sandbox=handle.name
+    )

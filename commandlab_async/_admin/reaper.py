@@ -1,5 +1,13 @@
 """The reaper: delete sandboxes whose TTL passed or whose owner process is gone.
 
+A sandbox left running on purpose — kept (``Computer.keep()``, the pytest plugin's
+``--commandlab-keep``, Inspect's ``--no-sandbox-cleanup``) or detached — belongs to no
+process: only its TTL (or ``commandlab rm``) removes it. Its labels cannot say so (they
+are fixed at create on Docker and ACI), but its saved handle does: a sandbox with a
+kept handle in this user's state directory is never judged by its owner. (A kept sandbox
+whose handle could not be saved, or a gc run by another user or with another
+``COMMANDLAB_STATE_DIR``, still judges it by its owner.)
+
 It judges an owner only where its pid means something: the sandbox's ``owner-ns`` label
 must equal the reaper's own (same boot, same PID namespace). There, the owner is gone if
 its pid is not alive or now belongs to a process with another start time. Sandboxes of
@@ -16,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from .._client.transport import reason
 from .._lifecycle.identity import SESSION_ID, owner_namespace, process_start_ticks
 from .._lifecycle.leases import Backend, open_backend
 from .._lifecycle.shielding import shielded
@@ -25,6 +34,7 @@ from ..labels import EXPIRES_AT, MANAGED, NEVER, OWNER_NS, PID, PID_START, SESSI
 from ..platforms.base import Target
 from ..platforms.driver import SandboxRecord
 from ..specs import DockerSpec, KubernetesSpec, Spec
+from .handles import Handle, load_all
 from .handles import forget as forget_handle
 
 __all__ = ["Reaped", "gc", "remove"]
@@ -54,6 +64,8 @@ async def gc(
 ) -> list[Reaped]:
     """Delete expired and orphaned sandboxes where the user names; return what was deleted.
 
+    A sandbox whose kept handle is saved here (kept or detached) is no orphan: it is deleted
+    only once its TTL passed (or it stopped).
     ``where`` holds specs (their target: platform, region, cluster, namespace...) or
     :class:`Target` objects; the default sweeps the local Docker Engine. Deletes go
     through the same per-target limits as fleets, each shielded from cancellation and
@@ -200,7 +212,7 @@ async def _sweep(
     await asyncio.to_thread(_forget_handles, gone)
     if failures:  # the rest are deleted: say which are not, and why
         raise CleanupError(
-            "; ".join(f"{name}: {error!r}" for name, error in failures),
+            "; ".join(f"{name}: {reason(error)}" for name, error in failures),
             sandbox=", ".join(name for name, _ in failures),
             platform=str(target),
         )
@@ -213,11 +225,29 @@ def _forget_handles(names: list[str]) -> None:
 
 
 def _reasons(records: list[SandboxRecord]) -> list[str | None]:
-    return [why_reap(record) for record in records]
+    handles = saved_handles()
+    return [why_reap(record, kept=is_kept(record, handles)) for record in records]
 
 
-def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
-    """Why the sandbox should be deleted, or None to leave it alone."""
+def saved_handles() -> dict[str, Handle]:
+    """This user's usable saved handles, by sandbox name (reads the state directory)."""
+    return {handle.name: handle for handle in load_all()}
+
+
+def is_kept(record: SandboxRecord, handles: Mapping[str, Handle]) -> bool:
+    """Whether the sandbox was left running on purpose (kept or detached): ``handles``
+    holds a kept handle of it, saved by the process that made it (same session)."""
+    handle = handles.get(record.name)
+    return (
+        handle is not None
+        and handle.kept
+        and handle.labels.get(SESSION) == record.labels.get(SESSION)
+    )
+
+
+def why_reap(record: SandboxRecord, *, now: float | None = None, kept: bool = False) -> str | None:
+    """Why the sandbox should be deleted, or None to leave it alone. A ``kept`` one (see
+    :func:`is_kept`) belongs to no process: it goes when its TTL passes or it stopped."""
     labels = record.labels
     now = time.time() if now is None else now
     expires = labels.get(EXPIRES_AT, NEVER)
@@ -225,8 +255,8 @@ def why_reap(record: SandboxRecord, *, now: float | None = None) -> str | None:
         return "expired"
     if record.finished:
         return f"finished ({record.state})"
-    if labels.get(SESSION) == SESSION_ID:
-        return None  # ours, and we are alive
+    if kept or labels.get(SESSION) == SESSION_ID:
+        return None  # no owner to judge, or ours and we are alive
     ours = owner_namespace()
     if ours is None or labels.get(OWNER_NS) != ours:
         return None  # its pid means nothing here: only its TTL can tell

@@ -16,13 +16,13 @@ from types import MappingProxyType
 from .._lifecycle.identity import is_detached
 from .._lifecycle.leases import open_backend
 from .._validation import to_number
-from ..errors import SpecError
+from ..errors import SandboxNotFoundError, SpecError
 from ..labels import CREATED_AT, EXPIRES_AT, MANAGED, NEVER, PID
 from ..platforms import driver_class, options_class
 from ..platforms.base import PLATFORMS, Platform, Target
 from ..platforms.driver import SandboxRecord
-from .handles import scan
-from .reaper import why_reap
+from .handles import load, scan, target_of
+from .reaper import is_kept, why_reap
 
 __all__ = ["SandboxInfo", "list_sandboxes", "read_logs", "target_for"]
 
@@ -44,7 +44,9 @@ class SandboxInfo:
     expires_at: float | None
     """When its TTL deletes it (epoch seconds); None when it has no TTL."""
     owner: str
-    """``pid N``, ``pid N (gone)``, ``detached`` (belongs to no process) or ``unknown``."""
+    """``pid N``, ``pid N (gone)``, ``detached`` (brought up to belong to no process),
+    ``kept`` (left running by its owner, ``Computer.keep()``: it belongs to no process
+    any more, and only its TTL or ``rm`` removes it) or ``unknown``."""
     reapable: str | None
     """Why :func:`~commandlab_async.gc` would delete it now, None if it would not."""
     reachable: bool
@@ -79,14 +81,17 @@ async def list_sandboxes(
             backend = await open_backend(stack, target)
             records = await backend.driver.list_sandboxes({**(labels or {}), MANAGED: "true"})
             found += [(target, record) for record in records]
-    reasons = await asyncio.to_thread(lambda: [why_reap(r) for _, r in found])
     saved, skipped = await asyncio.to_thread(scan)
     for problem in skipped:  # a bad handle costs only its own sandbox's reachability
         log.warning("%s", " ".join(problem.split()))
-    handles = {h.name for h in saved}
+    handles = {h.name: h for h in saved}
+    kept = [is_kept(record, handles) for _, record in found]
+    reasons = await asyncio.to_thread(
+        lambda: [why_reap(r, kept=k) for (_, r), k in zip(found, kept, strict=True)]
+    )
     infos = [
-        _describe(target, record, reason, record.name in handles)
-        for (target, record), reason in zip(found, reasons, strict=True)
+        _describe(target, record, reason, record.name in handles, kept=k)
+        for (target, record), reason, k in zip(found, reasons, kept, strict=True)
     ]
     return sorted(infos, key=lambda i: (i.created_at or 0, i.name))
 
@@ -94,17 +99,30 @@ async def list_sandboxes(
 async def read_logs(
     name: str, where: Target | None = None, *, follow: bool = False
 ) -> AsyncGenerator[bytes, None]:
-    """What the sandbox ``name`` on ``where`` (default: local Docker) printed — its
-    daemon's log — as chunks; with ``follow``, as it comes until the sandbox stops.
+    """What the sandbox ``name`` on ``where`` printed — its daemon's log — as chunks of
+    bytes, passed on as they come (hostile: whatever the sandbox wrote); with ``follow``,
+    until the sandbox stops. ``where`` defaults to the target of the handle of ``name``
+    saved here (a kept sandbox, or one ``commandlab up`` brought up), else local Docker.
 
-    An async generator: to stop early, iterate it inside ``contextlib.aclosing`` so its
-    connection closes at once rather than when the generator is collected. Raises
-    UnsupportedOperationError on platforms whose driver cannot read logs.
+    Local Docker and Kubernetes follow the log as a stream; Azure ACI serves it whole
+    (its last 4 MB), so following it reads it again every 2 s. An async generator: to
+    stop early, iterate it inside ``contextlib.aclosing`` so its connection closes at
+    once rather than when the generator is collected. Raises UnsupportedOperationError
+    on ECS and Cloud Run, whose logs are in CloudWatch and Cloud Logging (the message
+    says where), and SandboxNotFoundError when ``where`` has no sandbox ``name``.
     """
+    sandbox = SandboxRecord(name, {}, "")
+    if where is None:
+        try:
+            handle = await asyncio.to_thread(load, name)
+        except SandboxNotFoundError:  # no usable handle: local Docker, as ever
+            pass
+        else:
+            where, sandbox = target_of(handle), SandboxRecord(name, handle.labels, "")
     (target,) = _targets(where)
     async with AsyncExitStack() as stack:
         backend = await open_backend(stack, target)
-        async for chunk in backend.driver.logs(SandboxRecord(name, {}, ""), follow=follow):
+        async for chunk in backend.driver.logs(sandbox, follow=follow):
             yield chunk
 
 
@@ -120,12 +138,14 @@ def _targets(where: Target | Iterable[Target] | None) -> list[Target]:
 
 
 def _describe(
-    target: Target, record: SandboxRecord, reason: str | None, handle: bool
+    target: Target, record: SandboxRecord, reason: str | None, handle: bool, *, kept: bool
 ) -> SandboxInfo:
     labels = MappingProxyType(dict(record.labels))
     expires_text = labels.get(EXPIRES_AT, NEVER)
     if is_detached(labels):
         owner = "detached"
+    elif kept:
+        owner = "kept"
     elif PID in labels:
         owner = f"pid {labels[PID]}" + (" (gone)" if reason and "owner" in reason else "")
     else:

@@ -192,8 +192,11 @@ class Computer:
     def keep(self) -> None:
         """Leave the sandbox running when its ``provision`` block ends, instead of deleting it.
 
-        Its TTL still deletes it, and so does ``commandlab gc`` once this process has
-        exited. This object stops working when the block ends either way.
+        It then belongs to no process: ``commandlab gc`` leaves it, even once this process
+        has exited, and ``commandlab ls`` shows it as ``kept``; only its TTL (``gc`` deletes
+        it once that passed) or ``commandlab rm NAME`` removes it. Its handle is saved so
+        that ``commandlab exec NAME`` and :func:`~commandlab_async.connect` reach it from
+        another process. This object stops working when the block ends either way.
         """
         self._kept = True
 

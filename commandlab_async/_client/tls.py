@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..daemon.protocol import TLS_CERT_ENV, TLS_KEY_ENV
 
-__all__ = ["TLS_CERT_ENV", "TLS_KEY_ENV", "SandboxTls", "make_sandbox_tls"]
+__all__ = ["TLS_CERT_ENV", "TLS_KEY_ENV", "SandboxTls", "make_sandbox_tls", "pinned_context"]
 
 # The certificate is pinned, not checked against a clock the sandbox may not share: it is
 # valid from well before it was made until long after any sandbox ends.
@@ -40,14 +40,21 @@ class SandboxTls:
 
     def client_context(self) -> ssl.SSLContext:
         """An SSL context that accepts this certificate and no other."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # The address is known only once the sandbox runs (and a resolver may tunnel to
-        # it), so the name is not checked: the certificate itself is the identity.
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cadata=self.cert_pem)
-        return context
+        return pinned_context(self.cert_pem)
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """An SSL context that accepts the certificate ``cert_pem`` and no other.
+
+    Raises ``ssl.SSLError`` when ``cert_pem`` holds no certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The address is known only once the sandbox runs (and a resolver may tunnel to it),
+    # so the name is not checked: the certificate itself is the identity.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=cert_pem)
+    return context
 
 
 def _make(name: str) -> SandboxTls:

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from .._admin.handles import Handle
+from .._admin.handles import handle_of, remember
 from .._admin.handles import save as save_handle
 from .._client.computer import Computer, Lifetime
+from .._client.transport import reason
 from ..errors import BackendError, CleanupError, FleetError, ProvisionError, ReadyTimeoutError
 from ..specs import RunningSandbox, Spec
 from .events import EventCallback, EventKind, emit
@@ -227,6 +228,7 @@ async def bring_up(member: Member, http: aiohttp.ClientSession) -> None:
         if alarm is not None:
             alarm.cancel()
     member.computer = computer
+    remember(computer, handle_of(computer, identity, member.backend.target, driver.pin(identity)))
     member.emit(EventKind.READY)
 
 
@@ -275,22 +277,22 @@ async def tear_down_all(members: Sequence[Member], *, pending: BaseException | N
 async def _keep(member: Member, computer: Computer, detached: bool) -> None:
     """Leave the sandbox running, its handle saved so another process can reach it."""
     identity = member.identity
-    handle = Handle(
-        name=identity.name,
-        platform=computer.platform,
-        url=computer.url,
-        expires_at=identity.expires_at,
-        labels=dict(identity.labels),
-        token=identity.token,
-    )
+    backend = member.backend
+    handle = handle_of(computer, identity, backend.target, backend.driver.pin(identity))
+    handle = replace(handle, kept=True)  # what tells gc it belongs to no process now
     ttl = member.spec.ttl
-    until = f"its TTL ({ttl:g}s)" if ttl is not None else "deleted by hand (no TTL)"
-    detail = f"until {until}" if detached else f"until {until}, or `commandlab gc` once we exit"
+    remove = f"`commandlab rm {identity.name}`"
+    detail = f"until its TTL ({ttl:g}s) or {remove}" if ttl is not None else f"until {remove}"
     try:
         await shielded(asyncio.to_thread(save_handle, handle), timeout=_SAVE_TIMEOUT)
-    except Exception as exc:  # the sandbox stays kept; only other processes cannot reach it
+    except Exception as exc:
+        # The saved handle is what tells gc the sandbox is kept (its owner labels are
+        # fixed at create): without it, other processes cannot reach it and gc deletes
+        # it once this process has exited.
         log.warning("could not save the handle of kept sandbox %s: %r", identity.name, exc)
-        detail += f"; its handle could not be saved ({exc!r})"
+        detail += f"; its handle could not be saved ({reason(exc)})"
+        if not detached:
+            detail += ", so `commandlab gc` deletes it once this process has exited"
     member.emit(EventKind.KEPT, detail)
 
 
@@ -330,7 +332,7 @@ async def tear_down(member: Member, *, pending: BaseException | None) -> None:
         await shielded(limiter.delete(destroy, budget=budget), timeout=None)
     except Exception as exc:
         error = CleanupError(
-            f"could not delete it ({exc!r}); its TTL or `commandlab gc` will",
+            f"could not delete it ({reason(exc)}); its TTL or `commandlab gc` will",
             sandbox=member.name,
             platform=str(driver.platform),
         )

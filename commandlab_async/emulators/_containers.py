@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Collection, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine
 from typing import Any, TypeVar
 
 import aiodocker
@@ -184,6 +184,16 @@ class LocalEngine:
         except aiodocker.DockerError:
             lines = []
         return "".join(lines)
+
+    async def follow_logs(self, container_id: str, **params: Any) -> AsyncIterator[str]:
+        """A container's stdout and stderr as they come, until it stops (nothing if it
+        is gone)."""
+        container = self.docker.containers.container(container_id)
+        try:
+            async for line in container.log(stdout=True, stderr=True, follow=True, **params):
+                yield line
+        except aiodocker.DockerError:
+            return
 
     async def kill(self, container_id: str) -> None:
         """SIGKILL a container (nothing if it has exited or is gone)."""

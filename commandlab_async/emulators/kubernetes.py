@@ -1771,7 +1771,7 @@ class KubeEmulator(Emulator, Recording[Recorded]):
 
     # ---------------------------------------------------------------------------------- logs
 
-    async def _log(self, request: web.Request, ns: str, name: str) -> web.Response:
+    async def _log(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
         pod = self._pods.get((ns, name))
         if pod is None:
             raise _not_found(KINDS["pods"], name)
@@ -1808,6 +1808,14 @@ class KubeEmulator(Emulator, Recording[Recorded]):
             params["tail"] = request.query["tailLines"]
         if request.query.get("timestamps", "").lower() in ("true", "1"):
             params["timestamps"] = True
+        if request.query.get("follow", "").lower() in ("true", "1"):
+            # Streamed as it comes, until the container stops or the client goes.
+            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+            await response.prepare(request)
+            async for line in self._engine.follow_logs(target, **params):
+                await response.write(line.encode())
+            await response.write_eof()
+            return response
         text = await self._engine.logs(target, **params)
         if request.query.get("limitBytes"):
             text = text.encode()[: int(request.query["limitBytes"])].decode(errors="replace")

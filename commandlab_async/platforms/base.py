@@ -120,6 +120,8 @@ class PlatformOptions:
     """
 
     platform: ClassVar[Platform]
+    target_class: ClassVar[type[Target]] = Target
+    """The class of this platform's :class:`Target` (a saved handle names its fields)."""
     scope: ClassVar[Mapping[str, bool]] = {}
     """Flat spec fields that scope this platform (``region``...) -> whether required."""
     defaults: ClassVar[Mapping[str, object]] = {}

@@ -15,6 +15,7 @@ import hashlib
 import math
 import random
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .._client.tls import SandboxTls, pinned_context
 from ..daemon import protocol as wire
 from ..errors import (
     BackendError,
@@ -36,13 +38,14 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..specs import Spec
-from .base import Limits, MachineQuota, Platform, RunningSandbox, Target
+from .base import HeaderSource, Limits, MachineQuota, Platform, RunningSandbox, Target
 
 __all__ = [
     "SESSION_ID",
     "TRANSIENT_STATUS",
     "Driver",
     "Failure",
+    "Reach",
     "SandboxIdentity",
     "SandboxRecord",
     "SandboxRef",
@@ -164,6 +167,16 @@ class Failure:
     """The thing asked about does not exist."""
 
 
+@dataclass(frozen=True)
+class Reach:
+    """How this process reaches the daemon of a sandbox another process brought up (from
+    its saved handle): the URL, and the TLS and headers this process's credentials give."""
+
+    url: str
+    ssl: ssl.SSLContext | None = None
+    headers: HeaderSource | None = None
+
+
 class Driver(abc.ABC, Generic[TargetT]):
     """The protocol every backend implements. The constructor does no I/O.
 
@@ -191,6 +204,9 @@ class Driver(abc.ABC, Generic[TargetT]):
     def __init__(self, target: TargetT) -> None:
         self.target = target
         self._not_created: set[str] = set()
+        # name -> the per-sandbox certificate its client pins (daemons reached over a
+        # network with TLS of their own; see .._client.tls), until it is deleted.
+        self._tls: dict[str, SandboxTls] = {}
 
     @classmethod
     def machine_quotas(cls, target: TargetT) -> tuple[MachineQuota, ...]:
@@ -257,6 +273,18 @@ class Driver(abc.ABC, Generic[TargetT]):
         raise UnsupportedOperationError(
             f"reading logs is not supported on {self.platform} yet", sandbox=sandbox.name
         )
+
+    def pin(self, sandbox: SandboxRef) -> str | None:
+        """The certificate (PEM, no secret) the client pins for the sandbox's daemon, to
+        save in its handle; None when its daemon is not reached over TLS of its own."""
+        tls = self._tls.get(sandbox.name)
+        return tls.cert_pem if tls is not None else None
+
+    async def reach(self, sandbox: SandboxRef, url: str, pin: str | None) -> Reach | None:
+        """How to reach the daemon of a sandbox from its saved handle (``url`` and ``pin``
+        as saved), with this process's credentials; None when the backend says the
+        sandbox is gone. By default: the saved URL, pinning the saved certificate."""
+        return Reach(url, pinned_context(pin) if pin is not None else None)
 
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
         """What the backend last said about a sandbox :meth:`running` still waits for

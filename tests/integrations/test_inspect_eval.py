@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import shutil
 import signal
 import sys
 import uuid
@@ -34,7 +36,7 @@ from commandlab_async.integrations.inspect_sandbox import (
     CommandLabSandboxConfig,
 )
 from commandlab_async.integrations.inspect_sandbox.config import load_config
-from tests.conftest import docker
+from tests.conftest import ENGINE_ENV, docker, run_cli
 
 EVAL = Path(__file__).parent / "inspect_eval" / "eval_task.py"
 
@@ -141,11 +143,79 @@ async def test_no_sandbox_cleanup_keeps_the_sandbox_and_says_how_it_goes(
         await CommandLabSandbox.task_cleanup("pkg/kept_task", config, cleanup=False)
         assert docker("ps", "-q", "--filter", f"name={name}") != ""
         said = capsys.readouterr().out
-        assert name in said
-        assert "TTL (600.0s)" in said
-        assert "commandlab gc" in said
+        assert f"commandlab exec -i {name} -- sh" in said
+        assert f"commandlab rm {name}" in said
     finally:
         docker("rm", "-f", name)
+
+
+KEPT_TASK = Path(__file__).parent / "inspect_eval" / "kept_task.py"
+
+
+async def inspect_eval(tmp_path: Path, *flags: str) -> tuple[str, dict[str, str]]:
+    """``inspect eval kept_task.py --model mockllm/model --sandbox commandlab FLAGS`` in a
+    process of its own, as a user runs it; what it printed (it must succeed) and its env."""
+    env = {**ENGINE_ENV, "COMMANDLAB_STATE_DIR": str(tmp_path / "state")}
+    shutil.copy(KEPT_TASK, tmp_path)  # Inspect takes a task file by a relative path
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "inspect"),
+        *("eval", KEPT_TASK.name, "--model", "mockllm/model", "--sandbox", "commandlab"),
+        *("--log-dir", str(tmp_path / "logs"), *flags),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    said = out.decode()
+    assert proc.returncode == 0, said[-3000:]
+    for noise in ("Traceback", "Session is closed", "athrow", "ERROR", "WARNING"):
+        assert noise not in said, said[-3000:]
+    return said, env
+
+
+def kept_by_inspect() -> list[str]:
+    label = "label=inspect-task=kept_by_inspect"
+    return docker("ps", "-a", "--filter", label, "--format", "{{.Names}}").split()
+
+
+@pytest.mark.docker
+async def test_inspect_eval_no_sandbox_cleanup_keeps_every_sandbox(tmp_path: Path) -> None:
+    """The real command line: Inspect calls task_cleanup("shutdown", ...) itself."""
+    try:
+        said, env = await inspect_eval(tmp_path, "--no-sandbox-cleanup")
+        names = re.findall(r"commandlab rm (\S+)", said)
+        assert len(names) == 2, said[-3000:]
+        assert sorted(names) == sorted(kept_by_inspect())
+        for name in names:
+            assert f"commandlab exec -i {name} -- sh" in said
+        # Alive through the run (each holds what its sample wrote) and after it; kept.
+        found = {
+            run_cli("exec", name, "--", "cat", "/tmp/sample", env=env).stdout for name in names
+        }
+        assert found == {b"first", b"second"}
+        listed = json.loads(run_cli("ls", "--json", env=env).stdout)
+        assert {i["name"]: i["owner"] for i in listed if i["name"] in names} == dict.fromkeys(
+            names, "kept"
+        )
+        assert run_cli("gc", env=env).returncode == 0
+        assert sorted(kept_by_inspect()) == sorted(names)
+        assert run_cli("rm", *names, env=env).returncode == 0
+        assert kept_by_inspect() == []
+    finally:
+        if left := kept_by_inspect():
+            docker("rm", "-f", *left)
+
+
+@pytest.mark.docker
+async def test_inspect_eval_deletes_every_sandbox_quietly(tmp_path: Path) -> None:
+    try:
+        said, _ = await inspect_eval(tmp_path)
+        assert "commandlab rm" not in said
+        assert kept_by_inspect() == []
+    finally:
+        if left := kept_by_inspect():
+            docker("rm", "-f", *left)
 
 
 @pytest.mark.docker

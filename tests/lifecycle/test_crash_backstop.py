@@ -250,6 +250,9 @@ def test_why_reap_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         check=True,
     ).stdout.strip()
     assert why_reap(record(**{PID: dead})) == f"owner process {dead} is gone"
+    # kept: it belongs to no process any more, only its TTL ends it
+    assert why_reap(record(**{PID: dead}), kept=True) is None
+    assert why_reap(record(**{PID: dead, EXPIRES_AT: str(int(now - 1))}), kept=True) == "expired"
     # our pid, alive, but started at another tick: the pid was reused
     assert why_reap(record(**{PID_START: "1"})) == f"owner process {me} is gone"
     # another live process, with its own start: alive

@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
-from commandlab_async import SandboxNotFoundError
-from commandlab_async._admin.handles import Handle, load, load_all, save
+from commandlab_async import SandboxNotFoundError, UnsupportedOperationError, connect
+from commandlab_async._admin.handles import Handle, load, load_all, save, target_of
 from commandlab_async.platforms.docker import socket_dirs
 
 pytestmark = pytest.mark.unit
 
 NAME = "commandlab-0123456789ab"
+PEM = "-----BEGIN CERTIFICATE-----\n" + "QUJD" * 40 + "\n-----END CERTIFICATE-----\n"
 
 
 @pytest.fixture
@@ -123,6 +124,12 @@ def _malformed() -> list[Any]:
     def setting(key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
         return lambda obj: {**obj, key: value}
 
+    def cloud(changes: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+        """An ACI handle, as saved, with ``changes``."""
+        scope = {"subscription_id": "s", "resource_group": "g", "region": "r"}
+        aci = {"platform": "azure-aci", "url": "https://127.0.0.1:1", "scope": scope}
+        return lambda obj: {**obj, **aci, "pin": PEM, **changes}
+
     def socket(path: Callable[[Path], str]) -> Callable[[dict[str, Any]], Any]:
         """A unix: URL to ``path(this user's runtime directory)``."""
         return lambda obj: {**obj, "url": f"unix:{path(socket_dirs.base_dir())}"}
@@ -154,6 +161,14 @@ def _malformed() -> list[Any]:
         ("token-header", setting("token", "a" * 43 + "\r\nX-Evil: 1"), "token"),
         ("token-short", setting("token", "abc"), "token"),
         ("token-number", setting("token", 12345), "token"),
+        ("scope-list", setting("scope", ["region"]), "scope that is not a map"),
+        ("scope-field", setting("scope", {"proxy": "http://evil"}), "does not take: 'proxy'"),
+        ("scope-int", setting("scope", {"host": 5}), "scope field host"),
+        ("scope-newline", setting("scope", {"host": "unix:///x\n"}), "not printable"),
+        ("scope-required", cloud({"scope": {"region": "r"}}), "without subscription_id"),
+        ("pin-text", cloud({"pin": "not a certificate"}), "not one PEM certificate"),
+        ("pin-key", cloud({"pin": PEM.replace("CERTIFICATE", "PRIVATE KEY")}), "PEM"),
+        ("pin-http", cloud({"pin": PEM, "url": "http://127.0.0.1:1"}), "not https"),
     ]
     return [pytest.param(*case, id=case[0]) for case in cases]
 
@@ -210,3 +225,29 @@ def test_a_planted_temporary_file_never_receives_the_token(state: Path, tmp_path
     save(handle)
     assert target.read_text() == ""
     assert load(NAME) == handle
+
+
+def test_a_cloud_handle_reads_back_with_its_scope_and_pin(state: Path) -> None:
+    scope = {"subscription_id": "s", "resource_group": "g", "region": "r"}
+    handle = replace(
+        a_handle(), platform="azure-aci", url="https://127.0.0.1:1", scope=scope, pin=PEM
+    )
+    save(handle)
+    assert load(NAME) == handle
+
+
+def test_a_handle_saved_before_scopes_still_loads_and_reaches_docker(state: Path) -> None:
+    old = {k: v for k, v in asdict(a_handle()).items() if k not in ("scope", "pin", "kept")}
+    save(a_handle())  # the directory, as a real one
+    path = state / "sandboxes" / f"{NAME}.json"
+    path.write_text(json.dumps(old))
+    loaded = load(NAME)
+    assert (loaded.scope, loaded.pin, loaded.url) == (None, None, old["url"])
+    assert str(target_of(loaded)) == "docker"
+
+
+async def test_an_old_handle_off_local_docker_says_it_cannot_be_reached(state: Path) -> None:
+    save(replace(a_handle(), platform="aws-ecs", url="http://127.0.0.1:1"))
+    with pytest.raises(UnsupportedOperationError, match="saved by an older commandlab"):
+        async with connect(NAME):
+            pass

@@ -3,6 +3,9 @@
 Each sample's sandbox is one ``provision`` block, entered in ``sample_init`` and left in
 ``sample_cleanup`` (or ``task_cleanup``, for samples Inspect did not clean up), so it
 comes up under our per-target limits and is deleted shielded and bounded like any other.
+Under ``--no-sandbox-cleanup`` Inspect skips ``sample_cleanup``: ``task_cleanup`` keeps
+each sandbox (:meth:`Computer.keep`: it belongs to no process then, and only its TTL or
+``commandlab rm`` removes it) and prints how to reach and remove it.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Literal, overload
 
 from inspect_ai.util import (
@@ -30,9 +35,10 @@ from inspect_ai.util._sandbox.exec_remote import (
     ExecRemoteProcess,
     ExecRemoteStreamingOptions,
 )
+from inspect_ai.util._sandbox.lifecycle import sandbox_lifecycle_state
 from pydantic import BaseModel
 
-from ... import Computer, DockerPlatform, gc, provision
+from ... import Computer, DockerPlatform, Target, gc, provision, share_handle
 from ...errors import (
     CleanupError,
     CommandTimeoutError,
@@ -42,6 +48,7 @@ from ...errors import (
     RemoteFileNotFoundError,
     UnsupportedOperationError,
 )
+from ..cli.sandboxes import SCOPE_FLAGS
 from .config import load_config
 from .streaming import StreamingProcess, exit_status
 
@@ -49,9 +56,28 @@ __all__ = ["CommandLabSandbox"]
 
 log = logging.getLogger("commandlab_async.inspect")
 
-# Sandboxes Inspect has not cleaned up yet, by (unqualified) task name. Held strongly:
-# a provision block must be left by _close, never by the garbage collector.
-_live: dict[str, set[CommandLabSandbox]] = {}
+
+class _Held:
+    """The sandboxes of one run that Inspect has not cleaned up yet. Held strongly: a
+    provision block must be left by _close, in the run's event loop, never by the
+    garbage collector or the loop's shutdown (by then its HTTP session is closed)."""
+
+    def __init__(self) -> None:
+        self.sandboxes: set[CommandLabSandbox] = set()
+
+
+# Outside an Inspect run's lifecycle scope (the provider driven directly): by task name.
+_unscoped: dict[str, _Held] = {}
+
+
+def _held(task_name: str) -> _Held:
+    """Where the sandboxes of ``task_name`` are held: the run's lifecycle scope, which
+    every sample of the run shares and whose end Inspect's final ``task_cleanup``
+    (named ``"shutdown"``, not after any task) marks; else the task's own entry."""
+    scope = sandbox_lifecycle_state()
+    if scope is not None:
+        return scope.get(_Held)
+    return _unscoped.setdefault(_task_key(task_name), _Held())
 
 
 def _task_key(task_name: str) -> str:
@@ -59,15 +85,63 @@ def _task_key(task_name: str) -> str:
     return task_name.rsplit("/", 1)[-1]
 
 
+def _kept_message(kept: Sequence[CommandLabSandbox]) -> str:
+    """How to reach and remove each kept sandbox, a few lines each."""
+    lines = [
+        f"commandlab: kept {len(kept)} sandbox(es) running (--no-sandbox-cleanup); each is"
+        " deleted only by its TTL or `commandlab rm`, never by `commandlab gc`:"
+    ]
+    for sandbox in sorted(kept, key=lambda s: (s._sample, s._computer.name)):
+        computer = sandbox._computer
+        expires = computer.expires_at
+        until = (
+            "no TTL"
+            if expires is None
+            else time.strftime("until %H:%M:%S", time.localtime(expires))
+        )
+        sample = f"sample {sandbox._sample}: " if sandbox._sample else ""
+        lines += [
+            f"  {sample}{computer.name} ({computer.platform}, {until})",
+            f"    enter:   {shlex.join(['commandlab', 'exec', '-i', computer.name, '--', 'sh'])}",
+            f"    remove:  {shlex.join(_rm_command(computer.name, sandbox._target))}",
+        ]
+    return "\n".join(lines)
+
+
+def _rm_command(name: str, target: Target | None) -> list[str]:
+    """``commandlab rm NAME`` with the flags that name the sandbox's target."""
+    words = ["commandlab", "rm", name]
+    if target is None or target.platform == DockerPlatform.LOCAL:
+        return words
+    words += ["--platform", str(target.platform)]
+    flag_of = {field: flag for flag, field in SCOPE_FLAGS.items()}
+    for f in fields(target):
+        value = getattr(target, f.name)
+        if f.name in flag_of and isinstance(value, str):
+            words += [f"--{flag_of[f.name].replace('_', '-')}", value]
+    return words
+
+
 @sandboxenv(name="commandlab")
 class CommandLabSandbox(SandboxEnvironment):
     """A sample's sandbox: one commandlab computer on any platform we support."""
 
-    def __init__(self, computer: Computer, stack: AsyncExitStack, user: str | None) -> None:
+    def __init__(
+        self,
+        computer: Computer,
+        stack: AsyncExitStack,
+        user: str | None,
+        held: _Held | None = None,
+        sample: str = "",
+        target: Target | None = None,
+    ) -> None:
         super().__init__()
         self._computer = computer
         self._stack = stack
         self._user = user
+        self._held = held
+        self._sample = sample
+        self._target = target
 
     @property
     def computer(self) -> Computer:
@@ -100,10 +174,12 @@ class CommandLabSandbox(SandboxEnvironment):
         spec = replace(spec, labels={**spec.labels, "inspect-task": _task_key(task_name)[:63]})
         # Relative paths and commands start in the daemon's working directory (the
         # image's, /home/computer by default), which is the sample's directory.
+        held = _held(task_name)
         stack = AsyncExitStack()
         computer = await stack.enter_async_context(provision(spec))
-        sandbox = cls(computer, stack, settings.user)
-        _live.setdefault(_task_key(task_name), set()).add(sandbox)
+        sample = str(metadata.get("__sample_id__", ""))  # Inspect's, for the kept list
+        sandbox = cls(computer, stack, settings.user, held, sample, spec.target())
+        held.sandboxes.add(sandbox)
         return {"default": sandbox}
 
     @classmethod
@@ -123,27 +199,25 @@ class CommandLabSandbox(SandboxEnvironment):
     async def task_cleanup(
         cls, task_name: str, config: SandboxEnvironmentConfigType | None, cleanup: bool
     ) -> None:
-        left = list(_live.pop(_task_key(task_name), ()))
+        # Every sandbox of the run at its end (Inspect's "shutdown": the samples it did
+        # not clean up, of every task), else those of the task named.
+        left = list(_held(task_name).sandboxes)
         if not left:
             return
         if not cleanup:  # --no-sandbox-cleanup: keep them for the user to look into
             for sandbox in left:
                 sandbox._computer.keep()
-            ttl = load_config(config).ttl
-            names = " ".join(s._computer.name for s in left)
-            print(
-                f"commandlab: kept {len(left)} sandbox(es) running: {names}\n"
-                f"  each deletes itself after its TTL ({ttl}s); `commandlab gc` deletes"
-                " them once this process has exited"
-            )
         await asyncio.gather(*(sandbox._close() for sandbox in left))
+        if not cleanup:
+            print(_kept_message(left), flush=True)
 
     @classmethod
     async def cli_cleanup(cls, id: str | None) -> None:
         """``inspect sandbox cleanup commandlab``: delete what interrupted evals left.
 
         Runs ``gc`` on local Docker: every sandbox whose owner process is gone or whose
-        TTL passed. It deletes no sandbox by id (a live eval's are its own).
+        TTL passed. It deletes no sandbox by id (a live eval's are its own), and leaves
+        those ``--no-sandbox-cleanup`` kept to their TTL or ``commandlab rm NAME``.
         """
         if id is not None:
             print(f"commandlab: deleting what dead evals left, not {id} alone")
@@ -153,8 +227,8 @@ class CommandLabSandbox(SandboxEnvironment):
         print(f"commandlab: {len(reaped)} sandbox(es) deleted")
 
     async def _close(self) -> None:
-        for sandboxes in _live.values():
-            sandboxes.discard(self)
+        if self._held is not None:
+            self._held.sandboxes.discard(self)
         try:
             await self._stack.aclose()
         except CleanupError as exc:  # the TTL and gc remain; the sample's result stands
@@ -288,12 +362,15 @@ class CommandLabSandbox(SandboxEnvironment):
     # -- people ------------------------------------------------------------
 
     async def connection(self, *, user: str | None = None) -> SandboxConnection:
-        if self._computer.platform != DockerPlatform.LOCAL:
-            raise NotImplementedError(
-                f"no interactive connection to a {self._computer.platform} sandbox yet"
-            )
         name = self._computer.name
         who = user or self._user
+        if self._computer.platform != DockerPlatform.LOCAL:
+            # Through its saved handle. Its block removes the handle before it deletes the
+            # sandbox (and saves it again, as kept, when it keeps it). No terminal: `exec
+            # -i` is a shell whose input is the caller's.
+            await self._stack.enter_async_context(share_handle(self._computer))
+            shell = ["commandlab", "exec", "-i", *(["-u", who] if who else []), name, "--"]
+            return SandboxConnection(type="commandlab", command=shlex.join([*shell, "bash", "-l"]))
         command = ["docker", "exec", "-it", *(["--user", who] if who else []), name, "bash", "-l"]
         return SandboxConnection(
             type="commandlab",

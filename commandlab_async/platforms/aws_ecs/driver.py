@@ -26,8 +26,8 @@ from botocore.exceptions import (
     NoRegionError,
 )
 
-from ..._client.tls import TLS_KEY_ENV, SandboxTls, make_sandbox_tls
-from ...errors import BackendError, SandboxExitedError
+from ..._client.tls import TLS_KEY_ENV, make_sandbox_tls
+from ...errors import BackendError, SandboxExitedError, UnsupportedOperationError
 from ...labels import SESSION
 from ...specs import Spec
 from .._clouds import aws
@@ -177,7 +177,6 @@ class EcsDriver(Driver[EcsTarget]):
         # name -> (task ARN, exactly one run_task reached ECS and answered). Only an
         # optimisation: without it a sandbox is found by startedBy and its name tag.
         self._tasks: dict[str, tuple[str, bool]] = {}
-        self._tls: dict[str, SandboxTls] = {}  # name -> its pinned certificate (public IPs)
         # name -> where its task stood when running() last looked (for waiting_on).
         self._progress: dict[str, str] = {}
 
@@ -389,6 +388,13 @@ class EcsDriver(Driver[EcsTarget]):
 
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
         return self._progress.get(sandbox.name)
+
+    def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        raise UnsupportedOperationError(
+            "ECS keeps no log of a task itself: read it in CloudWatch Logs, in the log group"
+            " its task definition's logConfiguration names (the log_configuration option)",
+            sandbox=sandbox.name,
+        )
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         known = self._tasks.get(sandbox.name)

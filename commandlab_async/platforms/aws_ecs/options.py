@@ -40,6 +40,7 @@ class EcsOptions(PlatformOptions):
     """Options of :attr:`DockerPlatform.AWS_ECS`: where and how the Fargate task runs."""
 
     platform: ClassVar[DockerPlatform] = DockerPlatform.AWS_ECS
+    target_class: ClassVar[type[EcsTarget]] = EcsTarget
     scope: ClassVar[dict[str, bool]] = {"region": False}
     # 1 vCPU takes 2048..8192 MiB on Fargate.
     defaults: ClassVar[dict[str, object]] = {"memory": 2048}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from azure.core.exceptions import (
@@ -31,7 +31,7 @@ from azure.mgmt.containerinstance import models
 from azure.mgmt.containerinstance.aio import ContainerInstanceManagementClient
 
 from ..._client.tls import SandboxTls, make_sandbox_tls
-from ...errors import BackendError, SandboxExitedError
+from ...errors import BackendError, SandboxExitedError, SandboxNotFoundError
 from ...labels import CREATED_AT, MANAGED, SESSION
 from ...specs import Spec
 from .._clouds.azure import AzureSession, arm_scope
@@ -56,6 +56,11 @@ _CONTAINER = "computer"
 # 100 stays within ARM's read budget (about 25 a second per principal).
 _FIRST_POLL = 0.25
 _MAX_POLL = 2.0
+# Following a log: ACI serves it whole (its last 4 MB), never as a stream, so it is read
+# again this often and what is new is passed on. The last characters passed on find
+# where to go on when the log outgrew what ACI serves.
+_FOLLOW_POLL = 2.0
+_ANCHOR = 4096
 # Events ACI reports while it keeps retrying something that will not work (a bad image,
 # a container that will not start): waiting for the deadline would only cost time.
 _FATAL_EVENTS = ("Failed", "BackOff")
@@ -196,6 +201,17 @@ def _latest(events: list[Any]) -> Any:
     return max(enumerate(events), key=when)[1]
 
 
+def _unseen(content: str, printed: int, anchor: str) -> str:
+    """What of the log ``content`` is new, when the first ``printed`` characters of the
+    last read, ending in ``anchor``, were passed on already."""
+    if content[printed - len(anchor) : printed] == anchor:
+        return content[printed:]  # it grew in place (or did not grow)
+    # It outgrew what ACI serves and its start moved on: go on after where the anchor is
+    # now (its first place: a log that repeats itself may be repeated, never cut).
+    at = content.find(anchor) if anchor else -1
+    return content[at + len(anchor) :] if at >= 0 else content
+
+
 def _finished(group: Any) -> bool:
     state = group.instance_view.state if group.instance_view else None
     return state in _STOPPED or group.provisioning_state == "Failed"
@@ -244,7 +260,6 @@ class AciDriver(Driver[AciTarget]):
         self._lock = asyncio.Lock()
         self._arm: ContainerInstanceManagementClient | None = None
         self._azure: AzureSession | None = None
-        self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
         # name -> where its group stood when running() last looked (for waiting_on).
         self._progress: dict[str, str] = {}
 
@@ -386,6 +401,37 @@ class AciDriver(Driver[AciTarget]):
 
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
         return self._progress.get(sandbox.name)
+
+    async def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """The daemon container's log, as ACI serves it (at most its last 4 MB). ACI has
+        no stream of it: ``follow`` reads it again every 2 s and passes on what is new,
+        until the group has stopped or is gone."""
+        client = await self._client()
+        rg, name = self.target.resource_group, sandbox.name
+        printed, anchor, first = 0, "", True
+        while True:
+            # The state before the log: once stopped, this read has everything.
+            group = await self._get(sandbox) if follow else None
+            found = await self.call_or_missing(
+                "read container logs",
+                name,
+                lambda: client.containers.list_logs(rg, name, _CONTAINER),
+            )
+            if found is None:
+                if first:
+                    raise SandboxNotFoundError(
+                        f"no container group of it in resource group {rg}", sandbox=name
+                    )
+                return
+            first = False
+            content = str(found.content or "")
+            if new := _unseen(content, printed, anchor):
+                # What the sandbox printed, as JSON decoded it: a lone surrogate is replaced.
+                yield new.encode(errors="replace")
+            printed, anchor = len(content), content[-_ANCHOR:]
+            if not follow or group is None or _finished(group):
+                return
+            await asyncio.sleep(_FOLLOW_POLL)
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         group = await self._get(sandbox)

@@ -53,6 +53,7 @@ class AciOptions(PlatformOptions):
     per sandbox, reached over HTTPS with a certificate made for it and pinned."""
 
     platform: ClassVar[DockerPlatform] = DockerPlatform.AZURE_CONTAINER_INSTANCES
+    target_class: ClassVar[type[AciTarget]] = AciTarget
     scope: ClassVar[dict[str, bool]] = {"resource_group": True, "region": True}
     not_honoured: ClassVar[dict[str, str]] = {
         "pids_limit": "ACI has no per-container process limit",

@@ -31,6 +31,7 @@ class DockerOptions(PlatformOptions):
     """Options of :attr:`DockerPlatform.LOCAL`."""
 
     platform: ClassVar[DockerPlatform] = DockerPlatform.LOCAL
+    target_class: ClassVar[type[DockerTarget]] = DockerTarget
     defaults: ClassVar[dict[str, object]] = {"pids_limit": 1024}
 
     transport: Transport = "auto"

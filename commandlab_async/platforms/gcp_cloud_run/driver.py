@@ -14,7 +14,7 @@ import os
 import re
 import ssl
 import string
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
 import grpc
@@ -25,7 +25,7 @@ from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIO
 from google.protobuf import duration_pb2
 
 from ...daemon.protocol import TTL_ENV
-from ...errors import BackendError, SandboxExitedError
+from ...errors import BackendError, SandboxExitedError, UnsupportedOperationError
 from ...labels import CREATED_AT, MANAGED, SESSION
 from ...specs import Spec
 from .._clouds import gcp, system_ssl_context
@@ -33,6 +33,7 @@ from ..base import DockerPlatform, Limits, MachineQuota, RunningSandbox
 from ..driver import (
     Driver,
     Failure,
+    Reach,
     SandboxIdentity,
     SandboxRecord,
     SandboxRef,
@@ -327,6 +328,16 @@ class CloudRunDriver(Driver[CloudRunTarget]):
             headers=None if _options(spec).public else self._id_tokens.headers_for(service.uri),
         )
 
+    async def reach(self, sandbox: SandboxRef, url: str, pin: str | None) -> Reach | None:
+        service = await self._get(sandbox)
+        if service is None:
+            return None
+        assert self._ssl is not None  # set with the client
+        if service.invoker_iam_disabled:  # public: Google's front end wants no ID token
+            return Reach(url, self._ssl)
+        self._uris[sandbox.name] = service.uri
+        return Reach(url, self._ssl, self._id_tokens.headers_for(service.uri))
+
     async def _operation(self, op: AsyncOperation, identity: SandboxIdentity) -> run_v2.Service:
         """Poll the create operation with a short backoff until it is done: its service."""
         delay = 0.05
@@ -378,6 +389,14 @@ class CloudRunDriver(Driver[CloudRunTarget]):
     def waiting_on(self, sandbox: SandboxRef) -> str | None:
         service = self._seen.get(sandbox.name)
         return _progress(service) if service is not None else None
+
+    def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        raise UnsupportedOperationError(
+            "Cloud Run keeps a service's log in Cloud Logging: gcloud logging read"
+            f" 'resource.type=cloud_run_revision AND resource.labels.service_name={sandbox.name}'"
+            f" --project {self.target.project_id}",
+            sandbox=sandbox.name,
+        )
 
     async def state(self, sandbox: SandboxRef) -> SandboxState:
         service = await self._get(sandbox)

@@ -45,6 +45,7 @@ class CloudRunOptions(PlatformOptions):
     """Options of :attr:`DockerPlatform.GCP_CLOUD_RUN`: one Service per sandbox."""
 
     platform: ClassVar[DockerPlatform] = DockerPlatform.GCP_CLOUD_RUN
+    target_class: ClassVar[type[CloudRunTarget]] = CloudRunTarget
     scope: ClassVar[dict[str, bool]] = {"project_id": True, "region": True}
     not_honoured: ClassVar[dict[str, str]] = {
         "pids_limit": "Cloud Run has no per-instance process limit",

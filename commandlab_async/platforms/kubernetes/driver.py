@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..._client.tls import SandboxTls, make_sandbox_tls
+from ..._client.tls import make_sandbox_tls
 from ...daemon.protocol import TLS_KEY_ENV
-from ...errors import BackendError, SandboxExitedError
+from ...errors import BackendError, SandboxExitedError, SandboxNotFoundError
 from ...labels import CREATED_AT, SESSION
 from ...specs import Spec
 from ..base import KubernetesPlatform, Limits, Platform, RunningSandbox
@@ -37,6 +39,7 @@ from ..driver import (
     TRANSIENT_STATUS,
     Driver,
     Failure,
+    Reach,
     SandboxIdentity,
     SandboxRecord,
     SandboxRef,
@@ -46,6 +49,7 @@ from ..driver import (
 )
 from .logins import ClusterLogin, login
 from .manifests import (
+    CONTAINER,
     SANDBOX,
     WORKLOAD,
     deployment_manifest,
@@ -67,9 +71,18 @@ _NEVER_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError
 _WATCH_SECONDS = 300
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 _WATCH_TIMEOUT = aiohttp.ClientTimeout(sock_connect=10, sock_read=_WATCH_SECONDS + 30)
+# Reading a pod's log: no total (a followed log runs as long as the pod, idle or not);
+# a plain read may sit idle a minute between chunks.
+_FOLLOW_TIMEOUT = aiohttp.ClientTimeout(sock_connect=10)
+_LOG_TIMEOUT = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
+_LOG_CHUNK = 64 * 1024  # the most of a log held at once: it is passed on as it comes
 # Waiting for a LoadBalancer's address: it takes a cloud tens of seconds.
 _FIRST_POLL = 0.25
 _MAX_POLL = 2.0
+# The path of a daemon reached through the API server's pod proxy (see _running).
+_PROXY_PATH = re.compile(
+    r"/api/v1/namespaces/([a-z0-9-]{1,63})/pods/([a-z0-9.-]{1,253}):(\d{1,5})/proxy"
+)
 # Request buckets per cluster (not per namespace) and event loop.
 _buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, TokenBucket]] = (
     weakref.WeakKeyDictionary()
@@ -139,7 +152,6 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         self._apps: Any = None
         self._bucket: TokenBucket | None = None
         self._watch: PodWatch | None = None
-        self._tls: dict[str, SandboxTls] = {}  # name -> the certificate its client pins
         self._workloads: dict[str, str] = {}  # name -> "deployment" for those that are
         self._awaiting_address: set[str] = set()  # ready pods whose LoadBalancer has none
 
@@ -445,6 +457,22 @@ class KubernetesDriver(Driver[KubernetesTarget]):
             ssl=tls.client_context(),
         )
 
+    async def reach(self, sandbox: SandboxRef, url: str, pin: str | None) -> Reach | None:
+        if pin is not None:  # its Service or pod IP, over its own pinned TLS
+            return await super().reach(sandbox, url, pin)
+        # Through the pod proxy: the cluster's credentials go only to the API server this
+        # login names, whatever host the handle says.
+        await self._apis()
+        assert self._login is not None
+        path = urlsplit(url).path
+        match = _PROXY_PATH.fullmatch(path)
+        if match is None or match[1] != self.target.namespace:
+            raise SandboxNotFoundError(
+                f"its saved handle's URL is not a pod proxy in namespace {self.target.namespace}",
+                sandbox=sandbox.name,
+            )
+        return Reach(self._login.host + path, self._login.ssl_context(), self._login.headers)
+
     async def _service_address(self, spec: Spec, name: str) -> Mapping[str, Any]:
         """The sandbox's Service, once it has the address its type promises."""
         core, ns = self._core, self.target.namespace
@@ -475,6 +503,54 @@ class KubernetesDriver(Driver[KubernetesTarget]):
             return None
         pod, _ = self._watch.get(sandbox.name)
         return state_of(pod) if pod is not None else None
+
+    # -- logs --------------------------------------------------------------------------
+
+    async def logs(self, sandbox: SandboxRef, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """The daemon container's log, from the pod of the sandbox (its Deployment's
+        newest pod for a Deployment); with ``follow``, as it comes until the container
+        stops. Passed on in chunks of at most 64 KiB, never held whole."""
+        name, ns = sandbox.name, self.target.namespace
+        core, _ = await self._apis()
+        # Found by its label, which a bare pod and a Deployment's pods both carry: the
+        # caller may know only the name, not which workload it is.
+        listed = await self._request(
+            "list pods",
+            name,
+            lambda: core.list_namespaced_pod(
+                ns, label_selector=f"{SANDBOX}={name}", _preload_content=False
+            ),
+        )
+        pods = listed.get("items") or []
+        if not pods:
+            raise SandboxNotFoundError(f"no pod of it in namespace {ns}", sandbox=name)
+        newest = max(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "")
+        pod_name = str(newest["metadata"]["name"])
+        timeout = _FOLLOW_TIMEOUT if follow else _LOG_TIMEOUT
+
+        async def open_log() -> aiohttp.ClientResponse:
+            if self._bucket is not None:
+                await self._bucket.take()
+            response: aiohttp.ClientResponse = await core.read_namespaced_pod_log(
+                pod_name,
+                ns,
+                container=CONTAINER,
+                follow=follow,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+            if not 200 <= response.status <= 299:
+                async with response:
+                    body = await response.content.read(_LOG_CHUNK)
+                raise _api_error(response, body)
+            return response
+
+        response = await self.call("read pod log", name, open_log)
+        try:
+            async for chunk in response.content.iter_chunked(_LOG_CHUNK):
+                yield chunk
+        finally:
+            response.close()  # a followed log may never end: drop the connection
 
     # -- state, destroy, list ------------------------------------------------------------
 

@@ -78,6 +78,7 @@ def _label_key(key: str) -> bool:
 class _KubernetesOptions(PlatformOptions):
     """What every kind of cluster takes: the pod's shape, how it is exposed and reached."""
 
+    target_class: ClassVar[type[KubernetesTarget]] = KubernetesTarget
     not_honoured: ClassVar[dict[str, str]] = _NOT_HONOURED
     option_scope: ClassVar[tuple[str, ...]] = ()
     """Option fields ``commandlab gc`` may name besides the spec's scope fields."""
