@@ -162,6 +162,7 @@ class DockerDriver(Driver[DockerTarget]):
         }
 
     async def prepare(self, spec: Spec) -> Awaitable[None] | None:
+        self._uses_socket(spec)  # a spec this engine cannot keep is refused before any call
         image = spec.image
         if image in self._images:
             return None
