@@ -44,6 +44,7 @@ BASE_IMAGE = "commandlab/python-base:bookworm-ps-users"
 NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
 EXITS_IMAGE = "commandlab-test/exits:latest"
 NO_PYTHON_IMAGE = "commandlab-test/no-python:latest"
+EXITS_ZERO_IMAGE = "commandlab-test/exits-zero:latest"
 HANGS_IMAGE = "commandlab-test/hangs:latest"
 WRONG_ANSWERS_IMAGE = "commandlab-test/wrong-answers:latest"
 # Daemon stand-ins: one accepts connections and never answers, one answers 500 to all.
@@ -61,6 +62,8 @@ _TEST_IMAGES = {
     WRONG_ANSWERS_IMAGE: f"CMD {json.dumps(['python3', '-c', _WRONG])}",
     NEVER_HEALTHY_IMAGE: 'CMD ["sleep", "infinity"]',
     EXITS_IMAGE: 'CMD ["sh", "-c", "echo boom >&2; exit 3"]',
+    # An image whose command is not the daemon, and ends at once: exit status 0.
+    EXITS_ZERO_IMAGE: 'CMD ["true"]',
     # An image whose python the daemon cannot find: the shell says so, exit status 127.
     NO_PYTHON_IMAGE: 'CMD ["sh", "-c", "exec python3.99 -I -S /opt/commandlab/daemon.pyz"]',
 }

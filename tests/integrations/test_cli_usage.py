@@ -30,10 +30,9 @@ from commandlab_async import (
     provision,
 )
 from commandlab_async._client.transport import new_session
-from tests.conftest import BASE_IMAGE, ENGINE_ENV, NEVER_HEALTHY_IMAGE, docker
+from tests.conftest import ENGINE_ENV, EXITS_ZERO_IMAGE, NEVER_HEALTHY_IMAGE, docker
 
 REPO = Path(__file__).resolve().parents[2]
-EXITS_ZERO_IMAGE = "commandlab-test/exits-zero:latest"
 # No traceback, and no "Exception ignored" one either; none of the internals.
 NEVER_SAID = (b"Traceback", b"Exception ignored", b"commandlab-unix", b"2f746d70", b"Error(")
 
@@ -214,26 +213,10 @@ def test_ctrl_c_during_up_deletes_what_it_brought_up(cli: Cli) -> None:
     assert cli("ls", "-l", label, "--json").stdout.strip() == b"[]"
 
 
-@pytest.fixture(scope="module")
-def exits_zero_image() -> str:
-    subprocess.run(
-        ["docker", "build", "-q", "-t", EXITS_ZERO_IMAGE, "-"],
-        input=f'FROM {BASE_IMAGE}\nCMD ["true"]\n',
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENGINE_ENV,
-    )
-    return EXITS_ZERO_IMAGE
-
-
 @pytest.mark.docker
-async def test_an_image_that_does_not_run_the_daemon_is_told_how_to_fix_it(
-    exits_zero_image: str,
-) -> None:
+async def test_an_image_that_does_not_run_the_daemon_is_told_how_to_fix_it() -> None:
     with pytest.raises(SandboxExitedError) as caught:
-        async with provision(DockerSpec(image=exits_zero_image)):
+        async with provision(DockerSpec(image=EXITS_ZERO_IMAGE)):
             pass
     assert caught.value.exit_code == 0
     assert "must start the commandlab daemon" in str(caught.value)

@@ -514,14 +514,7 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         core, _ = await self._apis()
         # Found by its label, which a bare pod and a Deployment's pods both carry: the
         # caller may know only the name, not which workload it is.
-        listed = await self._request(
-            "list pods",
-            name,
-            lambda: core.list_namespaced_pod(
-                ns, label_selector=f"{SANDBOX}={name}", _preload_content=False
-            ),
-        )
-        pods = listed.get("items") or []
+        pods = await self._pods_of(name)
         if not pods:
             raise SandboxNotFoundError(f"no pod of it in namespace {ns}", sandbox=name)
         newest = max(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "")
@@ -570,6 +563,11 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         return _state(pod)
 
     async def _deployment_state(self, name: str) -> SandboxState:
+        items = await self._pods_of(name)
+        return _state(items[0] if items else None)
+
+    async def _pods_of(self, name: str) -> list[dict[str, Any]]:
+        """The pods carrying the sandbox's label (a bare pod, or a Deployment's)."""
         core, _ = await self._apis()
         ns = self.target.namespace
         pods = await self._request(
@@ -579,8 +577,8 @@ class KubernetesDriver(Driver[KubernetesTarget]):
                 ns, label_selector=f"{SANDBOX}={name}", _preload_content=False
             ),
         )
-        items = pods.get("items") or []
-        return _state(items[0] if items else None)
+        items: list[dict[str, Any]] = pods.get("items") or []
+        return items
 
     def _workload(self, sandbox: SandboxRef) -> str:
         return self._workloads.get(sandbox.name) or sandbox.labels.get(WORKLOAD) or "pod"
