@@ -45,6 +45,7 @@ NEVER_HEALTHY_IMAGE = "commandlab-test/never-healthy:latest"
 EXITS_IMAGE = "commandlab-test/exits:latest"
 NO_PYTHON_IMAGE = "commandlab-test/no-python:latest"
 EXITS_ZERO_IMAGE = "commandlab-test/exits-zero:latest"
+NO_PYTHON_BASE_IMAGE = "commandlab-test/no-python-base:latest"
 HANGS_IMAGE = "commandlab-test/hangs:latest"
 WRONG_ANSWERS_IMAGE = "commandlab-test/wrong-answers:latest"
 # Daemon stand-ins: one accepts connections and never answers, one answers 500 to all.
@@ -64,6 +65,8 @@ _TEST_IMAGES = {
     EXITS_IMAGE: 'CMD ["sh", "-c", "echo boom >&2; exit 3"]',
     # An image whose command is not the daemon, and ends at once: exit status 0.
     EXITS_ZERO_IMAGE: 'CMD ["true"]',
+    # A base without python3: building the computer image on it fails at its first RUN.
+    NO_PYTHON_BASE_IMAGE: "RUN rm -f /usr/bin/python3*",
     # An image whose python the daemon cannot find: the shell says so, exit status 127.
     NO_PYTHON_IMAGE: 'CMD ["sh", "-c", "exec python3.99 -I -S /opt/commandlab/daemon.pyz"]',
 }

@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp.client_exceptions import UnixClientConnectorError
 from aiohttp.client_proto import ResponseHandler
 
+from ..errors import CommandLabError
 from .replies import MAX_FIELD, MAX_HEADERS, MAX_LINE, BoundedResponseHandler
 
 if TYPE_CHECKING:
@@ -96,8 +97,6 @@ def describe(exc: BaseException) -> str:
 def reason(exc: BaseException) -> str:
     """:func:`describe`, with the kind of an error that is not ours and says little by
     itself ("RuntimeError: Session is closed"): for messages that wrap any exception."""
-    from ..errors import CommandLabError  # the errors module imports this one's users
-
     text = describe(exc)
     if isinstance(exc, CommandLabError | aiohttp.ClientConnectorError | OSError):
         return text

@@ -27,7 +27,7 @@ from commandlab_async import (
     provision_many,
 )
 from commandlab_async.platforms.docker import images
-from tests.conftest import BASE_IMAGE, ENGINE_ENV, docker, run_cli
+from tests.conftest import BASE_IMAGE, ENGINE_ENV, NO_PYTHON_BASE_IMAGE, docker, run_cli
 
 pytestmark = pytest.mark.docker
 
@@ -114,18 +114,9 @@ async def test_a_base_the_engine_cannot_get_is_an_image_build_error(
 
 
 async def test_a_failed_step_shows_the_last_lines_of_the_build(throwaway: list[str]) -> None:
-    base = _tag(throwaway, "no-python3-base")
-    subprocess.run(
-        ["docker", "build", "-q", "-t", base, "-"],
-        input=f"FROM {BASE_IMAGE}\nRUN rm -f /usr/bin/python3*\n",
-        check=True,
-        capture_output=True,
-        text=True,
-        env=ENGINE_ENV,
-    )
     tag = _tag(throwaway)
     with pytest.raises(ImageBuildError) as info:
-        await build_image(base=base, tag=tag)
+        await build_image(base=NO_PYTHON_BASE_IMAGE, tag=tag)
     assert "python3: not found" in "\n".join(info.value.log)
     assert "python3: not found" in str(info.value)
     assert not _exists(tag)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import importlib.resources
 import io
 import logging
 import os
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -93,6 +91,8 @@ def missing_image_message(image: str) -> str:
 def _package_files() -> list[tuple[str, bytes]]:
     """(path in the build context, content): the daemon's modules, then ``image/``'s files,
     each group in byte order (the order of scripts/build-images.sh's hash, LC_ALL=C)."""
+    import importlib.resources  # here, not at import: only a build needs it (start-up)
+
     package = importlib.resources.files("commandlab_async")
     found: list[tuple[str, bytes]] = []
     for folder, keep in (("daemon", (".py",)), ("image", ("Dockerfile", ".py", ".packages"))):
@@ -124,6 +124,8 @@ def _inputs_sha(
 
 def _context(files: list[tuple[str, bytes]]) -> bytes:
     """An uncompressed tar of ``files``, with fixed owners, modes and times."""
+    import tarfile  # here, not at import: only a build needs it (start-up)
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, data in files:

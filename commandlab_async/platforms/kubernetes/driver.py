@@ -21,6 +21,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -276,27 +277,20 @@ class KubernetesDriver(Driver[KubernetesTarget]):
         try:
             if options.workload == "deployment":
                 self._workloads[name] = "deployment"
-                owner = await self._create_or_adopt(
-                    "create deployment",
-                    identity,
-                    sent.track(
-                        lambda: apps.create_namespaced_deployment(
-                            ns, deployment_manifest(spec, identity, tls), _preload_content=False
-                        )
-                    ),
-                    lambda: apps.read_namespaced_deployment(name, ns, _preload_content=False),
-                )
+                what = "create deployment"
+                manifest = deployment_manifest(spec, identity, tls)
+                create = partial(apps.create_namespaced_deployment, ns, manifest)
+                read = partial(apps.read_namespaced_deployment, name, ns)
             else:
-                owner = await self._create_or_adopt(
-                    "create pod",
-                    identity,
-                    sent.track(
-                        lambda: core.create_namespaced_pod(
-                            ns, pod_manifest(spec, identity, tls), _preload_content=False
-                        )
-                    ),
-                    lambda: core.read_namespaced_pod(name, ns, _preload_content=False),
-                )
+                what, manifest = "create pod", pod_manifest(spec, identity, tls)
+                create = partial(core.create_namespaced_pod, ns, manifest)
+                read = partial(core.read_namespaced_pod, name, ns)
+            owner = await self._create_or_adopt(
+                what,
+                identity,
+                sent.track(lambda: create(_preload_content=False)),
+                lambda: read(_preload_content=False),
+            )
         except BackendError as exc:
             if sent.reached:
                 raise
